@@ -1,0 +1,1 @@
+"""`fleetcmd up`: every role as a real local process, supervised together."""

@@ -1,0 +1,491 @@
+"""Helpers shared by the benchmarks: scratch stores and printing figures."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from fleetcmd.store import open_store
+from fleetcmd.store.base import SqlStore
+
+
+@contextmanager
+def scratch_store(url: str | None) -> Iterator[SqlStore]:
+    """A store of its own for one run: a temp SQLite file, or a fresh PostgreSQL schema."""
+    if url is None or url.startswith("sqlite"):
+        with tempfile.TemporaryDirectory(prefix="fleetcmd-bench-") as d:
+            store = open_store(url if url and url != "sqlite" else f"sqlite:///{d}/bench.db")
+            try:
+                yield store
+            finally:
+                store.close()
+        return
+    sep = "&" if "?" in url else "?"
+    schema = f"bench_{os.getpid()}_{int(time.time())}"
+    store = open_store(f"{url}{sep}schema={schema}", migrate=False)
+    from fleetcmd.store.postgres import PostgresStore
+
+    assert isinstance(store, PostgresStore)
+    store.migrate()
+    try:
+        yield store
+    finally:
+        store.close()
+        store.drop_schema()
+
+
+@contextmanager
+def work_dir(log_dir: str | None, prefix: str) -> Iterator[str]:
+    """Where a run keeps its processes' logs: a temporary folder, or `log_dir` kept after."""
+    if log_dir:
+        path = os.path.join(log_dir, f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}")
+        os.makedirs(path, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as d:
+        yield d
+
+
+def report(
+    name: str,
+    store_kind: str,
+    params: dict[str, Any],
+    figures: dict[str, Any],
+    console: Console | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Print the table and the JSON line (unless `quiet`: a part of a bigger scenario)."""
+    line = {"name": name, "store": store_kind, "params": params, "figures": figures}
+    if quiet:
+        return line
+    console = console or Console()
+    table = Table(title=f"bench {name} ({store_kind})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for k, v in {**params, **figures}.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
+    print(json.dumps(line), flush=True)
+    return line
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int, peak: bool = False) -> float:
+    """Resident memory of a process in MB (VmHWM: its peak so far)."""
+    key = "VmHWM:" if peak else "VmRSS:"
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+class Cluster:
+    """An indexer and N server processes on loopback, for benchmarks that need real roles."""
+
+    def __init__(
+        self,
+        store_url: str,
+        data_dir: str,
+        servers: int = 1,
+        indexers: int = 1,
+        log_level: str = "warning",
+    ) -> None:
+        import signal
+        import subprocess
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            # a benchmark stopped with SIGTERM (e.g. by `timeout`) still stops its cluster:
+            # SystemExit runs the callers' `finally: cluster.stop()`
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        self.dir = data_dir
+        self.token = "bench-node-token"
+        self.enrollment_key = "bench-enrollment-key"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        env = {
+            **os.environ,
+            "FLEETCMD_TOKEN": self.token,
+            "PYTHONUNBUFFERED": "1",
+            "FLEETCMD_ENROLLMENT_KEY": self.enrollment_key,
+            # every server node shares one token-signing key
+            "FLEETCMD_JWT_KEY": "bench-jwt-key-" + "0" * 32,
+        }
+        py = [sys.executable, "-m", "fleetcmd.cli"]
+        self.indexer_urls: list[str] = []
+        for i in range(indexers):
+            port = free_port()
+            self.indexer_urls.append(f"http://127.0.0.1:{port}")
+            self._start(
+                [
+                    *py,
+                    "indexer",
+                    "--port",
+                    str(port),
+                    "--store",
+                    store_url,
+                    "--data-dir",
+                    f"{data_dir}/indexer-{i}",
+                    # indexers of one store share one command-signing key
+                    "--command-key",
+                    f"{data_dir}/command-signing.key",
+                    "--log-level",
+                    log_level,
+                    # benchmarks run retention themselves (backlog), never behind their back
+                    "--retention-days",
+                    "0",
+                ],
+                env,
+                f"indexer-{i}",
+            )
+        for url in self.indexer_urls:
+            _wait(f"{url}/health")
+        self.comms_urls: list[str] = []
+        self.management_urls: list[str] = []
+        self.server_pids: list[int] = []
+        for i in range(servers):
+            comms, mgmt = free_port(), free_port()
+            self.comms_urls.append(f"http://127.0.0.1:{comms}")
+            self.management_urls.append(f"http://127.0.0.1:{mgmt}")
+            p = self._start(
+                [
+                    *py,
+                    "server",
+                    "--indexer",
+                    self.indexer_urls[i % indexers],
+                    "--comms-port",
+                    str(comms),
+                    "--management-port",
+                    str(mgmt),
+                    "--data-dir",
+                    f"{data_dir}/server-{i}",
+                    "--node-id",
+                    f"bench-server-{i}",
+                    # the simulated fleet connects from one address
+                    "--enroll-rate",
+                    "0",
+                    "--auth-rate",
+                    "0",
+                    "--log-level",
+                    log_level,
+                ],
+                env,
+                f"server-{i}",
+            )
+            self.server_pids.append(p.pid)
+        for url in self.comms_urls + self.management_urls:
+            _wait(f"{url}/health")
+        self.indexer = self.indexer_urls[0]
+
+    def _start(self, argv: list[str], env: dict[str, str], name: str) -> Any:
+        import resource
+        import subprocess
+
+        def raise_limits() -> None:
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+        os.makedirs(self.dir, exist_ok=True)
+        log = open(f"{self.dir}/{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        p = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=raise_limits,
+            start_new_session=True,
+        )
+        self.procs.append(p)
+        return p
+
+    def client(self) -> Any:
+        import httpx
+
+        return httpx.Client(
+            base_url=self.indexer, timeout=60, headers={"Authorization": f"Bearer {self.token}"}
+        )
+
+    def task(self, type_: str, params: dict[str, Any], **extra: Any) -> int:
+        with self.client() as c:
+            r = c.post("/tasks", json={"type": type_, "params": params, **extra})
+            r.raise_for_status()
+            return int(r.json()["data"]["id"])
+
+    def wait_task(
+        self, task_id: int, timeout: float = 600, interval: float = 0.05
+    ) -> dict[str, Any]:
+        with self.client() as c:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                t: dict[str, Any] = c.get(f"/tasks/{task_id}").json()["data"]
+                if t["completed_at"]:
+                    return t
+                time.sleep(interval)
+        raise TimeoutError(f"task {task_id} not final after {timeout}s")
+
+    def stop(self) -> None:
+        import signal
+
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except Exception:
+                p.kill()
+
+
+def _wait(url: str, timeout: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not come up")
+
+
+def iso_ts(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def wait_connected(store: SqlStore, n: int, prefix: str = "", timeout: float = 300) -> None:
+    """Until the indexer knows N agents (ids starting with `prefix`) as connected to a node
+    (their commands are claimable only then): the measurement starts from a connected fleet."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with store.reading() as tx:
+            row = tx.one(
+                "SELECT count(*) FROM agents WHERE node IS NOT NULL AND node <> '' AND id LIKE :p",
+                {"p": prefix + "%"},
+            )
+        if row is not None and int(row[0]) >= n:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"fewer than {n} agents connected after {timeout}s")
+
+
+def stage_times(store: SqlStore, task_id: int) -> dict[str, float]:
+    """When the agent commands of a task reached each stage (seconds after the task was
+    accepted: median and last), to see which hop the time goes to."""
+    with store.reading() as tx:
+        created = tx.one("SELECT created_at FROM tasks WHERE id = :id", {"id": task_id})
+        rows = tx.all(
+            "SELECT created_at, sent_at, delivered_at, completed_at FROM commands "
+            "WHERE task_id = :id AND target_type = 'agent'",
+            {"id": task_id},
+        )
+    if not rows or created is None:
+        return {}
+    t0 = float(created[0])
+    out = {}
+    for i, stage in enumerate(("written", "sent", "delivered", "recorded")):
+        values = sorted(float(r[i]) - t0 for r in rows if r[i] is not None)
+        if values:
+            out[f"{stage}_p50_s"] = round(values[len(values) // 2], 3)
+            out[f"{stage}_last_s"] = round(values[-1], 3)
+    return out
+
+
+@contextmanager
+def profiled(pids: dict[str, int], out_dir: str | None, rate: int = 200) -> Iterator[None]:
+    """With `out_dir`, sample each process with py-spy for the duration of the block and
+    write one collapsed-stack file per process (`NAME.pyspy.txt`); without, do nothing."""
+    import shutil
+    import signal
+    import subprocess
+
+    spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys_executable()), "py-spy")
+    if not out_dir or not os.path.exists(spy):
+        yield
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    procs = [
+        subprocess.Popen(
+            [
+                spy,
+                "record",
+                "-p",
+                str(pid),
+                "-r",
+                str(rate),
+                "-f",
+                "raw",
+                "--nonblocking",
+                "-o",
+                f"{out_dir}/{name}.pyspy.txt",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+    ]
+    time.sleep(0.5)  # py-spy attaches
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(30)
+            except Exception:
+                p.kill()
+
+
+def sys_executable() -> str:
+
+    return sys.executable
+
+
+def seed_agents(store: SqlStore, n: int, group: str, prefix: str, creds: str) -> None:
+    """Register N agents straight into the store and write their credentials for the
+    simulator: enrollment is not what these benchmarks measure, and enrolling 10,000 agents
+    one by one over HTTP takes longer than the run itself."""
+    import hashlib
+    import secrets
+
+    saved = {}
+    rows = []
+    for i in range(n):
+        name = f"{prefix}-{i:06d}"
+        secret = secrets.token_urlsafe(16)
+        agent_id = f"{prefix}{i:06d}"
+        saved[name] = {"id": agent_id, "secret": secret}
+        rows.append(
+            {
+                "id": agent_id,
+                "name": name,
+                "groups": [group],
+                "version": "sim-1",
+                "secret_hash": hashlib.sha256(secret.encode()).hexdigest(),
+            }
+        )
+    for lo in range(0, n, 20_000):
+        store.register_agents(rows[lo : lo + 20_000])
+    with open(creds, "w") as f:
+        json.dump(saved, f)
+
+
+class Simulator:
+    """The simulator process; a thread drains its stdout into a queue, so the pipe never
+    fills however many events it prints."""
+
+    def __init__(self, argv: list[str], log_path: str) -> None:
+        import queue
+        import subprocess
+        import threading
+
+        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fleetcmd.bench.simulator", *argv],
+            stdout=subprocess.PIPE,
+            stderr=open(log_path, "ab"),  # noqa: SIM115 - owned by the child
+            text=True,
+            start_new_session=True,
+        )
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self.events.put(json.loads(line))
+        self.events.put(None)
+
+    def read_event(self, name: str, timeout: float = 900) -> dict[str, Any]:
+        """The next event called `name`; earlier events of other names are passed over."""
+        import queue
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                event = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"no '{name}' from the simulator in {timeout}s") from None
+            if event is None:
+                raise RuntimeError(f"simulator ended before '{name}' (code {self.proc.poll()})")
+            if event["event"] == name:
+                return event
+
+    def events_named(self, name: str) -> list[dict[str, Any]]:
+        """Every queued event called `name` (without waiting)."""
+        out = []
+        while not self.events.empty():
+            event = self.events.get_nowait()
+            if event is not None and event["event"] == name:
+                out.append(event)
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except Exception:
+                self.proc.kill()
+
+
+def start_simulator(
+    servers: list[str],
+    key: str,
+    agents: int,
+    groups: str,
+    creds: str,
+    log_path: str,
+    expect: int = 0,
+    duration: float = 600,
+    prefix: str = "sim",
+    trace: bool = False,
+) -> Simulator:
+    argv = [
+        "--server",
+        ",".join(servers),
+        "--enrollment-key",
+        key,
+        "--agents",
+        str(agents),
+        "--groups",
+        groups,
+        "--creds",
+        creds,
+        "--expect",
+        str(expect),
+        "--duration",
+        str(duration),
+        "--prefix",
+        prefix,
+    ]
+    return Simulator([*argv, "--trace"] if trace else argv, log_path)

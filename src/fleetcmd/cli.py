@@ -1,0 +1,303 @@
+"""The `fleetcmd` command line: one sub-command per role, plus tasks and benchmarks.
+
+Each role adds its own commands from its package (`<role>/cli.py: register(app)`), so this file
+stays a table of contents."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="fleetcmd: tasks in, commands out, every result recorded.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+bench_app = typer.Typer(help="Benchmarks that print their figures.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def indexer(
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 9200,
+    store: Annotated[str | None, typer.Option(help="sqlite:///PATH or postgresql://…")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data folder (default ./data).")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Node credential (default: a 0600 file in the data folder).",
+            envvar="FLEETCMD_TOKEN",
+            show_envvar=False,
+        ),
+    ] = None,
+    command_manager: Annotated[bool, typer.Option(help="Run the command manager worker.")] = True,
+    retention_days: Annotated[
+        float,
+        typer.Option(
+            help="Finished tasks older than this many days leave the store with their "
+            "commands (checked hourly; 0 keeps everything).",
+            min=0,
+        ),
+    ] = 30.0,
+    command_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Command-signing private key (default DATA_DIR/command-signing.key, made on "
+            "first start; public keys go to command-keys.pub beside it)."
+        ),
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this cert.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Private key of --tls-cert.")] = None,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Run the indexer: store, task manager, commands stream, command manager."""
+    import uvicorn
+
+    from fleetcmd.indexer.app import IndexerOptions, create_app
+    from fleetcmd.indexer.signing import KEY_FILE, CommandSigner
+    from fleetcmd.settings import data_dir as make_dir
+    from fleetcmd.settings import default_store_url, node_token
+    from fleetcmd.store import open_store
+
+    setup_logging(log_level)
+    d = make_dir(data_dir)
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
+    signer = CommandSigner.from_files((command_key or d / KEY_FILE).resolve())
+    st = open_store(store or default_store_url(d))
+    app_ = create_app(
+        st,
+        IndexerOptions(
+            token=node_token(d, token),
+            run_command_manager=command_manager,
+            retention_days=retention_days,
+            signer=signer,
+        ),
+    )
+    where = "from --token/FLEETCMD_TOKEN" if token else f"in {d / 'node.token'}"
+    scheme = "https" if tls_cert else "http"
+    typer.echo(
+        f"indexer listening on {scheme}://{host}:{port} (store {st.url.split('@')[-1]}); "
+        f"node credential {where}; commands signed with key {signer.key_id}"
+    )
+    indexer_state = app_.state.indexer
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            indexer_state.stop()  # open long-polls answer now, so the stop takes milliseconds
+            super().handle_exit(sig, frame)
+
+    _Server(uvicorn.Config(app_, host=host, port=port, log_level="warning", access_log=False,
+                           timeout_graceful_shutdown=3,
+                           ssl_certfile=str(tls_cert) if tls_cert else None,
+                           ssl_keyfile=str(tls_key) if tls_key else None)).run()
+
+
+command_key_app = typer.Typer(help="Rotate the indexer's command-signing key.",
+                              no_args_is_help=True)
+app.add_typer(command_key_app, name="command-key")
+
+
+def _key_path(data_dir: Path | None, key: Path | None) -> Path:
+    from fleetcmd.indexer.signing import KEY_FILE
+    from fleetcmd.settings import data_dir as make_dir
+
+    return (key or make_dir(data_dir) / KEY_FILE).resolve()
+
+
+@command_key_app.command("next")
+def command_key_next(
+    data_dir: Annotated[Path | None, typer.Option(help="The indexer's data folder.")] = None,
+    key: Annotated[Path | None, typer.Option(help="The current key, if not in DATA_DIR.")] = None,
+) -> None:
+    """Step 1: make the next key. Restart the indexer: it publishes the next key, endorsed
+    by the current one, and agents add it to the keys they trust."""
+    from fleetcmd.indexer.signing import make_next
+
+    path = _key_path(data_dir, key)
+    try:
+        kid = make_next(path)
+    except (FileExistsError, FileNotFoundError) as exc:
+        typer.echo(f"fleetcmd command-key next: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"next command-signing key {kid} made; restart the indexer to publish it")
+
+
+@command_key_app.command("promote")
+def command_key_promote(
+    data_dir: Annotated[Path | None, typer.Option(help="The indexer's data folder.")] = None,
+    key: Annotated[Path | None, typer.Option(help="The current key, if not in DATA_DIR.")] = None,
+) -> None:
+    """Step 2: the next key becomes the signing key (the old one is kept, retired). Restart
+    the indexer."""
+    from fleetcmd.indexer.signing import promote
+
+    try:
+        old, new = promote(_key_path(data_dir, key))
+    except FileNotFoundError as exc:
+        typer.echo(f"fleetcmd command-key promote: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"command-signing key {new} is now current ({old} retired); restart the indexer")
+
+
+@app.command()
+def certs(
+    directory: Annotated[Path, typer.Argument(help="Folder for the CA and certificates.")],
+    hosts: Annotated[
+        str, typer.Option(help="Comma-separated names and addresses the certificate is for.")
+    ] = "localhost,127.0.0.1,::1",
+    days: Annotated[int, typer.Option(help="Validity of the certificates.")] = 365,
+) -> None:
+    """Make a local CA and a server certificate for development (not for production)."""
+    from fleetcmd.tls import make_dev_certs
+
+    made = make_dev_certs(directory, [h.strip() for h in hosts.split(",") if h.strip()], days)
+    for what, path in made.items():
+        typer.echo(f"{what:12} {path}")
+
+
+LogDir = Annotated[
+    str | None,
+    typer.Option(help="Keep the processes' logs in a run folder under this one."),
+]
+
+
+Profile = Annotated[
+    str | None,
+    typer.Option(help="Sample the server and indexer with py-spy during the measured phase; "
+                 "collapsed stacks go to this folder."),
+]
+
+
+@bench_app.command("fanout")
+def bench_fanout(
+    agents: Annotated[int, typer.Option(help="Agents in the group.")] = 100_000,
+    store: Annotated[
+        str | None,
+        typer.Option(help="sqlite (default) or postgresql://…; a scratch file or schema is used."),
+    ] = None,
+) -> None:
+    """Group change to N agents: seconds to commit all children, ratio to a raw bulk insert."""
+    from fleetcmd.bench import fanout
+
+    fanout.run(agents, store)
+
+
+@bench_app.command("delivery")
+def bench_delivery(
+    agents: Annotated[int, typer.Option(help="Simulated agents.")] = 10_000,
+    store: Annotated[str | None, typer.Option(help="sqlite (default) or postgresql://…")] = None,
+    log_dir: LogDir = None,
+    profile: Profile = None,
+) -> None:
+    """N simulated agents on one server; one task to all: seconds until every result."""
+    from fleetcmd.bench import delivery
+
+    delivery.run(agents, store, log_dir=log_dir, profile=profile)
+
+
+@bench_app.command("rollout")
+def bench_rollout(
+    agents: Annotated[int, typer.Option(help="Simulated agents.")] = 10_000,
+    store: Annotated[str | None, typer.Option(help="sqlite (default) or postgresql://…")] = None,
+    wave_percent: Annotated[float, typer.Option(help="Wave size, % of the agents.")] = 25.0,
+    pause: Annotated[float, typer.Option(help="Seconds between waves.")] = 2.0,
+    spread: Annotated[float, typer.Option(help="Seconds over which a wave is released.")] = 3.0,
+) -> None:
+    """A canary + waves rollout to N simulated agents: how closely the waves kept time."""
+    from fleetcmd.bench import rollout
+
+    rollout.run(agents, store, wave_percent=wave_percent, pause=pause, spread=spread)
+
+
+@bench_app.command("latency")
+def bench_latency(
+    tasks: Annotated[int, typer.Option(help="Sequential small tasks.")] = 500,
+    store: Annotated[str | None, typer.Option(help="sqlite (default) or postgresql://…")] = None,
+    log_dir: LogDir = None,
+    profile: Profile = None,
+) -> None:
+    """One agent, sequential tasks: p50/p99/max to delivery and to the result."""
+    from fleetcmd.bench import latency
+
+    latency.run(tasks, store, log_dir=log_dir, profile=profile)
+
+
+@bench_app.command("backlog")
+def bench_backlog(
+    commands: Annotated[int, typer.Option(help="Finished commands already in the stream.")] = (
+        1_000_000
+    ),
+    agents: Annotated[int, typer.Option(help="Agents in the fan-out.")] = 100_000,
+    tasks: Annotated[int, typer.Option(help="Sequential tasks for the latency part.")] = 500,
+    store: Annotated[str | None, typer.Option(help="sqlite (default) or postgresql://…")] = None,
+    log_dir: LogDir = None,
+) -> None:
+    """Fan-out and latency on an empty store and with a backlog (% slower); retention of the
+    backlog while latency is measured."""
+    from fleetcmd.bench import backlog
+
+    backlog.run(commands, agents, tasks, store, log_dir=log_dir)
+
+
+@bench_app.command("footprint")
+def bench_footprint(
+    idle: Annotated[float, typer.Option(help="Seconds the agent idles, connected.")] = 300.0,
+    changes: Annotated[int, typer.Option(help="Configuration changes applied after.")] = 100,
+    store: Annotated[str | None, typer.Option(help="sqlite (default) or postgresql://…")] = None,
+    log_dir: LogDir = None,
+) -> None:
+    """One real agent: idle and peak RSS, idle CPU, CPU for N configuration changes."""
+    from fleetcmd.bench import footprint
+
+    footprint.run(idle, changes, store, log_dir=log_dir)
+
+
+@bench_app.command("multinode")
+def bench_multinode(
+    store: Annotated[str, typer.Option(help="postgresql://… (a scratch schema is used)")],
+    agents: Annotated[int, typer.Option(help="Simulated agents, split across servers.")] = 2000,
+    tasks: Annotated[int, typer.Option(help="Group changes filed back to back.")] = 5,
+    log_dir: LogDir = None,
+) -> None:
+    """2 indexers + 2 servers on one PostgreSQL: duplicates, losses, throughput."""
+    from fleetcmd.bench import multinode
+
+    multinode.run(agents, tasks, store, log_dir=log_dir)
+
+
+def _register_roles() -> None:
+    from fleetcmd.agent import cli as agent_cli
+    from fleetcmd.allinone import cli as allinone_cli
+    from fleetcmd.chaos import cli as chaos_cli
+    from fleetcmd.content import cli as content_cli
+    from fleetcmd.server import cli as server_cli
+
+    allinone_cli.register(app)
+    server_cli.register(app)
+    agent_cli.register(app)
+    content_cli.register(app)
+    chaos_cli.register(bench_app)
+
+
+_register_roles()
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""`fleetcmd cti …` (publish a signed feed) and `fleetcmd content-manager` (consume one)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+cti_app = typer.Typer(help="Build and sign CTI feeds.", no_args_is_help=True)
+
+
+@cti_app.command("keygen")
+def keygen(keyfile: Annotated[Path, typer.Argument(help="Private key to write (0600).")]) -> None:
+    """Write a new ed25519 signing key (PEM, 0600) and KEYFILE.pub (PEM)."""
+    from fleetcmd.content import signing
+
+    if keyfile.exists():
+        raise typer.BadParameter(f"{keyfile} exists; refusing to overwrite a signing key")
+    private = signing.generate_key(keyfile)
+    public = private.public_key()
+    typer.echo(f"private key {keyfile} (0600), public key {signing.pub_path(keyfile)}")
+    typer.echo(f"key id {signing.key_id(public)}; raw public key {signing.public_base64(public)}")
+
+
+@cti_app.command("build")
+def build(
+    src: Annotated[Path, typer.Argument(help="Source folder (sca/, cve/, ruleset/, …).")],
+    out: Annotated[Path, typer.Argument(help="Feed folder to write (servable as is).")],
+    key: Annotated[Path, typer.Option("--key", help="Private signing key (PEM).")],
+    serial: Annotated[
+        int | None, typer.Option(help="Manifest serial (default: the published one + 1).")
+    ] = None,
+    sample_package: Annotated[
+        bool, typer.Option(help="Add this project as an agent package (sample feed).")
+    ] = False,
+) -> None:
+    """Validate, copy and sign every content file of SRC into the feed folder OUT."""
+    from fleetcmd.content import feed, signing
+    from fleetcmd.content.sample import build_sample_feed
+
+    try:
+        if sample_package:
+            manifest = build_sample_feed(out, key, serial=serial, source=src)
+        else:
+            manifest = feed.build(src, out, signing.load_private(key), serial=serial)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"feed {manifest.feed} serial {manifest.serial}: {len(manifest.items)} items signed "
+        f"by key {manifest.key_id} into {out}"
+    )
+
+
+def content_manager(
+    indexer: Annotated[str, typer.Option(help="Indexer URL.")] = "http://127.0.0.1:9200",
+    feed: Annotated[
+        str | None,
+        typer.Option(help="Feed folder or http(s) URL (default: the sample feed, dev key)."),
+    ] = None,
+    trust_key: Annotated[
+        list[str] | None,
+        typer.Option(help="Trusted public key: file (PEM/base64) or base64; repeat to rotate."),
+    ] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 60.0,
+    data_dir: Annotated[Path | None, typer.Option(help="Data folder (default ./data).")] = None,
+    once: Annotated[bool, typer.Option(help="Poll once, print the report as JSON, exit.")] = False,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Poll a signed CTI feed; update the content indexes and file unattended tasks."""
+    from fleetcmd.content import signing
+    from fleetcmd.content.feed import open_feed
+    from fleetcmd.content.indexer_api import IndexerApi
+    from fleetcmd.content.manager import ContentManager
+    from fleetcmd.content.sample import sample_setup
+    from fleetcmd.settings import data_dir as make_dir
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    d = make_dir(data_dir)
+    token = os.environ.get("FLEETCMD_TOKEN")
+    if not token:
+        token_file = d / "node.token"
+        if not token_file.is_file():
+            typer.echo(f"error: no FLEETCMD_TOKEN and no {token_file}", err=True)
+            raise typer.Exit(2)
+        token = token_file.read_text().strip()
+    keys = list(trust_key or [])
+    if feed is None:
+        sample_dir, sample_pub = sample_setup(d)
+        feed, keys = str(sample_dir), [*keys, str(sample_pub)]
+        typer.echo(
+            f"using the sample feed {sample_dir} signed with the DEVELOPMENT key "
+            f"{d / 'cti-dev.key'} (never use it in production)"
+        )
+    if not keys:
+        raise typer.BadParameter("--trust-key is required with --feed")
+    try:
+        trusted = signing.TrustedKeys(tuple(signing.load_public(k) for k in keys))
+    except signing.BadKey as exc:
+        raise typer.BadParameter(str(exc)) from None
+    manager = ContentManager(
+        IndexerApi(indexer, token), open_feed(feed), trusted, d / "content-state.json"
+    )
+    if once:
+        typer.echo(json.dumps(manager.poll_once().to_json(), indent=2))
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    typer.echo(
+        f"content manager: feed {feed}, trusted keys {', '.join(trusted.ids())}, "
+        f"every {interval:g}s"
+    )
+    manager.run(interval, stop)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(cti_app, name="cti")
+    app.command("content-manager")(content_manager)

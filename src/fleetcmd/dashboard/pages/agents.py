@@ -1,0 +1,89 @@
+"""Agents: the searchable, paginated list and one agent's page."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from fleetcmd.dashboard.pager import Pager
+from fleetcmd.dashboard.pages import Viewing
+from fleetcmd.dashboard.render import page
+from fleetcmd.server.indexer_client import IndexerError
+from fleetcmd.server.management.live import summary_for
+
+router = APIRouter()
+RECENT_COMMANDS = 25
+COMMAND_PAGE = 500  # the API pages an agent's commands oldest first: read a bounded window
+COMMAND_PAGES = 10
+FINDINGS = 200
+
+
+@router.get("/agents")
+async def list_agents(request: Request, v: Viewing) -> Response:
+    v.require("agent:read")
+    q = request.query_params
+    pager = Pager.of(request, 50, 500)
+    filters = {k: (q.get(k) or "").strip() or None for k in ("search", "status", "group",
+                                                              "node")}
+    scoped = await v.reader("agent:read").agent_filter() or {}
+    data, summary = await asyncio.gather(
+        v.st.indexer.get("/agents", **filters, **scoped, cursor=pager.cursor,
+                         limit=pager.size),
+        summary_for(v.st, v.user))
+    return page(request, "agents.html", v, agents=data["items"], pager=pager,
+                next=pager.next(data["next_cursor"]), prev=pager.previous(), filters=filters,
+                summary=summary, can_create=v.can("task:create"))
+
+
+async def _documents(v: Viewing, index: str, prefix: str) -> list[tuple[str, Any]]:
+    """Documents of an index under a prefix; empty when the index holds none for it."""
+    try:
+        items: dict[str, Any] = (await v.st.indexer.get(f"/indexes/{index}",
+                                                       prefix=prefix))["items"]
+    except IndexerError:
+        return []
+    return sorted(items.items())[:FINDINGS]
+
+
+async def _document(v: Viewing, index: str, doc_id: str) -> dict[str, Any] | None:
+    try:
+        doc = await v.st.indexer.get(f"/indexes/{index}/{quote(doc_id, safe='')}")
+    except IndexerError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+async def _latest_commands(v: Viewing, agent_id: str) -> tuple[list[dict[str, Any]], bool]:
+    """The agent's newest commands, and whether older-than-window ones were left unread."""
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    for _ in range(COMMAND_PAGES):
+        data = await v.st.indexer.get("/commands", target_type="agent", target_id=agent_id,
+                                      cursor=cursor, limit=COMMAND_PAGE)
+        items = (items + await v.reader("command:read").commands(data["items"])
+                 )[-RECENT_COMMANDS:]
+        cursor = data["next_cursor"]
+        if not cursor:
+            break
+    return list(reversed(items)), cursor is not None
+
+
+@router.get("/agents/{agent_id}")
+async def agent_detail(agent_id: str, request: Request, v: Viewing) -> Response:
+    v.require("agent:read")
+    agent = await v.st.indexer.get(f"/agents/{quote(agent_id, safe='')}")
+    if not v.reader("agent:read").agent(agent):
+        v.deny("agent:read", f"agent {agent_id}")
+    prefix = f"{agent['id']}/"
+    (commands, more), sca, vulns, packages = await asyncio.gather(
+        _latest_commands(v, agent["id"]), _documents(v, "sca-results", prefix),
+        _document(v, "vulnerabilities", agent["id"]), _document(v, "packages", agent["id"]))
+    findings = sorted((vulns or {}).get("findings") or [],
+                      key=lambda f: -float(f.get("cvss") or 0))[:FINDINGS]
+    return page(request, "agent.html", v, agent=agent, commands=commands, more=more, sca=sca,
+                vulnerabilities=vulns, findings=findings, packages=packages,
+                can_create=v.can("task:create"))

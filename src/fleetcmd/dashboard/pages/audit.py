@@ -1,0 +1,51 @@
+"""The audit trail: who did what, when, from where, and how it ended (read-only)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from fleetcmd.dashboard.pager import Pager
+from fleetcmd.dashboard.pages import Viewing
+from fleetcmd.dashboard.pages.tasks import _epoch
+from fleetcmd.dashboard.render import page
+
+router = APIRouter()
+OUTCOMES = ("success", "failure", "denied", "throttled", "refused")
+ACTIONS = (
+    "user.login",
+    "task.*",
+    "task.create",
+    "task.cancel",
+    "user.*",
+    "role.*",
+    "content.refuse",
+)
+
+
+@router.get("/audit")
+async def audit_trail(request: Request, v: Viewing) -> Response:
+    v.require("audit:read")
+    q = request.query_params
+    pager = Pager.of(request, 50, 500)
+    filters = {k: (q.get(k) or "").strip()[:128] or None for k in ("actor", "action", "outcome")}
+    data = await v.st.indexer.get(
+        "/audit",
+        **filters,
+        since=_epoch(q.get("since")),
+        until=_epoch(q.get("until")),
+        cursor=pager.cursor,
+        limit=pager.size,
+    )
+    return page(
+        request,
+        "audit.html",
+        v,
+        records=data["items"],
+        pager=pager,
+        next=pager.next(data["next_cursor"]),
+        prev=pager.previous(),
+        filters={**filters, "since": q.get("since", ""), "until": q.get("until", "")},
+        outcomes=OUTCOMES,
+        actions=ACTIONS,
+    )

@@ -1,0 +1,1 @@
+"""The indexer's HTTP API, one module per resource."""

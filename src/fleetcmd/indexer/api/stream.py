@@ -1,0 +1,187 @@
+"""The commands stream as servers see it: pull (long-poll claim), mark, leases, results."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from fleetcmd.httpkit import wait_for
+from fleetcmd.indexer.delivery import outgoing
+from fleetcmd.indexer.results import record_results
+from fleetcmd.indexer.state import IndexerState, authorized
+from fleetcmd.store import ClaimFilter, Result
+
+router = APIRouter(tags=["stream"])
+Auth = Annotated[IndexerState, Depends(authorized)]
+# Waits are cut into slices so a wake-up missed across processes costs at most one slice.
+SLICE = 5.0
+
+
+class PullIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    owner: str = Field(min_length=1, max_length=128)
+    target_type: Literal["agent", "server"]
+    node: str | None = Field(default=None, max_length=128)
+    target_ids: list[str] | None = Field(default=None, max_length=50_000)
+    limit: int = Field(default=500, ge=1, le=10_000)
+    wait: float = Field(default=20.0, ge=0, le=60)
+    lease: float = Field(default=60.0, ge=1, le=3600)
+
+
+@router.post("/pull")
+async def pull(body: PullIn, st: Auth) -> dict[str, Any]:
+    """Claim a batch at once if any is waiting; else wait for new commands up to `wait`."""
+    started = time.monotonic()
+    where = ClaimFilter(
+        body.target_type, body.node, tuple(body.target_ids) if body.target_ids is not None else None
+    )
+    deadline = started + body.wait
+    st.metrics.waiting.inc()
+    try:
+        while True:
+            event = st.waker.event(body.target_type)
+            claimed = await run_in_threadpool(
+                st.store.claim, body.owner, where, body.limit, body.lease
+            )
+            remaining = deadline - time.monotonic()
+            if claimed or remaining <= 0 or st.stopping:
+                break
+            await wait_for(event, min(remaining, SLICE))
+    finally:
+        st.metrics.waiting.dec()
+    st.metrics.pull_wait.observe(time.monotonic() - started)
+    if claimed:
+        st.metrics.claimed.labels(body.target_type).inc(len(claimed))
+    docs = await run_in_threadpool(outgoing, st.store, claimed, st.attach_limit, st.signer)
+    return {"data": {"commands": docs, "lease": body.lease}}
+
+
+class MarkIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    owner: str | None = Field(default=None, max_length=128)
+    ids: list[int] = Field(max_length=50_000)
+    status: Literal["sent", "delivered"]
+
+
+@router.post("/commands/mark")
+async def mark(body: MarkIn, st: Auth) -> dict[str, Any]:
+    moved = await run_in_threadpool(st.store.mark, body.owner, body.ids, body.status)
+    return {"data": {"moved": moved, "refused": sorted(set(body.ids) - set(moved))}}
+
+
+class LeaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    owner: str = Field(min_length=1, max_length=128)
+    ids: list[int] = Field(max_length=50_000)
+    lease: float = Field(default=60.0, ge=1, le=3600)
+
+
+@router.post("/leases/renew")
+async def renew(body: LeaseIn, st: Auth) -> dict[str, Any]:
+    held = await run_in_threadpool(st.store.renew, body.owner, body.ids, body.lease)
+    return {"data": {"held": held, "lost": sorted(set(body.ids) - set(held))}}
+
+
+@router.post("/leases/release")
+async def release(body: LeaseIn, st: Auth) -> dict[str, Any]:
+    n = await run_in_threadpool(st.store.release, body.owner, body.ids)
+    return {"data": {"released": n}}
+
+
+class ResultIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: int = Field(ge=1, le=2**63 - 1)
+    status: Literal["success", "failure"]
+    code: int = Field(default=0, ge=-(2**31), le=2**31 - 1)  # an exit code fits 32 bits
+    message: str = Field(default="", max_length=8000)
+    data: Any = None
+
+
+class ResultsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    results: list[ResultIn] = Field(max_length=50_000)
+
+
+@router.post("/results")
+async def results(body: ResultsIn, st: Auth) -> dict[str, Any]:
+    """Record a batch of results; idempotent per command id (a repeat is reported, not redone)."""
+    items = [Result(r.id, r.status, r.code, r.message, r.data) for r in body.results]
+    outcome = await run_in_threadpool(record_results, st.store, items)
+    for o in outcome:
+        st.metrics.results.labels(o["outcome"].split(":")[0]).inc()
+    st.waker.fire("rollout")  # a result may settle a wave or trip a threshold
+    return {"data": {"results": outcome}}
+
+
+@router.get("/commands")
+async def list_commands(
+    st: Auth,
+    task_id: int | None = None,
+    parent_id: int | None = None,
+    status: str | None = None,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 100,
+) -> dict[str, Any]:
+    page = await run_in_threadpool(
+        lambda: st.store.list_commands(
+            task_id=task_id,
+            parent_id=parent_id,
+            status=status,
+            target_type=target_type,
+            target_id=target_id,
+            cursor=cursor,
+            limit=limit,
+        )
+    )
+    return {"data": page.to_json()}
+
+
+class TargetsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[int] = Field(max_length=50_000)
+
+
+@router.post("/commands/targets")
+async def command_targets(body: TargetsIn, st: Auth) -> dict[str, Any]:
+    """Target and action of many commands in one call (ids not found are left out)."""
+    found = await run_in_threadpool(st.store.command_targets, body.ids)
+    return {
+        "data": {
+            "targets": {
+                str(cid): {"type": t, "id": tid, "action": action}
+                for cid, (t, tid, action) in found.items()
+            }
+        }
+    }
+
+
+@router.get("/commands/{command_id}")
+async def get_command(command_id: int, st: Auth) -> dict[str, Any]:
+    cmd = await run_in_threadpool(st.store.get_command, command_id)
+    doc = cmd.to_json()
+    if cmd.expanded:
+        doc["counts"] = await run_in_threadpool(st.store.counts, "parent", cmd.id)
+    return {"data": doc}
+
+
+async def sweeper(st: IndexerState, interval: float, disconnect_after: float) -> None:
+    """Time-driven moves (lapsed leases, missed deadlines, execution timeouts)."""
+    while True:
+        try:
+            report = await run_in_threadpool(st.store.sweep, None, 5000, disconnect_after)
+            for kind in ("lease_lapsed", "expired", "timed_out", "disconnected"):
+                n = getattr(report, kind)
+                if n:
+                    st.metrics.swept.labels(kind).inc(n)
+        except Exception:  # the sweeper must outlive a store hiccup
+            import logging
+
+            logging.getLogger("fleetcmd.sweeper").exception("sweep failed")
+        await asyncio.sleep(interval)

@@ -1,0 +1,60 @@
+"""What a command looks like when it leaves the stream for a server (R1, R6).
+
+The stream stores one row per agent with a small reference (group list, version); the
+configuration itself is stored once per version, addressed by its hash. It is attached here,
+to the command as delivered, when it fits under the size limit; otherwise the command carries
+the reference and the agent fetches the configuration from the Comms API (R3). An SCA
+content update (row 7) carries the policy document `sca/content/<id>` the same way, or only
+its id and version, and the agent fetches it (`GET /agents/sca/{policy_id}`).
+
+Every agent-bound command is then signed (`indexer/signing.py`) over what the agent receives,
+attachments included: a server relays commands but cannot alter or invent them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fleetcmd.errors import NotFound
+from fleetcmd.indexer.signing import CommandSigner
+from fleetcmd.model.records import Command, dumps
+from fleetcmd.store.base import SqlStore
+
+CONFIG_ACTIONS = frozenset({"set-groups", "apply-group-config"})
+
+
+def outgoing(store: SqlStore, commands: list[Command], attach_limit: int,
+             signer: CommandSigner | None = None) -> list[dict[str, Any]]:
+    out = []
+    policies: dict[str, Any] = {}
+    # A batch is mostly one fan-out: look each group set up once, not once per command.
+    configs: dict[tuple[str, ...], tuple[dict[str, Any], str]] = {}
+    for cmd in commands:
+        doc = cmd.to_json()
+        if cmd.action_name in CONFIG_ACTIONS:
+            groups = list(cmd.action_args.get("groups", []))
+            key = tuple(groups)
+            if key not in configs:
+                configs[key] = store.merged_config(groups)
+            merged, h = configs[key]
+            args = doc["action"]["args"]
+            args["config_hash"] = h
+            if len(dumps(merged)) <= attach_limit:
+                args["config"] = merged
+            else:
+                args["config_ref"] = {"groups": groups, "hash": h}
+        elif cmd.action_name == "sca-content":
+            args = doc["action"]["args"]
+            policy_id = str(args.get("policy_id", ""))
+            if policy_id not in policies:
+                try:
+                    policy = store.get_document("sca", f"content/{policy_id}")
+                except NotFound:  # the agent asks the Comms API and reports what it got
+                    policy = None
+                fits = policy is not None and len(dumps(policy)) <= attach_limit
+                policies[policy_id] = policy if fits else None
+            if policies[policy_id] is not None:
+                args["policy"] = policies[policy_id]
+        if signer is not None and cmd.target_type == "agent":
+            signer.sign(doc, cmd.expires_at)
+        out.append(doc)
+    return out

@@ -1,0 +1,95 @@
+"""The agent's long-poll for commands and its acknowledgement that it holds them.
+
+`take` and `acknowledge` are the logic; the FastAPI routes below document them in the
+OpenAPI and `fastpath.py` serves the same functions without FastAPI's per-request cost."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleetcmd.httpkit import wait_for
+from fleetcmd.server.comms.auth import AgentId, State
+from fleetcmd.server.state import ServerState
+
+router = APIRouter(tags=["commands"])
+# An agent polls again within a second of each answer; a longer gap means it was away.
+RETURNING_AFTER = 5.0
+MAX_WAIT = 60.0
+log = logging.getLogger("fleetcmd.server.comms.checkin")
+
+
+class PollQuery(BaseModel):
+    wait: float = Field(default=30.0, ge=0, le=MAX_WAIT)
+
+
+class AckIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[int] = Field(max_length=10_000)
+
+
+async def take(st: ServerState, agent_id: str, wait: float) -> list[dict[str, Any]]:
+    """Answer at once if the mailbox holds commands, else when one lands, else after `wait`."""
+    wait = min(wait, float(st.config.get("comms.max_poll_wait")))
+    box = st.mailboxes.box(agent_id)
+    # Back after a gap: it may have polled another node meanwhile, which now owns it in the
+    # indexer; report it again so that this node is handed its commands.
+    returning = box.polls == 0 and time.monotonic() - box.last_poll > RETURNING_AFTER
+    box.polls += 1
+    box.poll_wait = max(wait, 1.0)
+    st.presence.seen(agent_id, returning)
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            now = time.monotonic()
+            event = box.event
+            ready = box.ready(now)
+            remaining = deadline - now
+            if ready or remaining <= 0 or st.stopping.is_set():
+                break
+            nxt = box.next_redelivery(now)
+            await wait_for(event, remaining if nxt is None else min(remaining, nxt + 0.01))
+    finally:
+        box.polls -= 1
+        box.last_poll = time.monotonic()
+    st.metrics.polls.labels("commands" if ready else "empty").inc()
+    for c in ready:
+        log.info("command %s (task %s) %s handed to agent %s", c["id"], c.get("task_id"),
+                 c["action"]["name"], agent_id)
+    return ready
+
+
+async def acknowledge(st: ServerState, agent_id: str, ids: list[int]) -> list[int]:
+    """The agent journaled these commands: they move to `delivered` (timeout clock starts).
+    Returns the ids that are this agent's (acked now or before)."""
+    box = st.mailboxes.get(agent_id)
+    if box is None:  # nothing was handed to this agent by this node (since it started)
+        return []
+    mine = [cid for cid in dict.fromkeys(ids) if cid in box.history]
+    fresh = [cid for cid in mine if cid in box.entries]
+    st.mailboxes.drop(fresh)
+    if fresh:
+        moved = await st.delivered.submit_many(fresh)
+        st.metrics.acks.inc(len(fresh))
+        for cid, ok in zip(fresh, moved, strict=True):
+            if not ok:
+                log.info("command %s acked by agent %s but no longer deliverable", cid, agent_id)
+        st.metrics.mailbox_depth.set(st.mailboxes.depth())
+    return mine
+
+
+@router.get("/agents/commands")
+async def poll(agent_id: AgentId, st: State,
+               wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 30.0) -> dict[str, Any]:
+    """Answer at once if the mailbox holds commands, else when one lands, else after `wait`."""
+    return {"data": {"commands": await take(st, agent_id, wait)}}
+
+
+@router.post("/agents/commands/ack")
+async def ack(body: AckIn, agent_id: AgentId, st: State) -> dict[str, Any]:
+    """The agent journaled these commands: they move to `delivered` (timeout clock starts)."""
+    return {"data": {"acked": await acknowledge(st, agent_id, body.ids)}}

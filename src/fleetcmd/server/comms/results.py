@@ -1,0 +1,86 @@
+"""Results from agents, coalesced into bulk writes; idempotent per command id.
+
+`record` is the logic; the FastAPI route documents it in the OpenAPI and `fastpath.py`
+serves the same function without FastAPI's per-request cost."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleetcmd.server import audit
+from fleetcmd.server.comms.auth import AgentId, State
+from fleetcmd.server.state import ServerState
+
+router = APIRouter(tags=["results"])
+log = logging.getLogger("fleetcmd.server.comms.results")
+
+
+class ResultIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: int = Field(ge=1, le=2**63 - 1)
+    status: Literal["success", "failure"]
+    code: int = Field(default=0, ge=-(2**31), le=2**31 - 1)  # an exit code fits 32 bits
+    message: str = Field(default="", max_length=8000)
+    data: Any = None
+
+
+class ResultsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    results: list[ResultIn] = Field(max_length=10_000)
+
+
+async def _owned(st: ServerState, agent_id: str, ids: list[int]) -> dict[int, str]:
+    """id -> action name for the ids that are this agent's commands. Ids this node handed to
+    the agent are known; the others (e.g. handed by a node since restarted) are looked up,
+    all of them, through a bulker: after a restart thousands of agents post at once, and one
+    lookup per id would exhaust the connections to the indexer (found by the chaos runs)."""
+    box = st.mailboxes.get(agent_id)
+    history = box.history if box is not None else {}
+    owned = {cid: history[cid] for cid in ids if cid in history}
+    unknown = [cid for cid in ids if cid not in owned]
+    if unknown:
+        for cid, target in zip(unknown, await st.targets.submit_many(unknown), strict=True):
+            if target is not None and target["type"] == "agent" and target["id"] == agent_id:
+                owned[cid] = str(target["action"])
+    return owned
+
+
+async def record(st: ServerState, agent_id: str, results: list[ResultIn],
+                 address: str | None) -> list[dict[str, Any]]:
+    """Pass this agent's results to the indexer (in bulk with other agents'); one outcome per
+    result: recorded, duplicate, refused with why, or ignored when not the agent's."""
+    ids = list(dict.fromkeys(r.id for r in results))
+    owned = await _owned(st, agent_id, ids)
+    # A result implies the agent holds the command, acked or not.
+    st.mailboxes.drop([cid for cid in ids if cid in owned])
+    mine = [r for r in results if r.id in owned]
+    outcomes = await st.results.submit_many([r.model_dump() for r in mine]) if mine else []
+    by_id = {r.id: o for r, o in zip(mine, outcomes, strict=True)}
+    answer = []
+    for r in results:
+        outcome = by_id.get(r.id, "ignored: not a command of this agent")
+        st.metrics.results.labels(outcome.split(":")[0]).inc()
+        if r.id in owned:
+            log.info("result of command %s (%s) from agent %s: %s -> %s", r.id, owned[r.id],
+                     agent_id, r.status, outcome)
+            if owned[r.id] == "delete" and r.status == "success" and outcome in (
+                    "recorded", "duplicate"):
+                if agent_id not in st.removed:
+                    await audit.record(st, "agent.remove", actor=f"agent:{agent_id}",
+                                       address=address, target=agent_id,
+                                       details={"command": r.id,
+                                                "effect": "token and secret refused"})
+                st.removed.add(agent_id)
+        answer.append({"id": r.id, "outcome": outcome})
+    return answer
+
+
+@router.post("/agents/results")
+async def post_results(body: ResultsIn, request: Request, agent_id: AgentId, st: State
+                       ) -> dict[str, Any]:
+    answer = await record(st, agent_id, body.results, audit.client_address(request))
+    return {"data": {"results": answer}}

@@ -1,0 +1,1 @@
+"""The Management API (people, dashboard, automation), one module per resource."""

@@ -1,0 +1,45 @@
+"""The store: one protocol (`protocol.Store`), two backends chosen by URL."""
+
+from __future__ import annotations
+
+from fleetcmd.store.base import SqlStore
+from fleetcmd.store.protocol import (
+    AgentSelection,
+    ClaimFilter,
+    Fanout,
+    NewCommand,
+    Result,
+    Store,
+    SweepReport,
+)
+
+
+def open_store(url: str, migrate: bool = True) -> SqlStore:
+    """`sqlite:///path/to/file.db` (embedded, the default) or `postgresql://…[?schema=name]`."""
+    store: SqlStore
+    if url.startswith("sqlite:"):
+        from fleetcmd.store.sqlite import SqliteStore
+
+        store = SqliteStore(url)
+    elif url.startswith(("postgresql:", "postgres:")):
+        from fleetcmd.store.postgres import PostgresStore
+
+        store = PostgresStore(url)
+    else:
+        raise ValueError(f"unsupported store URL {url!r}: use sqlite:///PATH or postgresql://…")
+    if migrate:
+        store.migrate()
+    return store
+
+
+__all__ = [
+    "AgentSelection",
+    "ClaimFilter",
+    "Fanout",
+    "NewCommand",
+    "Result",
+    "SqlStore",
+    "Store",
+    "SweepReport",
+    "open_store",
+]

@@ -1,0 +1,187 @@
+"""The distributed store: PostgreSQL through psycopg 3 and a connection pool.
+
+Claims use `FOR UPDATE SKIP LOCKED`, so any number of indexer processes can claim from one
+stream without waiting on each other; commits that add claimable work `NOTIFY`, and every
+process `LISTEN`s so waiting pullers wake at once instead of polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg_pool import ConnectionPool
+
+from fleetcmd.errors import StoreUnavailable
+from fleetcmd.store.base import Moved, SqlStore, SqlTx, migrations, schema_version
+
+log = logging.getLogger("fleetcmd.store.postgres")
+
+SCHEMA_VERSION = schema_version("postgres")
+CHANNEL = "fleetcmd_commands"
+_PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+@lru_cache(maxsize=2048)
+def to_pyformat(text: str) -> str:
+    return _PLACEHOLDER.sub(r"%(\1)s", text)
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """Take our own `schema=` query parameter out of a PostgreSQL URL."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    schema = query.pop("schema", "public")
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+        raise ValueError(f"bad schema name {schema!r}")
+    return urlunsplit(parts._replace(query=urlencode(query))), schema
+
+
+class PostgresTx(SqlTx):
+    def in_list(self, column: str, param: str) -> str:
+        return f"{column} = ANY(:{param})"
+
+    def list_param(self, values: Sequence[Any]) -> Any:
+        return list(values)
+
+    def args_with_groups_sql(self) -> str:
+        return (
+            "(CAST(:args AS jsonb) || jsonb_build_object('groups', CAST(a.groups AS jsonb)))::text"
+        )
+
+    def select_locked(
+        self, where: str, params: dict[str, Any], limit: int | None, skip_locked: bool
+    ) -> list[Moved]:
+        lim = f" LIMIT {int(limit)}" if limit else ""
+        lock = " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
+        rows = self.all(
+            f"SELECT id, status, parent_id, task_id, expanded FROM commands "
+            f"WHERE {where} ORDER BY id{lim}{lock}",
+            params,
+        )
+        return [(int(r[0]), r[1], r[2], int(r[3]), int(r[4])) for r in rows]
+
+    def update_returning(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return list(self.cur.execute(to_pyformat(sql), params).fetchall())
+
+
+class PostgresStore(SqlStore):
+    tx_class = PostgresTx
+    for_update = " FOR UPDATE"
+    bad_input = (OverflowError, psycopg.DataError)
+
+    def __init__(self, url: str, pool_size: int = 10) -> None:
+        super().__init__(url)
+        self.conninfo, self.schema = split_url(url)
+        self._pool = ConnectionPool(
+            self.conninfo,
+            min_size=1,
+            max_size=pool_size,
+            open=True,
+            configure=self._configure,
+            kwargs={"autocommit": False},
+            timeout=30,
+        )
+        self._listener: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(pgsql.SQL("SET search_path TO {}").format(pgsql.Identifier(self.schema)))
+        conn.commit()
+
+    def sql(self, text: str) -> str:
+        return to_pyformat(text)
+
+    @contextmanager
+    def _connection(self, write: bool) -> Iterator[Any]:
+        try:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                yield cur
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+
+    def _publish(self, tx: SqlTx) -> None:
+        for target in sorted(tx.notifications):
+            tx.cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, target))
+
+    def _wake(self, target_type: str) -> None:
+        # Other processes hear the NOTIFY; this one wakes its own waiters at once as well.
+        super()._wake(target_type)
+
+    def subscribe(self, callback: Any) -> None:
+        super().subscribe(callback)
+        if self._listener is None:
+            self._listener = threading.Thread(target=self._listen, name="pg-listen", daemon=True)
+            self._listener.start()
+
+    def _listen(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    while not self._stopping.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            super()._wake(note.payload)
+            except psycopg.Error as exc:
+                log.warning("LISTEN connection lost (%s); reconnecting", exc)
+                self._stopping.wait(1.0)
+
+    def migrate(self) -> int:
+        with psycopg.connect(self.conninfo, autocommit=False) as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(7261934)")
+            conn.execute(
+                pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(self.schema))
+            )
+            conn.execute(
+                pgsql.SQL("SET LOCAL search_path TO {}").format(pgsql.Identifier(self.schema))
+            )
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version < 1:
+                script = resources.files("fleetcmd.store").joinpath("sql/schema_postgres.sql")
+                for stmt in script.read_text().split(";"):
+                    if stmt.strip() and "CREATE TABLE IF NOT EXISTS meta" not in stmt:
+                        conn.execute(stmt)
+                version = 1
+            for number, step in migrations("postgres"):
+                if number > version:
+                    conn.execute(step.encode())  # several statements, no parameters
+                    version = number
+            conn.execute(
+                "INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT (key) "
+                "DO UPDATE SET value = excluded.value",
+                (str(version),),
+            )
+            conn.commit()
+        return SCHEMA_VERSION
+
+    def drop_schema(self) -> None:
+        """Tests and benchmarks only: remove this store's schema and everything in it."""
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            conn.execute(
+                pgsql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(pgsql.Identifier(self.schema))
+            )
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._pool.close()
+        if self._listener is not None:
+            self._listener.join(timeout=3)
+
+
+def check_available(conninfo: str) -> None:
+    try:
+        with psycopg.connect(conninfo, connect_timeout=3):
+            pass
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"cannot reach PostgreSQL: {exc}") from exc

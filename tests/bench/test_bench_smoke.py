@@ -1,0 +1,85 @@
+"""Each benchmark once at a tiny size, so the benchmark code cannot rot (figures are not
+asserted against targets: timing belongs to `fleetcmd bench`, not to tests). Scenarios that
+start real processes run on one store each to keep this file fast; `make bench` runs every
+scenario on both."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fleetcmd.bench import backlog, delivery, fanout, footprint, latency, multinode
+from support import PG_DSN, need_pg
+
+
+def _json_line(out: str, name: str) -> dict:
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    found = [x for x in lines if x["name"] == name]
+    assert found, out
+    return found[-1]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_fanout_runs_and_reports(kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    if kind == "postgres":
+        need_pg()
+    line = fanout.run(300, None if kind == "sqlite" else PG_DSN)
+    assert line["figures"]["children"] == 300
+    assert line["figures"]["fanout_seconds"] > 0 and line["figures"]["raw_insert_seconds"] > 0
+    assert _json_line(capsys.readouterr().out, "fanout")["params"] == {"agents": 300}
+
+
+def test_delivery_records_every_result(capsys: pytest.CaptureFixture[str]) -> None:
+    line = delivery.run(20, None)
+    f = line["figures"]
+    assert f["counts"] == {"success": 20}
+    assert f["results_at_agents"] == 20 and f["duplicates_at_agents"] == 0
+    assert f["server_rss_peak_mb"] > 0 and f["seconds_to_all_results"] > 0
+    assert _json_line(capsys.readouterr().out, "delivery")["store"] == "sqlite"
+
+
+def test_latency_measures_each_task(capsys: pytest.CaptureFixture[str]) -> None:
+    need_pg()
+    line = latency.run(5, PG_DSN)
+    f = line["figures"]
+    assert 0 < f["delivered_p50_ms"] <= f["delivered_max_ms"]
+    assert f["delivered_p50_ms"] <= f["result_p50_ms"]
+    assert _json_line(capsys.readouterr().out, "latency")["store"] == "postgresql"
+
+
+def test_backlog_compares_and_retention_empties_it(capsys: pytest.CaptureFixture[str]) -> None:
+    line = backlog.run(commands=1500, agents=20, tasks=2, store_url=None)
+    f = line["figures"]
+    assert f["retention_commands_removed"] == 1500 and f["retention_tasks_removed"] == 1
+    assert f["fanout_seconds_empty"] > 0 and f["fanout_seconds_backlog"] > 0
+    assert f["latency_p50_ms_backlog"] > 0 and f["latency_p50_ms_during_retention"] > 0
+    assert _json_line(capsys.readouterr().out, "backlog")["params"]["commands"] == 1500
+
+
+def test_agent_footprint_reads_proc(capsys: pytest.CaptureFixture[str]) -> None:
+    line = footprint.run(idle=0.5, changes=2, store_url=None)
+    f = line["figures"]
+    assert 0 < f["idle_rss_mb"] <= f["peak_rss_mb"]
+    assert f["changes_cpu_seconds"] > 0 and f["threads"] >= 1
+    assert _json_line(capsys.readouterr().out, "footprint")["params"]["changes"] == 2
+
+
+def test_multinode_counts_duplicates_and_losses(capsys: pytest.CaptureFixture[str]) -> None:
+    need_pg()
+    line = multinode.run(agents=20, tasks=2, store_url=PG_DSN)
+    f = line["figures"]
+    assert f["commands_expected"] == 40
+    assert f["losses"] == 0 and f["duplicates_at_agents"] == 0
+    assert sum(f["commands_by_server"].values()) == 40 and len(f["commands_by_server"]) == 2
+    assert _json_line(capsys.readouterr().out, "multinode")["store"] == "postgresql"
+
+
+def test_rollout_bench_runs_and_reports(capsys: pytest.CaptureFixture[str]) -> None:
+    from fleetcmd.bench import rollout
+
+    line = rollout.run(40, None, wave_percent=50, pause=0.5, spread=0.5, canary_percent=5)
+    figures = line["figures"]
+    assert figures["rollout_state"] == "completed" and figures["succeeded"] == 40
+    assert figures["wave_sizes"] == [2, 20, 18]
+    assert '"name": "rollout"' in capsys.readouterr().out

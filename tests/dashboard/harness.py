@@ -1,0 +1,109 @@
+"""A real fleet for the dashboard tests (indexer, server, `fleetcmd agent`s, httpx-played
+agents) and Debian's Chromium driven by Playwright, with no browser download."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fleetcmd.agent.cli import status_of
+from fleetcmd.server.rbac import hash_password
+from server.harness import ENROLLMENT_KEY, FakeAgent, Server, file_task, login, task_final
+from support import Indexer, Role, store_url_for, wait_until
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+READER, READER_PASSWORD = "reader", "pw-reader-dashboard"
+
+
+def need_browser() -> None:
+    """Skip without Chromium or Playwright locally; in CI their absence is a failure."""
+    missing = []
+    if not Path(CHROMIUM).exists():
+        missing.append(f"{CHROMIUM} (apt-get install chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package (pip install playwright)")
+    if missing:
+        message = "dashboard browser tests need " + " and ".join(missing)
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@dataclass
+class DashFleet:
+    """What the tests need to know about the running fleet."""
+
+    indexer: Indexer
+    server: Server
+    admin_password: str
+    api: httpx.Client
+    agents: dict[str, str] = field(default_factory=dict)  # name -> id of real agents
+    roles: list[Role] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.api
+
+    def fake_agent(self, name: str) -> FakeAgent:
+        return FakeAgent(self.server.comms, name)
+
+    def register(self, agents: list[dict[str, Any]]) -> None:
+        """Agents straight into the indexer (never connected), as enrollment would."""
+        with self.indexer.client() as idx:
+            for i in range(0, len(agents), 5_000):
+                r = idx.post("/agents", json={"agents": agents[i:i + 5_000]}, timeout=300)
+                assert r.status_code == 200, r.text
+
+
+@contextmanager
+def dash_fleet(tmp: Path, real_agents: int = 2) -> Iterator[DashFleet]:
+    with store_url_for("sqlite", tmp) as url:
+        idx = Indexer(url, tmp / "indexer").start()
+        srv: Server | None = None
+        roles: list[Role] = [idx]
+        try:
+            srv = Server(idx, tmp / "server").start()
+            roles.append(srv)
+            password = (srv.data_dir / "admin.password").read_text().strip()
+            api = login(srv.api, "admin", password)
+            for group, conf in (("web", {"log_level": "info", "sca": {"enabled": True}}),
+                                ("linux", {"inventory": {"interval": 3600}})):
+                task_final(api, file_task(api, "group-configuration-change",
+                                          {"group": group, "configuration": conf})["id"])
+            fleet = DashFleet(idx, srv, password, api, roles=roles)
+            for i in range(real_agents):
+                name = f"edge-{i + 1}"
+                state = tmp / name
+                roles.append(Role(name, ["agent", "--server", srv.comms, "--enrollment-key",
+                                         ENROLLMENT_KEY, "--name", name, "--state-dir",
+                                         str(state), "--log-level", "warning"], tmp).start())
+                fleet.agents[name] = wait_until(
+                    lambda s=state: s.is_dir() and status_of(s).get("id"), 30,
+                    what=f"{name} enrolled")
+            wait_until(lambda: all(
+                api.get(f"/agents/{a}").json()["data"]["status"] == "active"
+                for a in fleet.agents.values()), 30, what="real agents active")
+            with idx.client() as c:
+                c.put(f"/indexes/rbac/users/{READER}",
+                      json={"password_hash": hash_password(READER_PASSWORD),
+                            "roles": ["readonly"]}).raise_for_status()
+            task_final(api, file_task(api, "rbac-change", {"reason": "dashboard reader"})["id"])
+            yield fleet
+        finally:
+            for r in reversed(roles):
+                r.kill()
+            for r in roles:
+                print(f"----- {r.name} log (tail) -----\n{r.log()[-2500:]}")
