@@ -42,6 +42,8 @@ bench: venv
 	$(BIN)/fleetcmd bench fanout --agents 100000 --store $(PG)
 	$(BIN)/fleetcmd bench delivery --agents 10000 $(BENCH_FLAGS)
 	$(BIN)/fleetcmd bench delivery --agents 10000 --store $(PG) $(BENCH_FLAGS)
+	$(BIN)/fleetcmd bench storm --agents 10000 $(BENCH_FLAGS)
+	$(BIN)/fleetcmd bench storm --agents 10000 --store $(PG) $(BENCH_FLAGS)
 	$(BIN)/fleetcmd bench latency --tasks 500 $(BENCH_FLAGS)
 	$(BIN)/fleetcmd bench latency --tasks 500 --store $(PG) $(BENCH_FLAGS)
 	$(BIN)/fleetcmd bench backlog --commands 1000000 --agents 100000 --tasks 500 $(BENCH_FLAGS)

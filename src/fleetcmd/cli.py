@@ -207,6 +207,21 @@ def bench_delivery(
     delivery.run(agents, store, log_dir=log_dir, profile=profile)
 
 
+@bench_app.command("storm")
+def bench_storm(
+    agents: Annotated[int, typer.Option(help="Simulated agents.")] = 10_000,
+    store: Annotated[str | None, typer.Option(help="sqlite (default) or postgresql://…")] = None,
+    kill_at: Annotated[float, typer.Option(
+        help="Fraction of the task's results recorded when the server is killed.")] = 0.5,
+    log_dir: LogDir = None,
+) -> None:
+    """A server killed and restarted under N agents with a task in flight: seconds until all
+    poll again, API latency meanwhile, requests per agent, and that no result was lost."""
+    from fleetcmd.bench import storm
+
+    storm.run(agents, store, log_dir=log_dir, kill_at=kill_at)
+
+
 @bench_app.command("rollout")
 def bench_rollout(
     agents: Annotated[int, typer.Option(help="Simulated agents.")] = 10_000,

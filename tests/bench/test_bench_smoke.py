@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from fleetcmd.bench import backlog, delivery, fanout, footprint, latency, multinode
+from fleetcmd.bench import backlog, delivery, fanout, footprint, latency, multinode, storm
 from support import PG_DSN, need_pg
 
 
@@ -37,6 +37,17 @@ def test_delivery_records_every_result(capsys: pytest.CaptureFixture[str]) -> No
     assert f["results_at_agents"] == 20 and f["duplicates_at_agents"] == 0
     assert f["server_rss_peak_mb"] > 0 and f["seconds_to_all_results"] > 0
     assert _json_line(capsys.readouterr().out, "delivery")["store"] == "sqlite"
+
+
+def test_storm_restarts_the_server_and_loses_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    line = storm.run(30, None, kill_at=0, timeout=120)
+    f = line["figures"]
+    assert f["task_status"] == "success" and f["counts"] == {"success": 30}
+    assert f["results_at_agents"] == 30
+    assert f["reconnect_seconds_all_polling"] is not None
+    assert f["agents_polling_at_most"] == 30 and f["probes_unanswered"] == 0
+    assert f["failed_requests_per_agent"] >= 1  # every agent saw its server go away
+    assert _json_line(capsys.readouterr().out, "storm")["params"]["agents"] == 30
 
 
 def test_latency_measures_each_task(capsys: pytest.CaptureFixture[str]) -> None:

@@ -127,6 +127,7 @@ class Cluster:
         self.token = "bench-node-token"
         self.enrollment_key = "bench-enrollment-key"
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._argv: dict[int, tuple[list[str], dict[str, str], str]] = {}  # pid -> how to restart
         env = {
             **os.environ,
             "FLEETCMD_TOKEN": self.token,
@@ -220,7 +221,20 @@ class Cluster:
             start_new_session=True,
         )
         self.procs.append(p)
+        self._argv[p.pid] = (argv, env, name)
         return p
+
+    def restart_server(self, i: int = 0) -> None:
+        """SIGKILL server i and start it again at once on the same ports (a crash and its
+        supervisor's restart); returns when the process is started, not when it listens."""
+        import signal
+
+        old = next(p for p in self.procs if p.pid == self.server_pids[i])
+        old.send_signal(signal.SIGKILL)
+        old.wait()
+        argv, env, name = self._argv.pop(old.pid)
+        self.procs.remove(old)
+        self.server_pids[i] = self._start(argv, env, name).pid
 
     def client(self) -> Any:
         import httpx
@@ -408,6 +422,7 @@ class Simulator:
         import threading
 
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._held: list[dict[str, Any]] = []  # taken off the queue by events_named, not read
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fleetcmd.bench.simulator", *argv],
             stdout=subprocess.PIPE,
@@ -429,6 +444,11 @@ class Simulator:
         """The next event called `name`; earlier events of other names are passed over."""
         import queue
 
+        for i, held in enumerate(self._held):
+            if held["event"] == name:
+                del self._held[: i + 1]
+                return held
+        self._held.clear()
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -441,13 +461,22 @@ class Simulator:
                 return event
 
     def events_named(self, name: str) -> list[dict[str, Any]]:
-        """Every queued event called `name` (without waiting)."""
-        out = []
+        """Every queued event called `name` (without waiting); the others stay for
+        `read_event`."""
+        out: list[dict[str, Any]] = []
         while not self.events.empty():
             event = self.events.get_nowait()
-            if event is not None and event["event"] == name:
-                out.append(event)
+            if event is None:
+                self.events.put(None)  # the end stays visible to read_event
+                break
+            (out if event["event"] == name else self._held).append(event)
         return out
+
+    def finish(self, timeout: float = 60) -> dict[str, Any]:
+        """Stop the simulated agents (SIGTERM) and return their `done` event."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.read_event("done", timeout)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

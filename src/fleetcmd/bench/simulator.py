@@ -22,6 +22,7 @@ import contextlib
 import json
 import random
 import resource
+import signal
 import sys
 import time
 from collections import Counter
@@ -30,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fleetcmd import gctune
+from fleetcmd.agent.backoff import Backoff
 from fleetcmd.model.config import config_hash
 
 
@@ -38,10 +40,11 @@ def say(event: str, **fields: Any) -> None:
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, body: Any) -> None:
+    def __init__(self, status: int, body: Any, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status}: {body}")
         self.status = status
         self.body = body
+        self.retry_after = retry_after
 
 
 class Connection:
@@ -53,6 +56,7 @@ class Connection:
         self.port = u.port or 80
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.requests = 0  # attempts, failed ones included (retry amplification in storms)
 
     async def close(self) -> None:
         w, self.reader, self.writer = self.writer, None, None
@@ -74,12 +78,14 @@ class Connection:
         head += f"Content-Length: {len(payload)}\r\n\r\n"
         for attempt in (0, 1):
             fresh = self.writer is None
+            self.requests += 1
             try:
                 if self.writer is None:
                     self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
                 assert self.reader is not None
                 self.writer.write(head.encode() + payload)
-                status, data, keep = await asyncio.wait_for(self._answer(self.reader), timeout)
+                status, data, keep, retry_after = await asyncio.wait_for(
+                    self._answer(self.reader), timeout)
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
                 await self.close()
                 if attempt or fresh:  # a stale keep-alive connection earns one retry
@@ -88,12 +94,12 @@ class Connection:
             if not keep:
                 await self.close()
             if status >= 400:
-                raise HttpError(status, data)
+                raise HttpError(status, data, retry_after)
             return data.get("data") if isinstance(data, dict) else data
         raise AssertionError("unreachable")
 
     @staticmethod
-    async def _answer(reader: asyncio.StreamReader) -> tuple[int, Any, bool]:
+    async def _answer(reader: asyncio.StreamReader) -> tuple[int, Any, bool, float | None]:
         raw = await reader.readuntil(b"\r\n\r\n")
         lines = raw.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
@@ -114,7 +120,10 @@ class Connection:
         else:
             body = await reader.readexactly(int(headers.get("content-length", "0")))
         keep = headers.get("connection", "").lower() != "close"
-        return status, json.loads(body) if body else None, keep
+        retry_after = None
+        with contextlib.suppress(ValueError):
+            retry_after = float(headers["retry-after"]) if "retry-after" in headers else None
+        return status, json.loads(body) if body else None, keep, retry_after
 
 
 class SimAgent:
@@ -152,7 +161,9 @@ class SimAgent:
         self.token = data["token"]
 
     async def run(self, wait: float) -> None:
-        backoff = 0.5
+        # The real agent's backoff (full jitter, Retry-After honoured): after a server restart
+        # the simulated fleet comes back the way a real one would.
+        backoff = Backoff(base=0.5, cap=10.0)
         while True:
             try:
                 data = await self.conn.request(
@@ -161,19 +172,20 @@ class SimAgent:
                 commands = data["commands"]
                 if commands:
                     await self.execute(commands)
-                backoff = 0.5
+                backoff.reset()
             except HttpError as exc:
                 self.errors += 1
                 if exc.status == 401:
                     with contextlib.suppress(Exception):
                         await self.authenticate()
                     continue
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
-                backoff = min(backoff * 2, 10)
+                delay = backoff.next_delay()
+                if exc.retry_after is not None:
+                    delay = exc.retry_after + backoff.jitter(1.0)
+                await asyncio.sleep(delay)
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError, KeyError):
                 self.errors += 1
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
-                backoff = min(backoff * 2, 10)
+                await asyncio.sleep(backoff.next_delay())
 
     async def execute(self, commands: list[dict[str, Any]]) -> None:
         now = time.time()
@@ -259,12 +271,17 @@ async def main_async(args: argparse.Namespace) -> None:
     await asyncio.sleep(min(5.0, 0.5 + args.agents / 4000))
     say("ready", agents=len(agents), setup_seconds=round(time.time() - started, 2))
     deadline = time.monotonic() + args.duration
+    stopping = asyncio.Event()  # SIGTERM: stop polling, still say `done`
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
     last = (-1, -1)
-    while time.monotonic() < deadline:
+    last_said = 0.0
+    while time.monotonic() < deadline and not stopping.is_set():
         now = (sum(a.received for a in agents), sum(len(a.executed) for a in agents))
-        if now != last:
-            say("progress", received=now[0], executed=now[1])
-            last = now
+        if now != last or time.monotonic() - last_said >= 1.0:
+            say("progress", received=now[0], executed=now[1],
+                requests=sum(a.conn.requests for a in agents),
+                errors=sum(a.errors for a in agents))
+            last, last_said = now, time.monotonic()
         if args.expect and now[1] >= args.expect:
             break
         await asyncio.sleep(0.2)
@@ -278,6 +295,7 @@ async def main_async(args: argparse.Namespace) -> None:
         executed=sum(len(a.executed) for a in agents),
         duplicates=sum(a.duplicates for a in agents),
         errors=sum(a.errors for a in agents),
+        requests=sum(a.conn.requests for a in agents),
     )
 
 
