@@ -83,6 +83,28 @@ def test_a_lapsed_lease_returns_the_command_to_be_claimed_again(store: SqlStore)
     assert store.counts("task", task_id) == {"processing": 3}
 
 
+def test_a_restarted_node_takes_back_what_its_previous_run_held(store: SqlStore) -> None:
+    task_id = fan_out(store, 6)
+    old = store.claim("node-a#1111", ClaimFilter("agent"), 4, lease=600)
+    assert store.mark("node-a#1111", [c.id for c in old[:2]], "sent") == sorted(
+        c.id for c in old[:2])
+    mine = store.claim("node-a#2222", ClaimFilter("agent"), 1, lease=600)
+    other = store.claim("node-ab#3333", ClaimFilter("agent"), 1, lease=600)  # a longer name
+    assert store.release_previous("node-a#2222") == 4  # claimed and sent, both back
+    assert store.counts("task", task_id) == {"pending": 4, "processing": 2}
+    assert store.recount("task", task_id) == {"pending": 4, "processing": 2}
+    # the previous run lost the right to mark or renew; the new run and other nodes kept theirs
+    assert store.mark("node-a#1111", [c.id for c in old], "sent") == []
+    assert store.renew("node-a#1111", [c.id for c in old], 60) == []
+    assert store.renew("node-a#2222", [mine[0].id], 60) == [mine[0].id]
+    assert store.renew("node-ab#3333", [other[0].id], 60) == [other[0].id]
+    again = store.claim("node-a#2222", ClaimFilter("agent"), 10, lease=600)
+    assert sorted(c.id for c in again) == sorted(c.id for c in old)
+    assert store.release_previous("node-a#2222") == 0
+    with pytest.raises(InvalidParams):
+        store.release_previous("node-a")
+
+
 def test_an_exception_mid_expansion_leaves_no_child_and_no_parent_change(
     store: SqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,3 +114,30 @@ def test_command_waits_for_a_disconnected_agent(store_url: str, tmp_path: Path) 
         [cmd] = agent.run_once(wait=20)  # comes back: delivered at once
         assert cmd["action"]["args"]["config"] == {"v": 2}
         assert task_final(api, task["id"])["status"] == "success"
+
+
+def test_a_server_killed_holding_commands_hands_them_on_when_it_restarts(
+        store_url: str, tmp_path: Path) -> None:
+    """SIGKILL after a command was handed but before the ack: the restarted node (same node
+    id, new incarnation) takes back its predecessor's lease at start instead of waiting out
+    the 60-s lease, and the agent gets the command again (at-least-once; its journal makes
+    the second hand harmless)."""
+    with fleet(store_url, tmp_path) as (_, [srv]):
+        api = srv.admin()
+        task_final(api, file_task(api, "group-configuration-change",
+                                  {"group": "crash", "configuration": {"v": 1}})["id"])
+        agent = FakeAgent(srv.comms, "crash-1", ["crash"])
+        agent.poll(wait=0.5)
+        task = file_task(api, "group-configuration-change",
+                         {"group": "crash", "configuration": {"v": 2}})
+        [first] = agent.poll(wait=20)  # handed, never acked
+        srv.kill(signal.SIGKILL)
+        srv.start()
+        api = srv.admin()
+        started = time.monotonic()
+        again: list[dict[str, Any]] = []
+        while not again and time.monotonic() - started < 30:  # well inside the 60-s lease
+            again = agent.run_once(wait=5)
+        assert [c["id"] for c in again] == [first["id"]], "not handed again after the restart"
+        assert task_final(api, task["id"])["status"] == "success"
+        assert "handed back 1 command(s)" in srv.log()

@@ -194,7 +194,13 @@ class SimAgent:
         if self.trace:
             for c in commands:
                 say("command", agent=self.id, id=c["id"], task_id=c.get("task_id"), at=now)
-        await self.conn.request("POST", "/agents/commands/ack", {"ids": ids}, token=self.token)
+        try:
+            await self.conn.request("POST", "/agents/commands/ack", {"ids": ids},
+                                    token=self.token)
+        except (HttpError, OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+            # As the agent does: the answer may be lost after the server recorded the ack, and
+            # then nobody would hand the command again. Execute anyway; the result tells.
+            self.errors += 1
         results = []
         for c in commands:
             data: dict[str, Any] = {}
@@ -213,16 +219,31 @@ class SimAgent:
                     "data": data,
                 }
             )
-        for attempt in range(5):
+        # Like the agent's outbox: a result is kept and sent again until the server took it
+        # (or refused it for good with a 4xx other than 401/429), however long that takes.
+        backoff = Backoff(base=0.2, cap=10.0)
+        while True:
             try:
                 await self.conn.request(
                     "POST", "/agents/results", {"results": results}, token=self.token
                 )
                 self.executed.update(ids)
                 return
-            except (HttpError, OSError, asyncio.IncompleteReadError, TimeoutError):
+            except HttpError as exc:
                 self.errors += 1
-                await asyncio.sleep(0.2 * (attempt + 1))
+                if exc.status == 401:
+                    with contextlib.suppress(Exception):
+                        await self.authenticate()
+                    continue
+                if 400 <= exc.status < 500 and exc.status != 429:
+                    say("refused", agent=self.id, status=exc.status, body=exc.body)
+                    return
+                delay = backoff.next_delay()
+                await asyncio.sleep(delay if exc.retry_after is None
+                                    else exc.retry_after + backoff.jitter(1.0))
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+                self.errors += 1
+                await asyncio.sleep(backoff.next_delay())
 
 
 async def main_async(args: argparse.Namespace) -> None:

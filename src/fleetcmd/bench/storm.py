@@ -26,6 +26,7 @@ from fleetcmd.bench.common import (
     rss_mb,
     scratch_store,
     seed_agents,
+    stage_times,
     start_simulator,
     wait_connected,
     work_dir,
@@ -157,6 +158,7 @@ def run(
                 "counts": task["counts"],
                 "results_at_agents": done_event["executed"],
                 "commands_handed_twice": done_event["duplicates"],
+                **stage_times(store, task_id),  # seconds after the task was accepted
             }
             return report("storm", kind, {"agents": agents, "kill_at": kill_at}, figures)
         finally:

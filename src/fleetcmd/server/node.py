@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import secrets
 import signal
 import socket
 import time
@@ -47,6 +48,7 @@ def default_node_id(comms_port: int) -> str:
 def build_state(options: ServerOptions) -> ServerState:
     indexer = IndexerClient(options.indexer_url, options.token, ca=options.ca)
     metrics = ServerMetrics()
+    owner = f"{options.node_id}#{secrets.token_hex(4)}"
 
     async def flush_results(items: list[dict[str, Any]]) -> list[str]:
         with metrics.bulk.labels("results").time():
@@ -57,7 +59,7 @@ def build_state(options: ServerOptions) -> ServerState:
     async def flush_delivered(ids: list[int]) -> list[bool]:
         with metrics.bulk.labels("delivered").time():
             data = await indexer.post("/commands/mark",
-                                      {"owner": options.node_id, "ids": ids,
+                                      {"owner": owner, "ids": ids,
                                        "status": "delivered"})
         moved = set(data["moved"])
         return [i in moved for i in ids]
@@ -78,7 +80,7 @@ def build_state(options: ServerOptions) -> ServerState:
         engine=Engine(indexer, options.data_dir, metrics.registry),
         packages=PackageStore(indexer, options.indexer_url, options.token, options.data_dir,
                               ca=options.ca),
-        enrollment_keys=EnrollmentKeys(indexer),
+        enrollment_keys=EnrollmentKeys(indexer), owner=owner,
         enroll_limit=RateLimiter("enrollment", options.enroll_rate,
                                  max(5.0, options.enroll_rate * 10)),
         auth_limit=RateLimiter("authentication", options.auth_rate,
@@ -155,6 +157,10 @@ async def prepare(st: ServerState) -> None:
     kid = await st.enrollment_keys.register_configured(st.options.enrollment_key)
     if kid is not None:
         log.info("configured enrollment key registered as %s", kid)
+    released = (await st.indexer.post("/leases/release-previous", {"owner": st.owner}))["released"]
+    if released:
+        log.info("handed back %d command(s) an earlier run of node %s still held", released,
+                 st.options.node_id)
     await st.rbac.refresh()
     outcome = await handlers.server_config(st, {"action": {"args": {}}})
     log.info("live configuration loaded (%s)", outcome.message)
@@ -230,7 +236,7 @@ async def release_all(st: ServerState) -> None:
     if not ids:
         return
     try:
-        await st.indexer.post("/leases/release", {"owner": st.options.node_id, "ids": ids},
+        await st.indexer.post("/leases/release", {"owner": st.owner, "ids": ids},
                               retries=1)
         log.info("released %d un-acked command(s) on stop", len(ids))
     except Exception as exc:

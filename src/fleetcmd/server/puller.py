@@ -29,6 +29,7 @@ class Puller:
     def __init__(self, st: ServerState) -> None:
         self.st = st
         self.node = st.options.node_id
+        self.owner = st.owner  # NODE#INCARNATION: leases are this process's, not the node's
 
     # -- agent-bound ---------------------------------------------------------------------------
     async def agent_loop(self) -> None:
@@ -46,7 +47,7 @@ class Puller:
         for i in range(0, len(agent_ids), CHUNK):
             asked_at = time.monotonic()
             data = await self.st.indexer.post("/pull", {
-                "owner": self.node, "target_type": "agent",
+                "owner": self.owner, "target_type": "agent",
                 "target_ids": agent_ids[i:i + CHUNK], "limit": 10_000, "wait": 0,
                 "lease": self.st.options.lease})
             self.st.metrics.pulls.labels("agent").inc()
@@ -62,7 +63,7 @@ class Puller:
         st.metrics.pulled.labels("agent").inc(len(commands))
         ids = [int(c["id"]) for c in commands]
         answer = await st.indexer.post("/commands/mark",
-                                       {"owner": self.node, "ids": ids, "status": "sent"})
+                                       {"owner": self.owner, "ids": ids, "status": "sent"})
         refused = set(answer["refused"])
         if refused:
             log.warning("indexer refused %d command(s) as sent (lease lost): %s", len(refused),
@@ -99,7 +100,7 @@ class Puller:
         for i in range(0, len(ids), CHUNK):
             asked_at = time.monotonic()
             data = await st.indexer.post("/leases/renew", {
-                "owner": self.node, "ids": ids[i:i + CHUNK], "lease": st.options.lease})
+                "owner": self.owner, "ids": ids[i:i + CHUNK], "lease": st.options.lease})
             for agent_id in st.mailboxes.extend(data["held"], self.lease_until(asked_at)):
                 box = st.mailboxes.get(agent_id)
                 if box is not None:
@@ -133,7 +134,7 @@ class Puller:
         await st.presence.away([b.agent_id for b in away])
         if ids:
             for i in range(0, len(ids), CHUNK):
-                await st.indexer.post("/leases/release", {"owner": self.node,
+                await st.indexer.post("/leases/release", {"owner": self.owner,
                                                           "ids": ids[i:i + CHUNK]})
             st.mailboxes.drop(ids)
             st.metrics.released.inc(len(ids))
@@ -152,7 +153,7 @@ class Puller:
         st.metrics.pulled.labels("server").inc(len(commands))
         ids = [int(c["id"]) for c in commands]
         answer = await st.indexer.post("/commands/mark",
-                                       {"owner": self.node, "ids": ids, "status": "sent"})
+                                       {"owner": self.owner, "ids": ids, "status": "sent"})
         refused = set(answer["refused"])
         results = []
         for c in commands:
@@ -193,7 +194,7 @@ class Puller:
                 try:
                     asked_at = time.monotonic()
                     data = await st.indexer.post("/pull", {
-                        "owner": self.node, "target_type": target_type, "node": self.node,
+                        "owner": self.owner, "target_type": target_type, "node": self.node,
                         "limit": PULL_LIMIT, "wait": wait, "lease": st.options.lease},
                         timeout=wait + 15)
                     st.metrics.pulls.labels(target_type).inc()

@@ -59,6 +59,9 @@ class ServerState:
     engine: Engine
     packages: PackageStore
     enrollment_keys: EnrollmentKeys
+    # Lease owner of this process: NODE#INCARNATION, new at every start, so that a restarted
+    # node can hand back what its crashed predecessor held (puller.py, store release_previous).
+    owner: str = ""
     # Per client address, on the Comms API's enrollment and authentication routes.
     enroll_limit: RateLimiter = field(default_factory=lambda: RateLimiter("enrollment", 0, 1))
     auth_limit: RateLimiter = field(default_factory=lambda: RateLimiter("authentication", 0, 1))

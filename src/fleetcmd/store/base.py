@@ -879,6 +879,28 @@ class SqlStore(ABC):
                     tx.notify(tt)
         return len(rows)
 
+    def release_previous(self, owner: str) -> int:
+        """A server node restarted: hand back at once what its earlier incarnations held
+        (lease owners `NODE#INCARNATION`), instead of letting it wait out their leases. The
+        caller's own leases are kept; a still-running older incarnation loses its leases, and
+        with them the right to mark anything `sent` (the newest incarnation wins)."""
+        node, sep, incarnation = owner.rpartition("#")
+        if not sep or not node or not incarnation:
+            raise InvalidParams("owner must be NODE#INCARNATION")
+        prefix = node + "#"
+        with self.transaction() as tx:
+            rows, _ = tx.move(
+                "status IN ('processing', 'sent') AND substr(lease_owner, 1, :n) = :prefix "
+                "AND lease_owner <> :owner AND expanded = 0",
+                {"n": len(prefix), "prefix": prefix, "owner": owner},
+                Status.PENDING,
+                sets=", lease_owner = NULL, lease_expires_at = NULL",
+            )
+            if rows:
+                for tt in {"agent", "server", "indexer"}:
+                    tx.notify(tt)
+        return len(rows)
+
     def mark(self, owner: str | None, ids: list[int], status: str) -> list[int]:
         """`sent` needs the caller's lease; `delivered` is accepted from whoever saw the agent
         take the command (the agent's journal makes a second delivery harmless)."""

@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -16,6 +16,8 @@ from fleetcmd.indexer.results import record_results
 from fleetcmd.indexer.state import IndexerState, authorized
 from fleetcmd.store import ClaimFilter, Result
 
+# A lease owner is a server node id (up to 128 characters) and its incarnation: NODE#INC.
+OWNER_MAX = 160
 router = APIRouter(tags=["stream"])
 Auth = Annotated[IndexerState, Depends(authorized)]
 # Waits are cut into slices so a wake-up missed across processes costs at most one slice.
@@ -24,7 +26,7 @@ SLICE = 5.0
 
 class PullIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    owner: str = Field(min_length=1, max_length=128)
+    owner: str = Field(min_length=1, max_length=OWNER_MAX)
     target_type: Literal["agent", "server"]
     node: str | None = Field(default=None, max_length=128)
     target_ids: list[str] | None = Field(default=None, max_length=50_000)
@@ -34,17 +36,22 @@ class PullIn(BaseModel):
 
 
 @router.post("/pull")
-async def pull(body: PullIn, st: Auth) -> dict[str, Any]:
-    """Claim a batch at once if any is waiting; else wait for new commands up to `wait`."""
+async def pull(body: PullIn, st: Auth, request: Request) -> dict[str, Any]:
+    """Claim a batch at once if any is waiting; else wait for new commands up to `wait`.
+    A long-poll whose caller went away (a server killed while it waited) claims nothing:
+    what it claimed would sit under a dead owner's lease until the lease lapsed."""
     started = time.monotonic()
     where = ClaimFilter(
         body.target_type, body.node, tuple(body.target_ids) if body.target_ids is not None else None
     )
     deadline = started + body.wait
     st.metrics.waiting.inc()
+    claimed: list[Any] = []
     try:
         while True:
             event = st.waker.event(body.target_type)
+            if await request.is_disconnected():
+                break
             claimed = await run_in_threadpool(
                 st.store.claim, body.owner, where, body.limit, body.lease
             )
@@ -63,7 +70,7 @@ async def pull(body: PullIn, st: Auth) -> dict[str, Any]:
 
 class MarkIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    owner: str | None = Field(default=None, max_length=128)
+    owner: str | None = Field(default=None, max_length=OWNER_MAX)
     ids: list[int] = Field(max_length=50_000)
     status: Literal["sent", "delivered"]
 
@@ -76,7 +83,7 @@ async def mark(body: MarkIn, st: Auth) -> dict[str, Any]:
 
 class LeaseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    owner: str = Field(min_length=1, max_length=128)
+    owner: str = Field(min_length=1, max_length=OWNER_MAX)
     ids: list[int] = Field(max_length=50_000)
     lease: float = Field(default=60.0, ge=1, le=3600)
 
@@ -90,6 +97,19 @@ async def renew(body: LeaseIn, st: Auth) -> dict[str, Any]:
 @router.post("/leases/release")
 async def release(body: LeaseIn, st: Auth) -> dict[str, Any]:
     n = await run_in_threadpool(st.store.release, body.owner, body.ids)
+    return {"data": {"released": n}}
+
+
+class IncarnationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    owner: str = Field(min_length=3, max_length=OWNER_MAX, pattern=r"^.+#[A-Za-z0-9]+$")
+
+
+@router.post("/leases/release-previous")
+async def release_previous(body: IncarnationIn, st: Auth) -> dict[str, Any]:
+    """A restarted server node (owner `NODE#INCARNATION`) hands back, at once, the leases its
+    earlier incarnations held: what a crashed node had claimed is not stuck for a lease."""
+    n = await run_in_threadpool(st.store.release_previous, body.owner)
     return {"data": {"released": n}}
 
 
