@@ -120,6 +120,11 @@ class SqlTx(ABC):
     @abstractmethod
     def list_param(self, values: Sequence[Any]) -> Any: ...
 
+    def by_target_first(self, column: str) -> str:
+        """`column` written so that the planner does not pick an index led by it (SQLite's
+        unary `+`); PostgreSQL's planner chooses well from its statistics."""
+        return column
+
     @abstractmethod
     def args_with_groups_sql(self) -> str:
         """Expression: the `:args` JSON object with the agent row's `a.groups` added."""
@@ -828,6 +833,13 @@ class SqlStore(ABC):
                 "until": tx.now + lease,
             }
             cond = "status = 'pending' AND target_type = :tt AND expires_at > :now"
+            if where.target_type == "agent" and (where.node is not None
+                                                 or where.target_ids is not None):
+                # Go from the agents (of the node, or listed) to their pending commands through
+                # commands_pending_target, not along every pending command in id order: with
+                # 100,000 commands waiting for offline agents that walk took 33 ms a claim on
+                # SQLite (5 ms this way), and grew with the offline fleet.
+                cond = cond.replace("target_type", tx.by_target_first("target_type"), 1)
             if where.node is not None:
                 params["node"] = where.node
                 if where.target_type == "agent":

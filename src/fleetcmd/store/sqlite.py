@@ -42,6 +42,9 @@ class SqliteTx(SqlTx):
     def list_param(self, values: Sequence[Any]) -> Any:
         return dumps(list(values))
 
+    def by_target_first(self, column: str) -> str:
+        return f"+{column}"
+
     def args_with_groups_sql(self) -> str:
         return "json_set(:args, '$.groups', json(a.groups))"
 
