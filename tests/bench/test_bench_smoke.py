@@ -69,11 +69,13 @@ def test_backlog_compares_and_retention_empties_it(capsys: pytest.CaptureFixture
 
 
 def test_agent_footprint_reads_proc(capsys: pytest.CaptureFixture[str]) -> None:
-    line = footprint.run(idle=0.5, changes=2, store_url=None)
+    # 10 changes: ~4 ms of CPU each, so the total spans several clock ticks (/proc counts
+    # CPU time in 10-ms ticks: two changes could read 0 on a fast host)
+    line = footprint.run(idle=0.5, changes=10, store_url=None)
     f = line["figures"]
     assert 0 < f["idle_rss_mb"] <= f["peak_rss_mb"]
     assert f["changes_cpu_seconds"] > 0 and f["threads"] >= 1
-    assert _json_line(capsys.readouterr().out, "footprint")["params"]["changes"] == 2
+    assert _json_line(capsys.readouterr().out, "footprint")["params"]["changes"] == 10
 
 
 def test_multinode_counts_duplicates_and_losses(capsys: pytest.CaptureFixture[str]) -> None:
