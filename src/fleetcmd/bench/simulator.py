@@ -174,18 +174,23 @@ class SimAgent:
                     await self.execute(commands)
                 backoff.reset()
             except HttpError as exc:
-                self.errors += 1
-                if exc.status == 401:
-                    with contextlib.suppress(Exception):
-                        await self.authenticate()
-                    continue
-                delay = backoff.next_delay()
-                if exc.retry_after is not None:
-                    delay = exc.retry_after + backoff.jitter(1.0)
-                await asyncio.sleep(delay)
+                await self.recover(exc, backoff)
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError, KeyError):
                 self.errors += 1
                 await asyncio.sleep(backoff.next_delay())
+
+    async def recover(self, exc: HttpError, backoff: Backoff) -> None:
+        """After an error answer: authenticate again on 401, else wait (Retry-After when the
+        server said, plus jitter; else the backoff's next delay)."""
+        self.errors += 1
+        if exc.status == 401:
+            with contextlib.suppress(Exception):
+                await self.authenticate()
+            return
+        delay = backoff.next_delay()
+        if exc.retry_after is not None:
+            delay = exc.retry_after + backoff.jitter(1.0)
+        await asyncio.sleep(delay)
 
     async def execute(self, commands: list[dict[str, Any]]) -> None:
         now = time.time()
@@ -230,17 +235,11 @@ class SimAgent:
                 self.executed.update(ids)
                 return
             except HttpError as exc:
-                self.errors += 1
-                if exc.status == 401:
-                    with contextlib.suppress(Exception):
-                        await self.authenticate()
-                    continue
-                if 400 <= exc.status < 500 and exc.status != 429:
+                if 400 <= exc.status < 500 and exc.status not in (401, 429):
+                    self.errors += 1
                     say("refused", agent=self.id, status=exc.status, body=exc.body)
                     return
-                delay = backoff.next_delay()
-                await asyncio.sleep(delay if exc.retry_after is None
-                                    else exc.retry_after + backoff.jitter(1.0))
+                await self.recover(exc, backoff)
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
                 self.errors += 1
                 await asyncio.sleep(backoff.next_delay())

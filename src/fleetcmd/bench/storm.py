@@ -31,6 +31,7 @@ from fleetcmd.bench.common import (
     wait_connected,
     work_dir,
 )
+from fleetcmd.bench.latency import pct
 
 GROUP = "storm"
 PROBE_INTERVAL = 0.25
@@ -52,11 +53,6 @@ def _timed(client: httpx.Client, url: str) -> float | None:
     except httpx.HTTPError:
         return None
     return time.monotonic() - t0 if r.status_code < 400 else None
-
-
-def _pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))] if s else 0.0
 
 
 def run(
@@ -141,9 +137,9 @@ def run(
                 "reconnect_seconds_all_polling": _round(back),
                 "agents_polling_at_most": most,
                 "task_final_seconds_after_kill": round(finished, 2),
-                "health_p50_ms": round(_pct(health, 0.5) * 1000, 1),
+                "health_p50_ms": round(pct(health, 50) * 1000, 1) if health else 0.0,
                 "health_max_ms": round(max(health, default=0) * 1000, 1),
-                "management_list_p50_ms": round(_pct(manage, 0.5) * 1000, 1),
+                "management_list_p50_ms": round(pct(manage, 50) * 1000, 1) if manage else 0.0,
                 "management_list_max_ms": round(max(manage, default=0) * 1000, 1),
                 "probes_unanswered": unanswered,
                 # every request from the kill until the task was final, the task's own acks and

@@ -122,7 +122,8 @@ class SqlTx(ABC):
 
     def by_target_first(self, column: str) -> str:
         """`column` written so that the planner does not pick an index led by it (SQLite's
-        unary `+`); PostgreSQL's planner chooses well from its statistics."""
+        unary `+`). PostgreSQL is left to its statistics (docs/performance.md: a case where
+        stale ones mislead it)."""
         return column
 
     @abstractmethod
@@ -876,20 +877,29 @@ class SqlStore(ABC):
                 )
             ]
 
+    @staticmethod
+    def _hand_back(tx: SqlTx, where: str, params: dict[str, Any]) -> int:
+        """Leased commands matching `where` back to pending, lease cleared, claimers woken."""
+        rows, _ = tx.move(
+            f"({where}) AND expanded = 0",
+            params,
+            Status.PENDING,
+            sets=", lease_owner = NULL, lease_expires_at = NULL",
+        )
+        if rows:
+            for tt in {"agent", "server", "indexer"}:
+                tx.notify(tt)
+        return len(rows)
+
     def release(self, owner: str, ids: list[int]) -> int:
         if not ids:
             return 0
         with self.transaction() as tx:
-            rows, _ = tx.move(
-                f"{tx.in_list('id', 'ids')} AND lease_owner = :owner AND expanded = 0",
+            return self._hand_back(
+                tx,
+                f"{tx.in_list('id', 'ids')} AND lease_owner = :owner",
                 {"ids": tx.list_param(ids), "owner": owner},
-                Status.PENDING,
-                sets=", lease_owner = NULL, lease_expires_at = NULL",
             )
-            if rows:
-                for tt in {"agent", "server", "indexer"}:
-                    tx.notify(tt)
-        return len(rows)
 
     def release_previous(self, owner: str) -> int:
         """A server node restarted: hand back at once what its earlier incarnations held
@@ -901,17 +911,12 @@ class SqlStore(ABC):
             raise InvalidParams("owner must be NODE#INCARNATION")
         prefix = node + "#"
         with self.transaction() as tx:
-            rows, _ = tx.move(
+            return self._hand_back(
+                tx,
                 "status IN ('processing', 'sent') AND substr(lease_owner, 1, :n) = :prefix "
-                "AND lease_owner <> :owner AND expanded = 0",
+                "AND lease_owner <> :owner",
                 {"n": len(prefix), "prefix": prefix, "owner": owner},
-                Status.PENDING,
-                sets=", lease_owner = NULL, lease_expires_at = NULL",
             )
-            if rows:
-                for tt in {"agent", "server", "indexer"}:
-                    tx.notify(tt)
-        return len(rows)
 
     def mark(self, owner: str | None, ids: list[int], status: str) -> list[int]:
         """`sent` needs the caller's lease; `delivered` is accepted from whoever saw the agent
