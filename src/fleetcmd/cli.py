@@ -50,6 +50,14 @@ def indexer(
             min=0,
         ),
     ] = 30.0,
+    upkeep_interval: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between checks of the store's dead rows and statistics (vacuumed "
+            "and analyzed here where PostgreSQL's autovacuum is off; 0 never checks).",
+            min=0,
+        ),
+    ] = 60.0,
     command_key: Annotated[
         Path | None,
         typer.Option(
@@ -82,6 +90,7 @@ def indexer(
             token=node_token(d, token),
             run_command_manager=command_manager,
             retention_days=retention_days,
+            upkeep_interval=upkeep_interval,
             signer=signer,
         ),
     )

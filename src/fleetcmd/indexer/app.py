@@ -26,7 +26,7 @@ from fleetcmd.httpkit import (
 )
 from fleetcmd.indexer.api import audit, indexes, rollouts, stream, tasks
 from fleetcmd.indexer.command_manager import CommandManager
-from fleetcmd.indexer.retention import retention_loop
+from fleetcmd.indexer.retention import retention_loop, upkeep_loop
 from fleetcmd.indexer.rollouts import RolloutScheduler
 from fleetcmd.indexer.signing import CommandSigner, record_key
 from fleetcmd.indexer.state import IndexerState, Metrics
@@ -47,6 +47,8 @@ class IndexerOptions:
     # Finished tasks older than this leave the store (0: keep forever); checked hourly.
     retention_days: float = 30.0
     retention_interval: float = 3600.0
+    # The store's own vacuum/analyze where its database does not (0: never); seconds.
+    upkeep_interval: float = 60.0
     # Signs agent-bound commands; None: a throw-away key (embedded use and tests only).
     signer: CommandSigner | None = None
 
@@ -114,6 +116,7 @@ def create_app(store: SqlStore, options: IndexerOptions) -> FastAPI:
                 retention_loop(st, options.retention_days, options.retention_interval)
             )
         )
+        loops.append(asyncio.create_task(upkeep_loop(st, options.upkeep_interval)))
         if options.run_command_manager:
             loops.append(asyncio.create_task(command_manager_loop(st)))
             loops.append(asyncio.create_task(rollout_loop(st)))

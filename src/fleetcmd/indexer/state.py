@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -52,6 +53,12 @@ class Metrics:
             "fleetcmd_child_commands_total", "Child commands written", registry=r
         )
         self.waiting = Gauge("fleetcmd_pulls_waiting", "Long-polls waiting for work", registry=r)
+        self.upkeep = Counter(
+            "fleetcmd_store_upkeep_total",
+            "Tables vacuumed or analyzed by the store's upkeep",
+            ["step", "table"],
+            registry=r,
+        )
 
 
 @dataclass
@@ -67,6 +74,7 @@ class IndexerState:
     attach_limit: int = 64 * 1024
     started_at: float = 0.0
     stopping: bool = False  # set on SIGTERM/SIGINT: long-polls answer at once
+    upkeep_due: asyncio.Event = field(default_factory=asyncio.Event)  # run upkeep now
 
     def stop(self) -> None:
         self.stopping = True

@@ -34,6 +34,7 @@ from fleetcmd.store.protocol import (
     PurgeReport,
     Result,
     SweepReport,
+    UpkeepReport,
     chunks,
 )
 
@@ -652,6 +653,11 @@ class SqlStore(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    @abstractmethod
+    def upkeep(self) -> UpkeepReport:
+        """The store's own maintenance, run now and then by the indexer: what keeps the live
+        path's queries on plans and indexes that match the data (docs/performance.md)."""
 
     def _publish(self, tx: SqlTx) -> None:  # noqa: B027 - optional hook, no-op by default
         """Backend hook run inside the transaction before commit (PostgreSQL: NOTIFY)."""

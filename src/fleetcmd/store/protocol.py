@@ -44,6 +44,18 @@ class PurgeReport:
 
 
 @dataclass
+class UpkeepReport:
+    """What one upkeep pass did: the store's own maintenance (store.upkeep)."""
+
+    autovacuum: bool | None = None  # PostgreSQL's autovacuum covers the stream (None: SQLite)
+    vacuumed: dict[str, int] = field(default_factory=dict)  # table -> dead rows it held
+    analyzed: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)  # one line per step, for the log
+    skipped: str = ""  # why nothing was looked at, if so
+    seconds: float = 0.0
+
+
+@dataclass
 class SweepReport:
     lease_lapsed: int = 0
     expired: int = 0
@@ -190,6 +202,7 @@ class Store(Protocol):
     def purge_finished(
         self, older_than: float, now: float | None = None, batch: int = 2000
     ) -> PurgeReport: ...
+    def upkeep(self) -> UpkeepReport: ...
 
     # indexes
     def register_agents(self, agents: list[dict[str, Any]]) -> int: ...
