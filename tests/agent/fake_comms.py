@@ -39,6 +39,11 @@ class FakeComms:
         self.results: dict[str, dict[str, Any]] = {}  # command id (text) -> first result
         self.result_posts = 0
         self.refuse_results = False  # play a server that cannot record results right now
+        # Ids whose ack the stream does not confirm (they went final before the ack), and
+        # whether acks fail outright (503): the agent must run neither.
+        self.unconfirmed: set[Any] = set()
+        self.fail_acks = False
+        self.failed_acks: list[Any] = []
         self.calls: list[str] = []
         self.events: list[dict[str, Any]] = []
         # package id (NAME-VERSION) -> (bytes, response headers)
@@ -167,8 +172,12 @@ class FakeComms:
                 commands, self.mailbox[aid] = self.mailbox.get(aid, []), []
             return 200, {"data": {"commands": commands}}
         if method == "POST" and path == "/agents/commands/ack":
+            if self.fail_acks:
+                self.failed_acks.extend(body["ids"])
+                return 503, {"error": "unavailable", "message": "indexer unreachable"}
             self.acked.extend(body["ids"])
-            return 200, {"data": {"acked": body["ids"]}}
+            return 200, {"data": {"acked": [i for i in body["ids"]
+                                            if i not in self.unconfirmed]}}
         if method == "POST" and path == "/agents/results":
             if self.refuse_results:
                 return 503, {"error": "unavailable", "message": "indexer unreachable"}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetcmd.agent.journal import DONE, RECEIVED, Journal, Result
+from fleetcmd.agent.journal import DONE, OFFERED, RECEIVED, Journal, Result
 from fleetcmd.agent.outbox import Outbox
 
 
@@ -19,6 +19,8 @@ def test_a_command_id_is_received_once_across_restarts(tmp_path: Path) -> None:
     db = tmp_path / "agent.db"
     j = Journal(db)
     assert j.receive(cmd(1)) is True
+    assert j.receive(cmd(1)) is True  # offered, never confirmed: it may still run
+    j.confirm([1])
     assert j.receive(cmd(1)) is False
     j.complete(Result.success(1, {"name": "x"}))
     j.close()
@@ -36,6 +38,8 @@ def test_interrupted_commands_are_found_after_a_restart(tmp_path: Path) -> None:
     j = Journal(db)
     j.receive(cmd(1))
     j.receive(cmd(2, "set-groups"))
+    j.receive(cmd(3))  # offered, its delivery never confirmed: it never ran
+    j.confirm([1, 2])
     j.complete(Result.success(1))
     j.close()
     j = Journal(db)
@@ -82,3 +86,17 @@ def test_journal_and_outbox_share_one_file(tmp_path: Path) -> None:
     j.complete(Result.failure(1, "no"))
     o.put(Result.failure(1, "no"))
     assert j.count() == 1 and o.size() == 1
+
+
+def test_an_unconfirmed_command_runs_only_after_a_confirmed_delivery(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "agent.db")
+    j.receive(cmd(4))
+    entry = j.get(4)
+    assert entry is not None and entry.state == OFFERED
+    assert j.interrupted() == []  # a restart now does not answer it: it never ran
+    j.confirm([99])  # confirming another id changes nothing
+    assert j.receive(cmd(4)) is True
+    j.confirm([4])
+    entry = j.get(4)
+    assert entry is not None and entry.state == RECEIVED
+    assert j.receive(cmd(4)) is False

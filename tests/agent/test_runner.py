@@ -159,6 +159,7 @@ def test_interrupted_command_is_answered_not_rerun(fake: FakeComms, start, tmp_p
 
     j = Journal(tmp_path / "state" / "agent.db")
     j.receive(fake.command(50, "rename", {"name": "never"}))
+    j.confirm([50])
     j.close()
     r2 = start()
     assert r2.agent.id == aid
@@ -166,6 +167,37 @@ def test_interrupted_command_is_answered_not_rerun(fake: FakeComms, start, tmp_p
     assert fake.results["50"]["status"] == "failure"
     assert "not run again" in fake.results["50"]["message"]
     assert status_of(r2.agent.dir.root)["name"] != "never"
+
+
+def test_a_command_whose_delivery_is_not_confirmed_never_runs(fake: FakeComms, start
+                                                              ) -> None:
+    """Issue 14.1: the ack's answer is the agent's licence to run. A command the server does
+    not confirm (it went final first) or whose ack failed is journaled `offered`, not run;
+    offered again and confirmed, it runs once."""
+    r = start()
+    aid = r.agent.id
+    fake.unconfirmed.add(60)
+    fake.queue(aid, fake.command(60, "rename", {"name": "cancelled-meanwhile"}))
+    wait_until(lambda: 60 in fake.acked, 5, what="ack of 60")
+    fake.fail_acks = True
+    fake.queue(aid, fake.command(61, "rename", {"name": "ack-failed"}))
+    wait_until(lambda: 61 in fake.failed_acks, 5, what="failed ack of 61")
+    fake.fail_acks = False
+    fake.queue(aid, fake.command(62, "rename", {"name": "confirmed"}))
+    wait_until(lambda: "62" in fake.results, 5, what="result of 62")
+    assert "60" not in fake.results and "61" not in fake.results
+    assert status_of(r.agent.dir.root)["name"] == "confirmed"
+    # 61 is offered again and confirmed this time: it runs, once.
+    fake.queue(aid, fake.command(61, "rename", {"name": "ack-failed"}))
+    wait_until(lambda: "61" in fake.results, 5, what="result of 61")
+    assert fake.results["61"]["status"] == "success"
+    assert status_of(r.agent.dir.root)["name"] == "ack-failed"
+    r.stop()
+    r2 = start()  # a restart answers neither 60 nor anything else as interrupted
+    assert r2.agent.id == aid
+    fake.queue(aid, fake.command(63, "rename", {"name": "after-restart"}))
+    wait_until(lambda: "63" in fake.results, 5, what="result of 63")
+    assert "60" not in fake.results
 
 
 def test_bad_enrollment_key_is_fatal(fake: FakeComms, tmp_path: Path) -> None:

@@ -1,11 +1,14 @@
 """The journal: which command ids this agent has received and what each one answered.
 
 Delivery is at-least-once; the journal makes execution at-most-once per command id, across
-restarts. A command is journaled as `received` *before* it is acknowledged and executed, and
-its result is journaled before it is queued for sending. A redelivered id is never executed
-again: its recorded result is re-sent. An id found `received` with no result (the agent died
-while executing it) is not re-run either: it is answered with a failure saying so, because the
-agent cannot know how far the first run went.
+restarts. A command is journaled as `offered` *before* it is acknowledged, becomes `received`
+once the server's answer to the ack confirms the stream recorded it delivered, and only then
+runs; its result is journaled before it is queued for sending. An `offered` id that was not
+confirmed (it was cancelled or expired meanwhile, another node holds it, the ack failed) never
+runs unless a later delivery is confirmed. A redelivered `received` or `done` id is never
+executed again: its recorded result is re-sent. An id found `received` with no result (the
+agent died while executing it) is not re-run either: it is answered with a failure saying so,
+because the agent cannot know how far the first run went.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 MAX_MESSAGE = 4000
+OFFERED = "offered"
 RECEIVED = "received"
 DONE = "done"
 
@@ -133,14 +137,27 @@ class Journal:
         return Entry(row[0], row[1], row[2], result)
 
     def receive(self, command: dict[str, Any]) -> bool:
-        """Journal a delivered command; False when this id was already journaled."""
+        """Journal a command handed to this agent as `offered`; True when it may still run
+        (new, or offered before but never confirmed), False when it was confirmed before."""
         action = str((command.get("action") or {}).get("name", ""))
         with self._lock:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO journal (id, state, action, command, received_at)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (key(command["id"]), RECEIVED, action, json.dumps(command), time.time()))
-            return cur.rowcount == 1
+                (key(command["id"]), OFFERED, action, json.dumps(command), time.time()))
+            if cur.rowcount == 1:
+                return True
+            row = self._db.execute("SELECT state FROM journal WHERE id = ?",
+                                   (key(command["id"]),)).fetchone()
+            return row is not None and row[0] == OFFERED
+
+    def confirm(self, ids: list[Any]) -> None:
+        """The server confirmed these offered commands delivered: they run now, and from here
+        a restart that finds one without a result answers it as interrupted."""
+        with self._lock:
+            self._db.executemany(
+                "UPDATE journal SET state = ?, received_at = ? WHERE id = ? AND state = ?",
+                [(RECEIVED, time.time(), key(cid), OFFERED) for cid in ids])
 
     def complete(self, result: Result) -> None:
         with self._lock:

@@ -360,12 +360,22 @@ class Agent:
             (fresh if self.journal.receive(cmd) else again).append(cmd)
         ids = [c["id"] for c in fresh + again] + untrusted
         try:
-            self.comms.ack(ids)
+            confirmed = {str(i) for i in self.comms.ack(ids)}
         except AgentRemoved:
             raise
         except CommsError as exc:
-            # Journaled already: executing now is safe, and the result moves the command on.
-            log.warning("ack of %s failed (%s); executing anyway", ids, exc)
+            # Unconfirmed, nothing runs: the command may have gone final meanwhile. It stays
+            # `offered` in the journal and runs when a later delivery is confirmed.
+            log.warning("ack of %s failed (%s); nothing runs until a delivery is confirmed",
+                        ids, exc)
+            confirmed = set()
+        refused = [c for c in fresh if str(c["id"]) not in confirmed]
+        fresh = [c for c in fresh if str(c["id"]) in confirmed]
+        for cmd in refused:
+            log.info("command %s (%s) not run: the server did not confirm its delivery "
+                     "(cancelled, expired or held by another node)", cmd["id"],
+                     (cmd.get("action") or {}).get("name"))
+        self.journal.confirm([c["id"] for c in fresh])
         for cmd in again:
             entry = self.journal.get(cmd["id"])
             if entry is not None and entry.result is not None:

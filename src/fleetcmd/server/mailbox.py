@@ -18,6 +18,10 @@ from typing import Any
 REDELIVER_AFTER = 15.0
 # Ids an agent was given, remembered to accept repeated acks and to check result ownership.
 HISTORY = 4096
+# An entry the stream confirmed as still this node's less than this long ago is handed at
+# once; an older one (the agent was away, or it is offered again) is confirmed first, so
+# that a command cancelled or expired meanwhile is never handed out (checkin.take).
+CONFIRM_AFTER = 2.0
 
 
 @dataclass
@@ -28,6 +32,8 @@ class Entry:
     # claim or renewal was *asked*, so a node stopped (SIGSTOP, a long pause) past it hands
     # nothing until a renewal confirms the lease is still its own.
     lease_until: float = float("inf")
+    # When (monotonic) the stream last said this node holds it undelivered (mark, renewal).
+    confirmed_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -41,8 +47,8 @@ class Mailbox:
     poll_wait: float = 30.0
     polls: int = 0  # long-polls in flight
 
-    def ready(self, now: float) -> list[dict[str, Any]]:
-        """Commands to hand now: never handed, or handed long ago and still not acked; in id
+    def ready(self, now: float) -> list[Entry]:
+        """Entries to hand now: never handed, or handed long ago and still not acked; in id
         order (the order they were filed), whichever batch brought each."""
         out = []
         for _, e in sorted(self.entries.items()):
@@ -50,7 +56,7 @@ class Mailbox:
                 continue  # maybe another node's by now: wait for the renewal's verdict
             if e.handed_at is None or now - e.handed_at >= REDELIVER_AFTER:
                 e.handed_at = now
-                out.append(e.command)
+                out.append(e)
         return out
 
     def next_redelivery(self, now: float) -> float | None:
@@ -103,6 +109,7 @@ class Mailboxes:
                 if e.lease_until <= now:
                     woken.add(e.command["target"]["id"])
                 e.lease_until = max(e.lease_until, lease_until)
+                e.confirmed_at = now
         return woken
 
     def drop(self, ids: list[int]) -> dict[str, list[int]]:

@@ -64,6 +64,18 @@ def build_state(options: ServerOptions) -> ServerState:
         moved = set(data["moved"])
         return [i in moved for i in ids]
 
+    mailboxes = Mailboxes()
+
+    async def flush_held(ids: list[int]) -> list[bool]:
+        asked_at = time.monotonic()
+        with metrics.bulk.labels("held").time():
+            data = await indexer.post("/leases/renew",
+                                      {"owner": owner, "ids": sorted(set(ids)),
+                                       "lease": options.lease})
+        held = set(data["held"])
+        mailboxes.extend(sorted(held), asked_at + options.lease - min(1.0, options.lease / 10))
+        return [i in held for i in ids]
+
     async def flush_targets(ids: list[int]) -> list[dict[str, Any] | None]:
         with metrics.bulk.labels("targets").time():
             data = await indexer.post("/commands/targets", {"ids": sorted(set(ids))})
@@ -73,10 +85,10 @@ def build_state(options: ServerOptions) -> ServerState:
     config = ServerConfig()
     st = ServerState(
         options=options, indexer=indexer, config=config, metrics=metrics,
-        mailboxes=Mailboxes(), presence=Presence(indexer, options.node_id),
+        mailboxes=mailboxes, presence=Presence(indexer, options.node_id),
         rbac=RbacCache(indexer), tokens=TokenIssuer(options.jwt_key, options.token_ttl),
         results=Bulker("results", flush_results), delivered=Bulker("delivered", flush_delivered),
-        targets=Bulker("targets", flush_targets),
+        held=Bulker("held", flush_held), targets=Bulker("targets", flush_targets),
         engine=Engine(indexer, options.data_dir, metrics.registry),
         packages=PackageStore(indexer, options.indexer_url, options.token, options.data_dir,
                               ca=options.ca),
@@ -181,6 +193,7 @@ async def serve(options: ServerOptions) -> None:
     st.presence.on_connected = puller.claim_for
     st.results.start()
     st.delivered.start()
+    st.held.start()
     st.targets.start()
     await st.engine.start(lambda: st.events)
     gctune.settle()  # what a node keeps for its life is never walked by the GC again
@@ -222,6 +235,7 @@ async def serve(options: ServerOptions) -> None:
     await st.engine.stop()
     await st.results.stop()
     await st.delivered.stop()
+    await st.held.stop()
     await st.targets.stop()
     await st.packages.close()
     await release_all(st)

@@ -54,7 +54,8 @@ class ServerState:
     rbac: RbacCache
     tokens: TokenIssuer
     results: Bulker[dict[str, Any], str]
-    delivered: Bulker[int, bool]
+    delivered: Bulker[int, bool]  # command id -> delivered now (acks)
+    held: Bulker[int, bool]  # command id -> lease renewed: still this node's, undelivered
     targets: Bulker[int, dict[str, Any] | None]  # command id -> {type, id, action}
     engine: Engine
     packages: PackageStore

@@ -925,8 +925,11 @@ class SqlStore(ABC):
             )
 
     def mark(self, owner: str | None, ids: list[int], status: str) -> list[int]:
-        """`sent` needs the caller's lease; `delivered` is accepted from whoever saw the agent
-        take the command (the agent's journal makes a second delivery harmless)."""
+        """`sent` needs the caller's lease; returns the ids moved. `delivered` is accepted from
+        whoever saw the agent take the command (the agent's journal makes a second delivery
+        harmless); returns every id that is `delivered` now, moved by this call or an earlier
+        one, because the agent executes only what this answer confirms: a command that went
+        final undelivered (expired, cancelled) meanwhile is left out and never runs."""
         if not ids:
             return []
         with self.transaction() as tx:
@@ -955,6 +958,18 @@ class SqlStore(ABC):
                     sets=", delivered_at = :_now, timeout_at = :_now + timeout, "
                     "lease_owner = NULL, lease_expires_at = NULL",
                 )
+                moved = {int(r[0]) for r in rows}
+                rest = [i for i in dict.fromkeys(ids) if i not in moved]
+                if rest:  # acked before (the agent repeats an ack whose answer it lost)
+                    moved.update(
+                        int(r[0])
+                        for r in tx.all(
+                            f"SELECT id FROM commands WHERE {tx.in_list('id', 'rest')} "
+                            "AND status = 'delivered'",
+                            {"rest": tx.list_param(rest)},
+                        )
+                    )
+                return sorted(moved)
             else:
                 raise InvalidParams(f"status '{status}' cannot be marked; use results")
         return sorted(r[0] for r in rows)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleetcmd.httpkit import wait_for
 from fleetcmd.server.comms.auth import AgentId, State
+from fleetcmd.server.mailbox import CONFIRM_AFTER, Entry
 from fleetcmd.server.state import ServerState
 
 router = APIRouter(tags=["commands"])
@@ -43,11 +44,12 @@ async def take(st: ServerState, agent_id: str, wait: float) -> list[dict[str, An
     box.poll_wait = max(wait, 1.0)
     st.presence.seen(agent_id, returning)
     deadline = time.monotonic() + wait
+    ready: list[dict[str, Any]] = []
     try:
         while True:
             now = time.monotonic()
             event = box.event
-            ready = box.ready(now)
+            ready = await _still_ours(st, agent_id, box.ready(now), now)
             remaining = deadline - now
             if ready or remaining <= 0 or st.stopping.is_set():
                 break
@@ -63,23 +65,54 @@ async def take(st: ServerState, agent_id: str, wait: float) -> list[dict[str, An
     return ready
 
 
+async def _still_ours(st: ServerState, agent_id: str, entries: list[Entry],
+                     now: float) -> list[dict[str, Any]]:
+    """The commands of `entries` that the stream still holds for this node, undelivered.
+    Entries confirmed a moment ago (a fresh fan-out) are handed as they are; older ones are
+    renewed first, and those the stream no longer leases to this node (cancelled, expired,
+    released, taken over) leave the mailbox instead of reaching the agent."""
+    stale = [e for e in entries if now - e.confirmed_at > CONFIRM_AFTER]
+    if not stale:
+        return [e.command for e in entries]
+    ids = [int(e.command["id"]) for e in stale]
+    try:
+        held = await st.held.submit_many(ids)
+    except Exception as exc:  # unknown: hand nothing stale now; offered again later
+        log.warning("could not confirm %d command(s) of agent %s before hand-out: %s",
+                    len(ids), agent_id, exc)
+        gone: set[int] = set(ids)
+    else:
+        gone = {cid for cid, ok in zip(ids, held, strict=True) if not ok}
+        if gone:
+            st.mailboxes.drop(sorted(gone))
+            st.metrics.lost.inc(len(gone))
+            st.metrics.mailbox_depth.set(st.mailboxes.depth())
+            log.info("command(s) %s of agent %s are no longer this node's to deliver "
+                     "(final or taken over); not handed out", sorted(gone), agent_id)
+    return [e.command for e in entries if int(e.command["id"]) not in gone]
+
+
 async def acknowledge(st: ServerState, agent_id: str, ids: list[int]) -> list[int]:
     """The agent journaled these commands: they move to `delivered` (timeout clock starts).
-    Returns the ids that are this agent's (acked now or before)."""
+    Returns the ids the stream now records as delivered to this agent (now or by an earlier
+    ack): the agent executes those and nothing else, so a command that went final before
+    its ack (cancelled, expired) or that another node holds now never runs."""
     box = st.mailboxes.get(agent_id)
     if box is None:  # nothing was handed to this agent by this node (since it started)
         return []
     mine = [cid for cid in dict.fromkeys(ids) if cid in box.history]
-    fresh = [cid for cid in mine if cid in box.entries]
-    st.mailboxes.drop(fresh)
-    if fresh:
-        moved = await st.delivered.submit_many(fresh)
-        st.metrics.acks.inc(len(fresh))
-        for cid, ok in zip(fresh, moved, strict=True):
-            if not ok:
-                log.info("command %s acked by agent %s but no longer deliverable", cid, agent_id)
-        st.metrics.mailbox_depth.set(st.mailboxes.depth())
-    return mine
+    if not mine:
+        return []
+    fresh = {cid for cid in mine if cid in box.entries}
+    st.mailboxes.drop(sorted(fresh))  # whatever the verdict, it is never offered again
+    confirmed = await st.delivered.submit_many(mine)
+    st.metrics.acks.inc(len(fresh))
+    for cid, ok in zip(mine, confirmed, strict=True):
+        if not ok and cid in fresh:
+            log.info("command %s acked by agent %s but no longer deliverable: the agent "
+                     "is told not to run it", cid, agent_id)
+    st.metrics.mailbox_depth.set(st.mailboxes.depth())
+    return [cid for cid, ok in zip(mine, confirmed, strict=True) if ok]
 
 
 @router.get("/agents/commands")
