@@ -75,3 +75,47 @@ def test_an_ack_confirms_only_what_the_stream_records_delivered(
         assert agent.ack([cmd2["id"]]) == [cmd2["id"]]
         time.sleep(0.2)
         assert commands_of(api, task2["id"])[0]["status"] == "delivered"
+
+
+def test_commands_to_an_agent_deleted_while_offline_end_at_once(
+        store_url: str, tmp_path: Path) -> None:
+    with fleet(store_url, tmp_path) as (_, [srv]):
+        api = srv.admin()
+        agent = FakeAgent(srv.comms, "gone-1")
+        agent.poll(wait=1)  # connected, then silent: away after 2 s
+        wait_until(lambda: api.get(f"/agents/{agent.id}").json()["data"]["node"] == "",
+                   timeout=10, what="agent detached after going away")
+        rescan = file_task(api, "vulnerability-rescan", {"agents": [agent.id]})
+        deletion = file_task(api, "agent-deletion", {"agent": agent.id})
+        final = task_final(api, deletion["id"], timeout=10)
+        assert final["status"] == "success", final
+        [delete] = commands_of(api, deletion["id"])
+        assert delete["status"] == "success" and delete["attempts"] == 0
+        assert "not connected" in delete["result"]["message"]
+        assert task_final(api, rescan["id"], timeout=10)["status"] == "expired"
+        [cmd] = commands_of(api, rescan["id"])
+        assert "agent was removed" in cmd["result"]["message"]
+        # Back with its old token: refused as removed (once this node follows the
+        # indexer's list of removed agents, within seconds), nothing is handed to it.
+        wait_until(lambda: agent.http.get("/agents/commands", params={"wait": 0}).status_code
+                   in (401, 403), timeout=15, what="the removed agent's token refused")
+
+
+def test_a_delete_command_whose_agent_goes_away_ends_without_churn(
+        store_url: str, tmp_path: Path) -> None:
+    with fleet(store_url, tmp_path) as (_, [srv]):
+        api = srv.admin()
+        agent = FakeAgent(srv.comms, "leaving-1")
+        agent.poll(wait=1)
+        wait_until(lambda: api.get(f"/agents/{agent.id}").json()["data"]["status"] == "active",
+                   timeout=10, what="agent active")
+        deletion = file_task(api, "agent-deletion", {"agent": agent.id})
+        # Claimed for the connected agent, which never polls again: released when it is
+        # seen away, and then ended instead of being claimed and released every second.
+        final = task_final(api, deletion["id"], timeout=15)
+        assert final["status"] == "success", final
+        [delete] = commands_of(api, deletion["id"])
+        assert delete["attempts"] <= 1, delete
+        time.sleep(2.5)
+        [again] = commands_of(api, deletion["id"])
+        assert again["attempts"] == delete["attempts"] and again["status"] == "success"

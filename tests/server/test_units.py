@@ -57,9 +57,9 @@ def test_mailbox_hands_once_then_again_after_silence() -> None:
         boxes.put(cmd(1, "a"))
         box = boxes.box("a")
         now = time.monotonic()
-        assert [c["id"] for c in box.ready(now)] == [1]
+        assert [e.command["id"] for e in box.ready(now)] == [1]
         assert box.ready(now + 1) == []
-        assert [c["id"] for c in box.ready(now + REDELIVER_AFTER + 1)] == [1]
+        assert [e.command["id"] for e in box.ready(now + REDELIVER_AFTER + 1)] == [1]
         assert boxes.drop([1, 99]) == {"a": [1]}
         assert boxes.depth() == 0 and 1 in box.history
 
@@ -119,7 +119,7 @@ def test_paused_node_hands_nothing_past_its_lease(tmp_path: Path) -> None:
         box = st.mailboxes.box("a")
         assert box.ready(time.monotonic()) == []
         await puller.renew()
-        assert [c["id"] for c in box.ready(time.monotonic())] == [1]  # 2 is another's now
+        assert [e.command["id"] for e in box.ready(time.monotonic())] == [1]  # 2 is another's now
         assert st.mailboxes.held_ids() == [1]
 
     asyncio.run(main())

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 MAX_MESSAGE = 4000
-OFFERED = "offered"
+OFFERED = "offered"  # journaled, its ack not answered yet
+REFUSED = "refused"  # the ack's answer did not confirm it: not run
 RECEIVED = "received"
 DONE = "done"
 
@@ -149,15 +150,32 @@ class Journal:
                 return True
             row = self._db.execute("SELECT state FROM journal WHERE id = ?",
                                    (key(command["id"]),)).fetchone()
-            return row is not None and row[0] == OFFERED
+            return row is not None and row[0] in (OFFERED, REFUSED)
 
     def confirm(self, ids: list[Any]) -> None:
         """The server confirmed these offered commands delivered: they run now, and from here
         a restart that finds one without a result answers it as interrupted."""
         with self._lock:
             self._db.executemany(
-                "UPDATE journal SET state = ?, received_at = ? WHERE id = ? AND state = ?",
-                [(RECEIVED, time.time(), key(cid), OFFERED) for cid in ids])
+                "UPDATE journal SET state = ?, received_at = ? WHERE id = ? AND state IN (?, ?)",
+                [(RECEIVED, time.time(), key(cid), OFFERED, REFUSED) for cid in ids])
+
+    def refuse(self, ids: list[Any]) -> None:
+        """The server answered the ack without confirming these: they do not run (a later,
+        confirmed delivery of the same id still may)."""
+        with self._lock:
+            self._db.executemany(
+                "UPDATE journal SET state = ? WHERE id = ? AND state = ?",
+                [(REFUSED, key(cid), OFFERED) for cid in ids])
+
+    def offered(self) -> list[dict[str, Any]]:
+        """Commands whose ack was never answered (it failed, or the agent stopped first):
+        asked again, since the server may have recorded them delivered."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT command FROM journal WHERE state = ? ORDER BY received_at",
+                (OFFERED,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def complete(self, result: Result) -> None:
         with self._lock:
@@ -185,7 +203,10 @@ class Journal:
 
     def prune(self, keep_days: float = 30.0) -> int:
         """Forget finished ids older than the longest delivery window, so the file stays small."""
+        cutoff = time.time() - keep_days * 86_400
         with self._lock:
-            cur = self._db.execute("DELETE FROM journal WHERE state = ? AND done_at < ?",
-                                   (DONE, time.time() - keep_days * 86_400))
+            cur = self._db.execute(
+                "DELETE FROM journal WHERE (state = ? AND done_at < ?)"
+                " OR (state IN (?, ?) AND received_at < ?)",
+                (DONE, cutoff, OFFERED, REFUSED, cutoff))
             return cur.rowcount

@@ -93,6 +93,8 @@ class Agent:
         self.dir = StateDir(options.state_dir)
         self.comms = comms or Comms(options.server, ca=options.ca)
         self.backoff = Backoff(cap=options.backoff_cap)
+        # id -> command journaled `offered` whose ack got no answer: asked again (runner._loop).
+        self._unanswered: dict[str, dict[str, Any]] = {}
         self._stop = threading.Event()
         self._polling = False
         self._lock_fd: int | None = None
@@ -302,10 +304,14 @@ class Agent:
 
     # -- the loop -----------------------------------------------------------------------------
     def _loop(self) -> int:
-        assert self.ctx is not None
+        assert self.ctx is not None and self.journal is not None
+        self._unanswered = {str(c["id"]): c for c in self.journal.offered()}
         while not self._stop.is_set():
             try:
                 self.flush()
+                if self._unanswered:  # acks whose answer was lost: asked again first
+                    retry, self._unanswered = list(self._unanswered.values()), {}
+                    self.handle(retry)
                 commands = self._poll()
                 self.backoff.reset()
                 if commands:
@@ -365,16 +371,20 @@ class Agent:
             raise
         except CommsError as exc:
             # Unconfirmed, nothing runs: the command may have gone final meanwhile. It stays
-            # `offered` in the journal and runs when a later delivery is confirmed.
+            # `offered` and its ack is asked again before the next poll (the server may have
+            # recorded it delivered and lost only its answer).
             log.warning("ack of %s failed (%s); nothing runs until a delivery is confirmed",
                         ids, exc)
-            confirmed = set()
+            for cmd in fresh:
+                self._unanswered[str(cmd["id"])] = cmd
+            fresh, confirmed = [], set()
         refused = [c for c in fresh if str(c["id"]) not in confirmed]
         fresh = [c for c in fresh if str(c["id"]) in confirmed]
         for cmd in refused:
             log.info("command %s (%s) not run: the server did not confirm its delivery "
                      "(cancelled, expired or held by another node)", cmd["id"],
                      (cmd.get("action") or {}).get("name"))
+        self.journal.refuse([c["id"] for c in refused])
         self.journal.confirm([c["id"] for c in fresh])
         for cmd in again:
             entry = self.journal.get(cmd["id"])

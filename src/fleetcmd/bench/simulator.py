@@ -199,13 +199,27 @@ class SimAgent:
         if self.trace:
             for c in commands:
                 say("command", agent=self.id, id=c["id"], task_id=c.get("task_id"), at=now)
-        try:
-            await self.conn.request("POST", "/agents/commands/ack", {"ids": ids},
-                                    token=self.token)
-        except (HttpError, OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
-            # As the agent does: the answer may be lost after the server recorded the ack, and
-            # then nobody would hand the command again. Execute anyway; the result tells.
-            self.errors += 1
+        # As the agent does: only what the ack's answer confirms runs (a command cancelled or
+        # expired meanwhile must not); an ack without an answer is asked again.
+        backoff = Backoff(base=0.2, cap=5.0)
+        while True:
+            try:
+                answer = await self.conn.request("POST", "/agents/commands/ack", {"ids": ids},
+                                                 token=self.token)
+                break
+            except HttpError as exc:
+                if 400 <= exc.status < 500 and exc.status not in (401, 429):
+                    self.errors += 1
+                    return  # refused for good (e.g. removed): nothing runs
+                await self.recover(exc, backoff)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+                self.errors += 1
+                await asyncio.sleep(backoff.next_delay())
+        confirmed = {int(i) for i in answer.get("acked") or []}
+        commands = [c for c in commands if int(c["id"]) in confirmed]
+        ids = [int(c["id"]) for c in commands]
+        if not commands:
+            return
         results = []
         for c in commands:
             data: dict[str, Any] = {}

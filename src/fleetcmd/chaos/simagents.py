@@ -43,6 +43,10 @@ class SimAgent:
         self.secret = ""
         self.token = ""
         self.journal: dict[int, dict[str, Any]] = {}
+        # As the agent: handed but not confirmed by the ack's answer (not run), and those
+        # whose ack got no answer at all (asked again before the next poll).
+        self.offered: dict[int, dict[str, Any]] = {}
+        self.unanswered: dict[int, dict[str, Any]] = {}
         self.outbox: dict[int, dict[str, Any]] = {}
         self.handed = 0
         self.redelivered = 0
@@ -155,6 +159,9 @@ class SimAgent:
                 await self.delay()
                 return
             await self.flush()
+            if self.unanswered:
+                retry, self.unanswered = list(self.unanswered.values()), {}
+                await self.confirm_and_run(retry)
             r = await self.client.get(
                 "/agents/commands",
                 params={"wait": wait},
@@ -175,11 +182,15 @@ class SimAgent:
         if not commands:
             return
         self.handed += len(commands)
+        await self.confirm_and_run(commands)
+
+    async def confirm_and_run(self, commands: list[dict[str, Any]]) -> None:
+        """Journal as offered, ack, run only what the answer confirms (issue 14.1)."""
         fresh = []
         for c in commands:
             cid = int(c["id"])
             if cid not in self.journal:
-                self.journal[cid] = {}  # received: journaled before the ack
+                self.offered[cid] = c
                 fresh.append(c)
                 continue
             self.redelivered += 1
@@ -192,12 +203,21 @@ class SimAgent:
                     "data": {},
                 }
             self.outbox[cid] = self.journal[cid]
-        with contextlib.suppress(httpx.HTTPError):
-            await self.client.post(
+        try:
+            r = await self.client.post(
                 "/agents/commands/ack",
                 headers=self.headers,
                 json={"ids": [int(c["id"]) for c in commands]},
             )
+            r.raise_for_status()
+            confirmed = {int(i) for i in r.json()["data"]["acked"]}
+        except (httpx.HTTPError, KeyError, ValueError):
+            self.unanswered.update((int(c["id"]), c) for c in fresh)
+            return
+        fresh = [c for c in fresh if int(c["id"]) in confirmed]
+        for c in fresh:
+            del self.offered[int(c["id"])]
+            self.journal[int(c["id"])] = {}  # received: confirmed, about to run
         for c in fresh:
             result = self.execute(c)
             self.journal[int(c["id"])] = result

@@ -132,6 +132,8 @@ def agent_deletion(
         raise NotFound(f"agent {prm.agent} not found")
     n = tx.fan_out(_fanout(cmd, spec, {}), AgentSelection(ids=(prm.agent,)))
     tx.remove_agent(prm.agent)
+    # What waits for it ends now; its `delete` waits only if a node can hand it over.
+    tx.settle_removed(agent_id=prm.agent, connected=agent.status == "active" and bool(agent.node))
     return n, {"agent": prm.agent, "name": agent.name}
 
 

@@ -42,6 +42,11 @@ log = logging.getLogger("fleetcmd.store")
 
 ACTIVE_SQL = "('pending', 'processing', 'sent', 'delivered')"
 UNDELIVERED_SQL = "('pending', 'processing', 'sent')"
+REMOVED_OFFLINE = (
+    "the agent was not connected: it is removed from the index and its credentials are "
+    "refused if it returns"
+)
+REMOVED_UNDELIVERED = "never delivered: its agent was removed from the fleet"
 COLS = Command.COLUMNS
 Moved = tuple[int, str, int | None, int, int]  # id, old status, parent_id, task_id, expanded
 
@@ -504,6 +509,50 @@ class SqlTx(ABC):
             {"id": agent_id, "now": self.now, "tomb": f"removed-{agent_id}"},
         )
 
+    def settle_removed(
+        self, *, agent_id: str | None = None, ids: Sequence[int] | None = None,
+        connected: bool = False,
+    ) -> int:
+        """Commands aimed at a removed agent never wait for it (they would be claimed and
+        released for ever: issue 14.2). Undelivered ones end `expired`, saying why; its own
+        `delete` command ends `success` unless the agent is `connected` to a node that can
+        still hand it over: the deletion is done on this side, and the agent's credentials
+        are refused if it ever returns. Scoped to one agent (at removal) or to `ids` (just
+        handed back to pending)."""
+        where = (
+            "target_type = 'agent' AND expanded = 0 "
+            "AND target_id IN (SELECT id FROM agents WHERE status = 'removed')"
+        )
+        params: dict[str, Any] = {}
+        if agent_id is not None:
+            where += " AND target_id = :rid"
+            params["rid"] = agent_id
+        if ids is not None:
+            if not ids:
+                return 0
+            where += " AND status = 'pending' AND " + self.in_list("id", "sids")
+            params["sids"] = self.list_param(list(ids))
+        else:
+            where += f" AND status IN {UNDELIVERED_SQL}"
+        n = 0
+        cleared = ", completed_at = :_now, lease_owner = NULL, lease_expires_at = NULL, "
+        if not connected:
+            rows, _ = self.move(
+                where + " AND action_name = 'delete'",
+                dict(params, _msg=REMOVED_OFFLINE, _data=dumps({"deleted": True,
+                                                               "delivered": False})),
+                Status.SUCCESS,
+                sets=cleared + "result_code = 0, result_message = :_msg, result_data = :_data",
+            )
+            n += len(rows)
+        rows, _ = self.move(
+            where + " AND action_name <> 'delete'",
+            dict(params, _msg=REMOVED_UNDELIVERED),
+            Status.EXPIRED,
+            sets=cleared + "result_message = :_msg",
+        )
+        return n + len(rows)
+
     def group(self, name: str) -> Group | None:
         row = self.one(
             "SELECT name, config_hash, version, created_at, updated_at FROM groups WHERE name = :n",
@@ -885,7 +934,8 @@ class SqlStore(ABC):
 
     @staticmethod
     def _hand_back(tx: SqlTx, where: str, params: dict[str, Any]) -> int:
-        """Leased commands matching `where` back to pending, lease cleared, claimers woken."""
+        """Leased commands matching `where` back to pending, lease cleared, claimers woken;
+        those of removed agents end instead (`settle_removed`)."""
         rows, _ = tx.move(
             f"({where}) AND expanded = 0",
             params,
@@ -893,6 +943,7 @@ class SqlStore(ABC):
             sets=", lease_owner = NULL, lease_expires_at = NULL",
         )
         if rows:
+            tx.settle_removed(ids=[int(r[0]) for r in rows])
             for tt in {"agent", "server", "indexer"}:
                 tx.notify(tt)
         return len(rows)
@@ -1096,6 +1147,7 @@ class SqlStore(ABC):
                         where, {"t": t}, new, sets=sets, limit=batch, skip_locked=True
                     )
                     if rows and new == Status.PENDING:
+                        tx.settle_removed(ids=[int(r[0]) for r in rows])
                         tx.notify("agent")
                         tx.notify("server")
                         tx.notify("indexer")

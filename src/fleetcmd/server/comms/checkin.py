@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleetcmd.httpkit import wait_for
 from fleetcmd.server.comms.auth import AgentId, State
+from fleetcmd.server.comms.ownership import owned_by
 from fleetcmd.server.mailbox import CONFIRM_AFTER, Entry
 from fleetcmd.server.state import ServerState
 
@@ -97,13 +98,14 @@ async def acknowledge(st: ServerState, agent_id: str, ids: list[int]) -> list[in
     Returns the ids the stream now records as delivered to this agent (now or by an earlier
     ack): the agent executes those and nothing else, so a command that went final before
     its ack (cancelled, expired) or that another node holds now never runs."""
-    box = st.mailboxes.get(agent_id)
-    if box is None:  # nothing was handed to this agent by this node (since it started)
-        return []
-    mine = [cid for cid in dict.fromkeys(ids) if cid in box.history]
+    # Handed by this node, or (asked again after this node or the agent restarted) aimed
+    # at this agent in the stream: the agent holds a command signed for it.
+    owned = await owned_by(st, agent_id, list(dict.fromkeys(ids)))
+    mine = [cid for cid in dict.fromkeys(ids) if cid in owned]
     if not mine:
         return []
-    fresh = {cid for cid in mine if cid in box.entries}
+    box = st.mailboxes.get(agent_id)
+    fresh = {cid for cid in mine if box is not None and cid in box.entries}
     st.mailboxes.drop(sorted(fresh))  # whatever the verdict, it is never offered again
     confirmed = await st.delivered.submit_many(mine)
     st.metrics.acks.inc(len(fresh))

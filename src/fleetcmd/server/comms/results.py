@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleetcmd.server import audit
 from fleetcmd.server.comms.auth import AgentId, State
+from fleetcmd.server.comms.ownership import owned_by
 from fleetcmd.server.state import ServerState
 
 router = APIRouter(tags=["results"])
@@ -33,28 +34,12 @@ class ResultsIn(BaseModel):
     results: list[ResultIn] = Field(max_length=10_000)
 
 
-async def _owned(st: ServerState, agent_id: str, ids: list[int]) -> dict[int, str]:
-    """id -> action name for the ids that are this agent's commands. Ids this node handed to
-    the agent are known; the others (e.g. handed by a node since restarted) are looked up,
-    all of them, through a bulker: after a restart thousands of agents post at once, and one
-    lookup per id would exhaust the connections to the indexer (found by the chaos runs)."""
-    box = st.mailboxes.get(agent_id)
-    history = box.history if box is not None else {}
-    owned = {cid: history[cid] for cid in ids if cid in history}
-    unknown = [cid for cid in ids if cid not in owned]
-    if unknown:
-        for cid, target in zip(unknown, await st.targets.submit_many(unknown), strict=True):
-            if target is not None and target["type"] == "agent" and target["id"] == agent_id:
-                owned[cid] = str(target["action"])
-    return owned
-
-
 async def record(st: ServerState, agent_id: str, results: list[ResultIn],
                  address: str | None) -> list[dict[str, Any]]:
     """Pass this agent's results to the indexer (in bulk with other agents'); one outcome per
     result: recorded, duplicate, refused with why, or ignored when not the agent's."""
     ids = list(dict.fromkeys(r.id for r in results))
-    owned = await _owned(st, agent_id, ids)
+    owned = await owned_by(st, agent_id, ids)
     # A result implies the agent holds the command, acked or not.
     st.mailboxes.drop([cid for cid in ids if cid in owned])
     mine = [r for r in results if r.id in owned]
