@@ -36,6 +36,7 @@ KINDS = (
     "cut-agents",  # an agents <-> server link drops, blackholes or lags
     "disk-full",  # the SQLite data folder runs out of space (tmpfs filled)
     "storm",  # a server restarts; all its agents reconnect at once
+    "final-race",  # an agent frozen while its commands expire or are cancelled, then thawed
     "restart-postgres",  # PostgreSQL restarted under load (explicit opt-in only)
 )
 
@@ -285,6 +286,33 @@ class Injector:
         self._pause(f.hold)
         a.start()
         return f"{a.name} SIGKILL ({seen}, task {task}); down {f.hold}s"
+
+    def _final_race(self, f: Fault) -> str:
+        """SIGSTOP a real agent in the middle of its long-poll, file two commands for it (one
+        expiring within seconds, one cancelled a second later) and SIGCONT it around the
+        moment both went final: the frozen poll may answer with them, and the agent must run
+        neither (invariant "nothing runs after it went final undelivered")."""
+        c = self.cluster
+        a = c.agents[f.target % len(c.agents)]
+        agent_id = json.loads((c.agent_dir(a.name) / "credentials.json").read_text())["id"]
+        a.signal(signal.SIGSTOP)
+        try:
+            expiring = self._file(
+                "vulnerability-rescan", {"agents": [agent_id], "reason": "chaos: expiring"},
+                expires_in=2.0,
+            )
+            cancelled = self._file(
+                "vulnerability-rescan", {"agents": [agent_id], "reason": "chaos: cancelled"},
+            )
+            self._pause(1.0)
+            if cancelled is not None:
+                with self.cluster.client(10) as client, contextlib.suppress(httpx.HTTPError):
+                    client.post(f"/tasks/{cancelled}/cancel")
+            self._pause(max(1.5, f.hold) + f.jitter * 5)
+        finally:
+            a.signal(signal.SIGCONT)
+        return (f"{a.name} frozen {max(1.5, f.hold) + 1 + f.jitter * 5:.1f}s while task "
+                f"{expiring} expired and task {cancelled} was cancelled")
 
     def _kill_content(self, f: Fault) -> str:
         c = self.cluster

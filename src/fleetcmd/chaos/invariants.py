@@ -84,6 +84,7 @@ class Checker:
                 ("every command final", self.commands_final),
                 ("at most once per agent and command id", self.at_most_once),
                 ("exactly once where the result is success", self.exactly_once_success),
+                ("nothing runs after it went final undelivered", self.none_after_final),
                 ("no result lost", self.no_result_lost),
                 ("stored counts equal a recount", self.counts_exact),
                 ("parents and children consistent", self.parents_children),
@@ -213,6 +214,27 @@ class Checker:
                 f"agent {agent_id}: success recorded without exactly one execution "
                 f"for command(s) {_ids(ids)}"
             )
+        return out
+
+    def none_after_final(self) -> list[str]:
+        """An `expired` or `cancelled` command that never reached its agent (no delivery
+        recorded) has no execution in any agent's log or simulator record, and no agent
+        journal holds it as confirmed (`received` or `done`)."""
+        out = []
+        never = {int(r[0]) for r in self._agent_commands()
+                 if r[6] in ("expired", "cancelled") and r[8] is None}
+        self.report.figures["final_undelivered"] = len(never)
+        for agent_id, runs in sorted(self.executions.items()):
+            ran = sorted(cid for cid in runs if cid in never)
+            if ran:
+                out.append(f"agent {agent_id} executed command(s) that ended undelivered: "
+                           f"{_ids(ran)}")
+        for agent_id, journal in sorted(self.journals.items()):
+            held = sorted(cid for cid, (state, _s, _d) in journal.items()
+                          if cid in never and state in ("received", "done"))
+            if held:
+                out.append(f"agent {agent_id} journal holds as confirmed command(s) that "
+                           f"ended undelivered: {_ids(held)}")
         return out
 
     def no_result_lost(self) -> list[str]:
