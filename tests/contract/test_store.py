@@ -253,12 +253,6 @@ def test_rename_and_deletion_change_the_agents_index(store: SqlStore) -> None:
     group(store, "web")
     ids = agents(store, 2)
     tm, cm = TaskManager(store), CommandManager(store)
-    tm.submit(TaskRequest("agent-rename", {"agent": ids[0], "name": f"host-{ids[1]}"}))
-    cm.run_once()
-    clash = store.list_tasks().items[0]
-    assert clash.status == "failure"  # names are unique: the other agent has it
-    parent = store.list_commands(task_id=clash.id).items[0]
-    assert "already used" in (parent.result_message or "")
     tm.submit(TaskRequest("agent-rename", {"agent": ids[0], "name": "db-primary"}))
     cm.run_once()
     assert store.get_agent(ids[0]).name == "db-primary"
@@ -269,6 +263,65 @@ def test_rename_and_deletion_change_the_agents_index(store: SqlStore) -> None:
         c.target_id for c in store.list_commands(task_id=task.id, target_type="agent").items
     ] == [ids[1]]
     assert store.list_agents().items[0].id == ids[0] and len(store.list_agents().items) == 1
+
+
+def test_a_rename_to_a_taken_name_is_refused_up_front(store: SqlStore) -> None:
+    group(store, "web")
+    ids = agents(store, 2)
+    tm, cm = TaskManager(store), CommandManager(store)
+    before = len(store.list_tasks().items)
+    with pytest.raises(Conflict, match=f"'host-{ids[1]}' is already used by agent {ids[1]}"):
+        tm.submit(TaskRequest("agent-rename", {"agent": ids[0], "name": f"host-{ids[1]}"}))
+    assert len(store.list_tasks().items) == before  # nothing written
+    # its own name is no clash
+    task, _ = tm.submit(TaskRequest("agent-rename", {"agent": ids[0], "name": f"host-{ids[0]}"}))
+    cm.run_once()
+    assert store.counts("task", task.id) == {"pending": 1}  # the agent's command
+
+
+def test_two_renames_to_one_free_name_race_and_the_second_fails_in_its_transaction(
+    store: SqlStore,
+) -> None:
+    group(store, "web")
+    ids = agents(store, 2)
+    tm, cm = TaskManager(store), CommandManager(store)
+    tm.submit(TaskRequest("agent-rename", {"agent": ids[0], "name": "db-primary"}))
+    second, _ = tm.submit(TaskRequest("agent-rename", {"agent": ids[1], "name": "db-primary"}))
+    while cm.run_once():
+        pass
+    assert store.get_agent(ids[0]).name == "db-primary"
+    assert store.get_task(second.id).status == "failure"  # names are unique
+    parent = store.list_commands(task_id=second.id).items[0]
+    assert f"already used by agent {ids[0]}" in (parent.result_message or "")
+    assert store.get_agent(ids[1]).name == f"host-{ids[1]}"
+
+
+def test_documents_are_paged_in_id_order_under_an_exact_prefix(store: SqlStore) -> None:
+    ids = ["a1/p1", "a1/p2", "a1/p3", "a10/p1", "a1x", "b2/p1"]
+    with store.transaction() as tx:
+        for i, doc_id in enumerate(ids):
+            tx.put_document("sca-results", doc_id, {"n": i})
+        tx.put_document("alerts", "a1/p9", {"other": "index"})
+
+    def walk(prefix: str, limit: int, descending: bool = False) -> list[str]:
+        seen: list[str] = []
+        cursor: str | None = None
+        while True:
+            page = store.document_page("sca-results", prefix, cursor, limit, descending)
+            assert len(page.items) <= limit
+            seen += [i["id"] for i in page.items]
+            cursor = page.next_cursor
+            if cursor is None:
+                return seen
+
+    assert walk("", 2) == sorted(ids)
+    assert walk("a1/", 2) == ["a1/p1", "a1/p2", "a1/p3"]  # not a10/ nor a1x
+    assert walk("a1/", 3) == ["a1/p1", "a1/p2", "a1/p3"]  # a full last page ends the walk
+    assert walk("a1/", 1, descending=True) == ["a1/p3", "a1/p2", "a1/p1"]
+    assert walk("", 4, descending=True) == sorted(ids, reverse=True)
+    assert walk("zz", 5) == []
+    first = store.document_page("sca-results", "a1/", None, 1).items[0]
+    assert first == {"id": "a1/p1", "document": {"n": 0}}
 
 
 def test_listing_is_cursor_paginated(store: SqlStore) -> None:

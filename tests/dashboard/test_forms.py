@@ -91,6 +91,10 @@ def test_unknown_agents_and_groups_and_other_refusals() -> None:
     assert map_api_errors(form, body, values)[0] == {"agents": "unknown agent(s): a1"}
     conflict = {"error": "conflict", "message": "name 'x' is taken"}
     assert map_api_errors(FORMS["agent-rename"], conflict, {}) == ({}, ["name 'x' is taken"])
+    taken = {"error": "conflict", "message": "...",
+             "details": {"name_taken": "web-2", "agent": "a2"}}
+    assert map_api_errors(FORMS["agent-rename"], taken, {}) == (
+        {"name": "name 'web-2' is already used by agent a2"}, [])
 
 
 def test_pager_walks_forward_and_back() -> None:

@@ -200,7 +200,14 @@ def test_long_poll_wakes_up_when_a_command_is_written(indexer: Indexer) -> None:
 @pytest.mark.req("R4")
 def test_bad_requests_get_a_4xx_that_says_why(indexer: Indexer) -> None:
     with indexer.client() as c:
+        agents = [{"id": "a", "name": "a-host"}, {"id": "b", "name": "b-host"}]
+        assert c.post("/agents", json={"agents": agents}).status_code == 200
         cases = [
+            (
+                {"type": "agent-rename", "params": {"agent": "a", "name": "b-host"}},
+                409,
+                "agent name 'b-host' is already used by agent b",
+            ),
             ({"type": "agent-reboot", "params": {}}, 422, "removed"),
             ({"type": "restart", "params": {}}, 422, "removed"),
             ({"type": "teleport", "params": {}}, 422, "unknown task type"),

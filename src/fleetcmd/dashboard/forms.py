@@ -337,6 +337,9 @@ def map_api_errors(form: TaskForm, body: dict[str, Any], values: Values
         owner = next((f.name for f in form.fields if f.kind in ("text", "list")
                       and group in ids(values, f.name)), None)
         put(owner, f"group '{group}' does not exist")
+    if details.get("name_taken") and "name" in form.names():
+        put("name", f"name '{details['name_taken']}' is already used by agent "
+                    f"{details.get('agent', '?')}")
     if not fields and not general:
         general.append(str(body.get("message") or body.get("error") or "the request failed"))
     return fields, general

@@ -187,6 +187,17 @@ class TaskManager:
                     "creates it)",
                     unknown_group=g,
                 )
+        if isinstance(parsed, p.AgentRename):
+            # Refused now rather than failing later; the rename's own transaction checks
+            # again, for two renames to one name filed before either ran.
+            holder = tx.agent_named(parsed.name, other_than=parsed.agent)
+            if holder is not None:
+                raise Conflict(
+                    f"{spec.task_type}: agent name '{parsed.name}' is already used by agent "
+                    f"{holder}",
+                    name_taken=parsed.name,
+                    agent=holder,
+                )
 
     # -- the index change that the flow makes before the command is written ---------------------
     def _update_index_first(self, tx: SqlTx, spec: CommandSpec, parsed: p.Params) -> None:

@@ -488,12 +488,18 @@ class SqlTx(ABC):
         row = self.one(f"SELECT {Agent.COLUMNS} FROM agents WHERE id = :id", {"id": agent_id})
         return None if row is None else Agent.from_row(row)
 
-    def rename_agent(self, agent_id: str, name: str) -> None:
-        clash = self.one(
-            "SELECT id FROM agents WHERE name = :n AND id <> :id", {"n": name, "id": agent_id}
+    def agent_named(self, name: str, other_than: str | None = None) -> str | None:
+        """The id of the agent (removed ones included) holding `name`, other than `other_than`."""
+        row = self.one(
+            "SELECT id FROM agents WHERE name = :n AND id <> :id",
+            {"n": name, "id": other_than or ""},
         )
+        return None if row is None else str(row[0])
+
+    def rename_agent(self, agent_id: str, name: str) -> None:
+        clash = self.agent_named(name, other_than=agent_id)
         if clash:
-            raise Conflict(f"agent name '{name}' is already used by agent {clash[0]}")
+            raise Conflict(f"agent name '{name}' is already used by agent {clash}")
         self.ex(
             "UPDATE agents SET name = :n, updated_at = :now WHERE id = :id",
             {"n": name, "now": self.now, "id": agent_id},
@@ -631,6 +637,22 @@ class SqlTx(ABC):
             "SELECT doc_id, body FROM documents WHERE index_name = :i ORDER BY doc_id", {"i": index}
         )
         return {r[0]: loads(r[1]) for r in rows if r[0].startswith(prefix)}
+
+    def document_page(
+        self, index: str, prefix: str, after: str | None, limit: int, descending: bool = False
+    ) -> tuple[list[tuple[str, Any]], bool]:
+        """Up to `limit` documents in id order (or reverse) past `after`, and whether more
+        follow. The prefix is matched exactly (`substr`), not as a range, which a collation
+        may reorder."""
+        where = "index_name = :i AND doc_id >= :p AND substr(doc_id, 1, :n) = :p"
+        if after is not None:
+            where += " AND doc_id < :after" if descending else " AND doc_id > :after"
+        rows = self.all(
+            f"SELECT doc_id, body FROM documents WHERE {where} "
+            f"ORDER BY doc_id {'DESC' if descending else 'ASC'} LIMIT :lim",
+            {"i": index, "p": prefix, "n": len(prefix), "after": after, "lim": limit + 1},
+        )
+        return [(r[0], loads(r[1])) for r in rows[:limit]], len(rows) > limit
 
     # -- the audit trail (append-only) -----------------------------------------------------------
     def append_audit(self, record: dict[str, Any]) -> int:
@@ -1434,6 +1456,21 @@ class SqlStore(ABC):
     def list_documents(self, index: str, prefix: str = "") -> dict[str, Any]:
         with self.reading() as tx:
             return tx.documents(index, prefix)
+
+    def document_page(
+        self,
+        index: str,
+        prefix: str = "",
+        cursor: str | None = None,
+        limit: int = 100,
+        descending: bool = False,
+    ) -> Page:
+        """One page of an index in id order (or reverse): items are `{"id", "document"}`;
+        the cursor is the last id of the page."""
+        with self.reading() as tx:
+            docs, more = tx.document_page(index, prefix, cursor or None, limit, descending)
+        items = [{"id": doc_id, "document": body} for doc_id, body in docs]
+        return Page(items, docs[-1][0] if more else None)
 
     # -- audit ----------------------------------------------------------------------------------
     def append_audit(self, records: list[dict[str, Any]]) -> list[int]:
