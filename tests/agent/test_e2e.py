@@ -32,15 +32,19 @@ def status_cli(state_dir: Path) -> dict[str, Any]:
 
 
 class Fleet:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, store_url: str | None = None) -> None:
         self.tmp = tmp
+        self.store_url = store_url  # default: a SQLite file in tmp
         self.roles: list[Role] = []
         self.indexer: Indexer | None = None
         self.server: Server | None = None
 
     def start(self) -> Fleet:
-        with store_url_for("sqlite", self.tmp) as url:
-            self.indexer = Indexer(url, self.tmp / "indexer").start()
+        if self.store_url is not None:
+            self.indexer = Indexer(self.store_url, self.tmp / "indexer").start()
+        else:
+            with store_url_for("sqlite", self.tmp) as url:
+                self.indexer = Indexer(url, self.tmp / "indexer").start()
         self.roles.append(self.indexer)
         self.server = Server(self.indexer, self.tmp / "server").start()
         self.roles.append(self.server)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetcmd.agent.processes import Completed, run_bounded
+from fleetcmd.model.sca import FAILED, NOT_APPLICABLE, PASSED, summarize
 
 COMPARE_RE = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*(-?\d+(?:\.\d+)?)\s*$")
 NUMBER_RE = re.compile(r"^-?\d+(?:\.\d+)?$")
@@ -39,8 +40,6 @@ DEFAULT_TIMEOUT = 10.0
 # file_contains reads at most this much of a file; configuration files are far smaller.
 MAX_FILE_BYTES = 4 * 1024 * 1024
 OUTPUT_CAP = 64 * 1024
-
-PASSED, FAILED, NOT_APPLICABLE = "passed", "failed", "not_applicable"
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
@@ -105,13 +104,7 @@ class Evaluation:
 
     @property
     def summary(self) -> dict[str, Any]:
-        counts = {s: sum(1 for r in self.results if r["status"] == s)
-                  for s in (PASSED, FAILED, NOT_APPLICABLE)}
-        applicable = counts[PASSED] + counts[FAILED]
-        # Score over the checks that apply; None when none does (not "0 %": nothing failed).
-        score = round(100 * counts[PASSED] / applicable) if applicable else None
-        return {"pass": counts[PASSED], "fail": counts[FAILED], "na": counts[NOT_APPLICABLE],
-                "score": score}
+        return summarize(r["status"] for r in self.results)
 
 
 # -- parsing --------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from fleetcmd.agent import sca_eval
 from fleetcmd.agent.modules import ConfigError, SectionModule, flag, seconds
 from fleetcmd.agent.state import StateDir, write_json
 from fleetcmd.model.config import config_hash
+from fleetcmd.model.sca import FAILED
 
 log = logging.getLogger("fleetcmd.agent.sca")
 
@@ -131,7 +132,7 @@ class Sca(SectionModule):
         # engine's rules ("module: sca, result: failed") without an alert per check per run.
         for r in ev.results:
             before = previous.get(r["id"])
-            if r["status"] != before and (before is not None or r["status"] == sca_eval.FAILED):
+            if r["status"] != before and (before is not None or r["status"] == FAILED):
                 events.append({"module": "sca", "type": "sca-check", "policy_id": policy_id,
                                "check_id": r["id"], "title": r["title"], "result": r["status"],
                                "previous": before, "reason": r["reason"]})
