@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 import fleetcmd
 from fleetcmd.agent.state import StateDir
 from fleetcmd.content.sample import SAMPLE_SOURCE
+from server.harness import dashboard_page
 
 from .packages import build_package, new_key, sign_package
 from .test_e2e import POLICY, Fleet, commands_of, fleet, run_task, status
@@ -123,6 +125,71 @@ def test_sca_content_too_large_to_attach_is_fetched(fleet: Fleet) -> None:
         assert t["counts"] == {"failure": 1}, t
         assert "nothing replaced" in results(c, t)[0]["message"]
         assert status(state)["sca_results"]["cis-big"]["version"] == "7"
+
+
+@pytest.fixture
+def store_fleet(store_url: str, tmp_path: Path) -> Iterator[Fleet]:
+    """Like `fleet`, on each store."""
+    f = Fleet(tmp_path, store_url).start()
+    try:
+        yield f
+    finally:
+        f.stop()
+
+
+def sca_results_of(c: httpx.Client, aid: str) -> dict[str, Any]:
+    r = c.get("/indexes/sca-results", params={"prefix": f"{aid}/"})
+    assert r.status_code == 200, r.text
+    return dict(r.json()["data"]["items"])
+
+
+@pytest.mark.req("C6", "C7")
+def test_sca_results_reach_the_index_the_api_and_the_dashboard(store_fleet: Fleet) -> None:
+    """The agent's scan is written to `sca-results/<agent>/<policy>` (score, counts, each
+    check's verdict) and the next scan of that policy replaces it."""
+    fleet = store_fleet
+    assert fleet.server is not None
+    with fleet.client() as c:
+        aid, state = join(fleet, c, "agent-sca-1", "web")
+        t = run_task(c, "sca-policy-change", {"group": "web", "policy_id": "cis-1",
+                                              "policy": POLICY})
+        assert t["counts"] == {"success": 1}, t
+        docs = sca_results_of(c, aid)  # stored before the agent's events were answered
+        assert list(docs) == [f"{aid}/cis-1"]
+        doc = docs[f"{aid}/cis-1"]
+        assert (doc["agent"], doc["policy_id"], doc["policy_name"], doc["policy_version"]) == \
+            (aid, "cis-1", "e2e", "1")
+        assert (doc["passed"], doc["failed"], doc["not_applicable"], doc["total"],
+                doc["score"]) == (1, 1, 0, 2, 50)
+        assert {ch["id"]: ch["status"] for ch in doc["checks"]} == {"1": "passed",
+                                                                     "2": "failed"}
+        failed = next(ch for ch in doc["checks"] if ch["id"] == "2")
+        assert "/nonexistent/fleetcmd-e2e" in failed["reason"]
+        assert doc["scanned_at"] and doc["received_at"] > 0
+        assert status(state)["sca_results"]["cis-1"]["summary"]["score"] == doc["score"]
+
+        # a new version of the policy: the latest scan replaces the previous one
+        v2 = {**POLICY, "version": "2", "checks": POLICY["checks"][:1]}
+        assert c.put("/indexes/sca/content/cis-1", json=v2).status_code == 200
+        t = run_task(c, "sca-content-update", {"policy_id": "cis-1", "version": "2"},
+                     source="content-manager", user="content-manager")
+        assert t["counts"] == {"success": 1}, results(c, t)
+        docs = sca_results_of(c, aid)
+        assert list(docs) == [f"{aid}/cis-1"]
+        doc = docs[f"{aid}/cis-1"]
+        assert (doc["policy_version"], doc["passed"], doc["failed"], doc["total"],
+                doc["score"]) == ("2", 1, 0, 1, 100)
+
+    # operators read them on the Management API and on the agent's dashboard page
+    with fleet.server.admin() as api:
+        r = api.get("/sca-results", params={"agent": aid})
+        assert r.status_code == 200, r.text
+        [item] = r.json()["data"]["items"]
+        assert item["id"] == f"{aid}/cis-1" and item["score"] == 100
+        page = dashboard_page(api, f"/app/agents/{aid}")
+    assert page.status_code == 200, page.text
+    assert "No SCA results" not in page.text
+    assert "e2e" in page.text and "100 %" in page.text
 
 
 def publish(c: httpx.Client, key: Path, version: str, data: bytes,

@@ -53,6 +53,14 @@ def login(api: str, user: str, password: str) -> httpx.Client:
                         headers={"Authorization": f"Bearer {r.json()['data']['token']}"})
 
 
+def dashboard_page(api: httpx.Client, path: str) -> httpx.Response:
+    """A dashboard page as the browser of the user logged in on `api` gets it (the dashboard
+    takes the Management API's JWT from its session cookie)."""
+    token = api.headers["Authorization"].removeprefix("Bearer ")
+    cookies = {"fleetcmd_token": token, "fleetcmd_sid": "s" * 24}
+    return httpx.get(f"{api.base_url}{path}", cookies=cookies, timeout=30)
+
+
 class FakeAgent:
     """The agent's side of the Comms API, by hand: enough to prove the server's side."""
 

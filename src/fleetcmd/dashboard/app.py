@@ -17,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 
 from fleetcmd.dashboard.pages import (
     agents,
+    alerts,
     audit,
     auth,
     commands,
@@ -55,7 +56,7 @@ def create_dashboard_app(st: ServerState) -> FastAPI:
     app = FastAPI(title="fleetcmd dashboard", openapi_url=None, docs_url=None,
                   redoc_url=None)
     app.state.server = st
-    for module in (auth, overview, create, tasks, commands, agents, groups, audit):
+    for module in (auth, overview, create, tasks, commands, agents, alerts, groups, audit):
         app.include_router(module.router)
     app.mount("/static", _Static(directory=STATIC), name="static")
 

@@ -13,6 +13,7 @@ from fleetcmd.dashboard.pager import Pager
 from fleetcmd.dashboard.pages import Viewing
 from fleetcmd.dashboard.render import page
 from fleetcmd.server.indexer_client import IndexerError
+from fleetcmd.server.management import reports
 from fleetcmd.server.management.live import summary_for
 
 router = APIRouter()
@@ -20,6 +21,7 @@ RECENT_COMMANDS = 25
 COMMAND_PAGE = 500  # the API pages an agent's commands oldest first: read a bounded window
 COMMAND_PAGES = 10
 FINDINGS = 200
+RECENT_ALERTS = 10
 
 
 @router.get("/agents")
@@ -37,16 +39,6 @@ async def list_agents(request: Request, v: Viewing) -> Response:
     return page(request, "agents.html", v, agents=data["items"], pager=pager,
                 next=pager.next(data["next_cursor"]), prev=pager.previous(), filters=filters,
                 summary=summary, can_create=v.can("task:create"))
-
-
-async def _documents(v: Viewing, index: str, prefix: str) -> list[tuple[str, Any]]:
-    """Documents of an index under a prefix; empty when the index holds none for it."""
-    try:
-        items: dict[str, Any] = (await v.st.indexer.get(f"/indexes/{index}",
-                                                       prefix=prefix))["items"]
-    except IndexerError:
-        return []
-    return sorted(items.items())[:FINDINGS]
 
 
 async def _document(v: Viewing, index: str, doc_id: str) -> dict[str, Any] | None:
@@ -78,12 +70,19 @@ async def agent_detail(agent_id: str, request: Request, v: Viewing) -> Response:
     agent = await v.st.indexer.get(f"/agents/{quote(agent_id, safe='')}")
     if not v.reader("agent:read").agent(agent):
         v.deny("agent:read", f"agent {agent_id}")
-    prefix = f"{agent['id']}/"
-    (commands, more), sca, vulns, packages = await asyncio.gather(
-        _latest_commands(v, agent["id"]), _documents(v, "sca-results", prefix),
-        _document(v, "vulnerabilities", agent["id"]), _document(v, "packages", agent["id"]))
-    findings = sorted((vulns or {}).get("findings") or [],
+    # Read as the Management API's /sca-results, /vulnerabilities and /alerts read them.
+    reader, aid = v.reader("agent:read"), agent["id"]
+    (commands, more), sca, vulns, alerts, packages = await asyncio.gather(
+        _latest_commands(v, aid),
+        reports.agent_documents(v.st, reader, reports.SCA_RESULTS, agent=aid, limit=FINDINGS),
+        reports.agent_documents(v.st, reader, reports.VULNERABILITIES, agent=aid),
+        reports.agent_documents(v.st, reader, reports.ALERTS, agent=aid, limit=RECENT_ALERTS,
+                                order="desc"),
+        _document(v, "packages", aid))
+    vulnerabilities = vulns["items"][0] if vulns["items"] else None
+    findings = sorted((vulnerabilities or {}).get("findings") or [],
                       key=lambda f: -float(f.get("cvss") or 0))[:FINDINGS]
-    return page(request, "agent.html", v, agent=agent, commands=commands, more=more, sca=sca,
-                vulnerabilities=vulns, findings=findings, packages=packages,
-                can_create=v.can("task:create"))
+    return page(request, "agent.html", v, agent=agent, commands=commands, more=more,
+                sca=sca["items"], vulnerabilities=vulnerabilities, findings=findings,
+                alerts=alerts["items"], more_alerts=alerts["next_cursor"] is not None,
+                packages=packages, can_create=v.can("task:create"))

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from fleetcmd.dashboard.pages import Viewing
 from fleetcmd.dashboard.render import page
+from fleetcmd.server.management import reports
 from fleetcmd.server.management.live import (
     active_tasks,
     event_stream,
@@ -34,16 +35,23 @@ async def _recent_problems(v: Viewing, limit: int = 8) -> list[dict[str, Any]]:
     return sorted(tasks, key=lambda t: -int(t["id"]))[:limit]
 
 
+async def _content(v: Viewing) -> list[dict[str, Any]] | None:
+    """The feeds' last polls, for those who may read what concerns every agent."""
+    reader = v.reader("agent:read")
+    return await reports.content_status(v.st, reader) if reader.everything else None
+
+
 @router.get("/")
 async def overview(request: Request, v: Viewing) -> Response:
-    summary, running, problems, nodes = await asyncio.gather(
+    summary, running, problems, nodes, content = await asyncio.gather(
         summary_for(v.st, v.user), active_tasks(v.st, 10, v.reader("task:read").tasks),
-        _recent_problems(v), v.st.indexer.get("/nodes"))
+        _recent_problems(v), v.st.indexer.get("/nodes"), _content(v))
     versions, more_versions = _top(summary["by_version"])
     groups, more_groups = _top(summary["by_group"])
     return page(request, "overview.html", v, summary=summary, running=running,
                 problems=problems, versions=versions, more_versions=more_versions,
-                groups=groups, more_groups=more_groups, nodes=nodes["items"])
+                groups=groups, more_groups=more_groups, nodes=nodes["items"],
+                content=content)
 
 
 @router.get("/live/tasks")

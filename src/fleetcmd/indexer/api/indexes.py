@@ -196,10 +196,25 @@ def _check_index(index: str, doc_id: str | None = None) -> None:
 
 
 @router.get("/indexes/{index}")
-async def list_documents(index: str, st: Auth, prefix: str = "") -> dict[str, Any]:
+async def list_documents(
+    index: str,
+    st: Auth,
+    prefix: Annotated[str, Query(max_length=512)] = "",
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
+    order: Literal["asc", "desc"] = "asc",
+) -> dict[str, Any]:
+    """Every document under `prefix`, or with `limit`, `cursor` or `order` one page of them
+    in id order (`order`) and the `next_cursor` of the next (null at the end)."""
     _check_index(index)
-    docs = await run_in_threadpool(st.store.list_documents, index, prefix)
-    return {"data": {"items": docs}}
+    if limit is None and cursor is None and order == "asc":
+        docs = await run_in_threadpool(st.store.list_documents, index, prefix)
+        return {"data": {"items": docs}}
+    page = await run_in_threadpool(
+        st.store.document_page, index, prefix, cursor, limit or 100, order == "desc"
+    )
+    items = {i["id"]: i["document"] for i in page.items}
+    return {"data": {"items": items, "next_cursor": page.next_cursor}}
 
 
 @router.get("/indexes/{index}/{doc_id:path}")

@@ -17,6 +17,7 @@ from fleetcmd.server.management import (
     enrollment,
     fleet,
     live,
+    reports,
     rollouts,
     security,
     tasks,
@@ -34,7 +35,7 @@ def create_management_app(st: ServerState) -> FastAPI:
     app.state.server = st
     install_server_errors(app)
     # live first: /agents/summary before /agents/{id}
-    for module in (auth, security, audit, enrollment, live, tasks, rollouts, fleet):
+    for module in (auth, security, audit, enrollment, live, tasks, rollouts, fleet, reports):
         app.include_router(module.router)
 
     @app.get("/health", tags=["ops"])
