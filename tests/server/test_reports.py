@@ -165,7 +165,10 @@ def test_reports_are_read_on_the_api_scoped_to_the_agents_a_user_may_see(
             r = scoped.get(route, params={"agent": db.id})
             assert r.status_code == 403, r.text
             assert r.json()["error"] == "forbidden"
-            assert admin.get(route, params={"agent": "no-such-agent"}).status_code == 404
+            for unknown in ("no-such-agent", "summary", "removed"):  # the last two: routes
+                assert admin.get(route, params={"agent": unknown}).status_code == 404
+            r = admin.get(route, params={"agent": "../x"})
+            assert r.status_code == 422 and "bad agent id" in r.json()["message"]
         assert ids(admin.get("/sca-results", params={"agent": db.id})) == [
             f"{db.id}/cis-1",
             f"{db.id}/cis-2",

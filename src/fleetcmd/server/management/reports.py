@@ -8,12 +8,13 @@ Every document of these indexes belongs to one agent, named by its id: `alerts/<
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query
 
-from fleetcmd.errors import Forbidden
+from fleetcmd.errors import Forbidden, InvalidParams, NotFound
 from fleetcmd.server.access import Reader, agents_groups
 from fleetcmd.server.indexer_client import IndexerError
 from fleetcmd.server.management.auth import State, require
@@ -24,6 +25,8 @@ router = APIRouter(tags=["reports"])
 AgentReader = Annotated[User, Depends(require("agent:read"))]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Cursor = Annotated[str | None, Query(max_length=512)]
+AgentFilter = Annotated[str | None, Query(min_length=1, max_length=64)]
+AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 Order = Literal["asc", "desc"]
 ALERTS, VULNERABILITIES, SCA_RESULTS = "alerts", "vulnerabilities", "sca-results"
 CONTENT_STATUS = "content-status"
@@ -43,7 +46,12 @@ def _item(doc_id: str, body: Any) -> dict[str, Any]:
 async def readable_agent(st: ServerState, reader: Reader, agent_id: str) -> dict[str, Any]:
     """The agent's document if the reader may see it: 404 for an unknown agent, 403 for one
     outside the reader's scope."""
-    agent: dict[str, Any] = await st.indexer.get(f"/agents/{quote(agent_id, safe='')}")
+    if not AGENT_ID.fullmatch(agent_id):
+        raise InvalidParams(f"bad agent id {agent_id!r}")
+    agent = await st.indexer.get(f"/agents/{quote(agent_id, safe='')}")
+    # An id such as `summary` names another indexer route: not an agent.
+    if not isinstance(agent, dict) or agent.get("id") != agent_id:
+        raise NotFound(f"agent {agent_id} not found")
     if not reader.agent(agent):
         raise Forbidden(
             f"user '{reader.user.name}' may not agent:read on agent:id:{agent_id}",
@@ -130,7 +138,7 @@ async def content_status(st: ServerState, reader: Reader) -> list[dict[str, Any]
 async def list_alerts(
     st: State,
     user: AgentReader,
-    agent: str | None = None,
+    agent: AgentFilter = None,
     cursor: Cursor = None,
     limit: Limit = 100,
     order: Order = "asc",
@@ -149,7 +157,7 @@ async def list_alerts(
 async def list_vulnerabilities(
     st: State,
     user: AgentReader,
-    agent: str | None = None,
+    agent: AgentFilter = None,
     cursor: Cursor = None,
     limit: Limit = 100,
 ) -> dict[str, Any]:
@@ -166,7 +174,7 @@ async def list_vulnerabilities(
 async def list_sca_results(
     st: State,
     user: AgentReader,
-    agent: str | None = None,
+    agent: AgentFilter = None,
     cursor: Cursor = None,
     limit: Limit = 100,
 ) -> dict[str, Any]:
