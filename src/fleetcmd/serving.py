@@ -33,16 +33,24 @@ class Limits:
     max_header_bytes: int = 64 * 1024  # request line and headers
 
 
-def config(app: Any, host: str, port: int, limits: Limits,
-           forwarded_allow_ips: str = "", **options: Any) -> uvicorn.Config:
+def config(
+    app: Any, host: str, port: int, limits: Limits, forwarded_allow_ips: str = "", **options: Any
+) -> uvicorn.Config:
     """A uvicorn configuration with these limits. `X-Forwarded-For` (and `-Proto`) are
     honoured only from the comma-separated `forwarded_allow_ips` (none by default: the
     client address is the peer's, as audit records, login throttling and rate limits
     need); uvicorn would otherwise trust them from loopback, or from its environment."""
-    return uvicorn.Config(app, host=host, port=port, http=guarded(limits),
-                          proxy_headers=bool(forwarded_allow_ips.strip()),
-                          forwarded_allow_ips=forwarded_allow_ips.strip() or "",
-                          log_level="warning", access_log=False, **options)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=guarded(limits),
+        proxy_headers=bool(forwarded_allow_ips.strip()),
+        forwarded_allow_ips=forwarded_allow_ips.strip() or "",
+        log_level="warning",
+        access_log=False,
+        **options,
+    )
 
 
 def guarded(limits: Limits) -> type[asyncio.Protocol]:
@@ -52,8 +60,10 @@ def guarded(limits: Limits) -> type[asyncio.Protocol]:
 
 def _response(status: int, reason: str, error: str, message: str) -> bytes:
     body = json.dumps({"error": error, "message": message}).encode()
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -67,8 +77,12 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
-            self._refuse(503, "Service Unavailable", "too_many_connections",
-                         f"over {self.limits.max_connections} open connections; try again")
+            self._refuse(
+                503,
+                "Service Unavailable",
+                "too_many_connections",
+                f"over {self.limits.max_connections} open connections; try again",
+            )
             return
         self._arm(self.limits.header_timeout, "headers")
 
@@ -109,8 +123,12 @@ class GuardedProtocol(HttpToolsProtocol):
     def _count(self, n: int) -> None:
         self._header_bytes += n
         if self._header_bytes > self.limits.max_header_bytes and not self.transport.is_closing():
-            self._refuse(431, "Request Header Fields Too Large", "headers_too_large",
-                         f"request line and headers over {self.limits.max_header_bytes} bytes")
+            self._refuse(
+                431,
+                "Request Header Fields Too Large",
+                "headers_too_large",
+                f"request line and headers over {self.limits.max_header_bytes} bytes",
+            )
 
     def _arm(self, seconds: float, part: str) -> None:
         self._disarm()
@@ -129,8 +147,12 @@ class GuardedProtocol(HttpToolsProtocol):
         if cycle is not None and cycle.response_started and not cycle.response_complete:
             self.transport.close()  # an answer is under way: nothing else can be said
             return
-        self._refuse(408, "Request Timeout", "request_timeout",
-                     f"the request's {part} did not arrive within {seconds:g}s")
+        self._refuse(
+            408,
+            "Request Timeout",
+            "request_timeout",
+            f"the request's {part} did not arrive within {seconds:g}s",
+        )
 
     def _refuse(self, status: int, reason: str, error: str, message: str) -> None:
         log.debug("closing connection from %s: %s", self.client, message)

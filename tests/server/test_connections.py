@@ -31,8 +31,12 @@ def running(*roles: Role) -> Iterator[None]:
 
 
 def failed_logins(api: str, user: str, forwarded_for: str) -> int:
-    return httpx.post(f"{api}/security/user/authenticate", auth=(user, "wrong"),
-                      headers={"X-Forwarded-For": forwarded_for}, timeout=10).status_code
+    return httpx.post(
+        f"{api}/security/user/authenticate",
+        auth=(user, "wrong"),
+        headers={"X-Forwarded-For": forwarded_for},
+        timeout=10,
+    ).status_code
 
 
 def login_failures(admin: httpx.Client, actor: str) -> list[dict[str, object]]:
@@ -49,26 +53,34 @@ def test_forwarded_for_is_believed_only_from_configured_proxies(tmp_path: Path) 
             admin = plain.admin()
             # The peer is loopback; the header names someone else: the peer is recorded.
             assert failed_logins(plain.api, "admin", FORGED) == 401
-            [record] = wait_until(lambda: login_failures(admin, "admin")[:1], 10,
-                                  what="audited failure")
+            [record] = wait_until(
+                lambda: login_failures(admin, "admin")[:1], 10, what="audited failure"
+            )
             assert record["outcome"] == "failure" and record["address"] == "127.0.0.1"
             # A rotating header does not spread failures over many addresses.
-            statuses = [failed_logins(plain.api, f"nobody-{i}", f"203.0.113.{i}")
-                        for i in range(21)]
+            statuses = [
+                failed_logins(plain.api, f"nobody-{i}", f"203.0.113.{i}") for i in range(21)
+            ]
             assert statuses == [401] * 19 + [429, 429], statuses  # 20 free per address
             # Nor enrollments (burst of 5 per address at 0.1/s).
-            enrolled = [httpx.post(f"{plain.comms}/agents/enroll",
-                                   headers={"X-Forwarded-For": f"198.51.100.{i}"},
-                                   json={"enrollment_key": ENROLLMENT_KEY, "name": f"xff-{i}",
-                                         "version": "1.0.0"}, timeout=10).status_code
-                        for i in range(7)]
+            enrolled = [
+                httpx.post(
+                    f"{plain.comms}/agents/enroll",
+                    headers={"X-Forwarded-For": f"198.51.100.{i}"},
+                    json={"enrollment_key": ENROLLMENT_KEY, "name": f"xff-{i}", "version": "1.0.0"},
+                    timeout=10,
+                ).status_code
+                for i in range(7)
+            ]
             assert enrolled[:5] == [201] * 5 and enrolled[5:] == [429, 429], enrolled
 
             # Behind a configured proxy, the header is the client.
             assert failed_logins(proxied.api, "admin", FORGED) == 401
-            records = wait_until(lambda: [r for r in login_failures(admin, "admin")
-                                          if r["node"] == proxied.node_id], 10,
-                                 what="audited failure via the proxy")
+            records = wait_until(
+                lambda: [r for r in login_failures(admin, "admin") if r["node"] == proxied.node_id],
+                10,
+                what="audited failure via the proxy",
+            )
             assert records[0]["address"] == FORGED
 
 
@@ -76,8 +88,10 @@ HALF_HEADERS = b"GET /health HTTP/1.1\r\nHost: x\r\n"
 
 
 def half_body(path: str) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            "Content-Length: 1000\r\n\r\n").encode() + b'{"name": "'
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n\r\n"
+    ).encode() + b'{"name": "'
 
 
 def open_slow(port: int, data: bytes) -> socket.socket:
@@ -131,16 +145,21 @@ def test_half_sent_requests_are_cut_and_connections_capped(tmp_path: Path) -> No
         srv = Server(idx, tmp_path / "server", extra=[*quick, "--max-connections", "60"])
         with running(idx, srv.start()):
             stop = threading.Event()
-            ports = {"management": (srv.management_port, "/tasks"),
-                     "comms": (srv.comms_port, "/agents/enroll"),
-                     "indexer": (idx.port, "/tasks")}
+            ports = {
+                "management": (srv.management_port, "/tasks"),
+                "comms": (srv.comms_port, "/agents/enroll"),
+                "indexer": (idx.port, "/tasks"),
+            }
             slow: list[tuple[str, socket.socket]] = []
             started = time.monotonic()
             for api, (port, path) in ports.items():
                 for i in range(40):
                     kind = i % 4
-                    s = drip(port, stop) if kind == 2 else open_slow(
-                        port, (b"", HALF_HEADERS, b"", half_body(path))[kind])
+                    s = (
+                        drip(port, stop)
+                        if kind == 2
+                        else open_slow(port, (b"", HALF_HEADERS, b"", half_body(path))[kind])
+                    )
                     slow.append((api, s))
             deadline = started + 1 + 3.0
             answers = [(api, answer(s, deadline)) for api, s in slow]
@@ -159,19 +178,27 @@ def test_half_sent_requests_are_cut_and_connections_capped(tmp_path: Path) -> No
             assert all(a is not None and a.startswith(b"HTTP/1.1 503") for a in refused), refused
             for s in idle:
                 s.close()
-            wait_until(lambda: httpx.get(f"{srv.api}/health", timeout=5).status_code == 200,
-                       10, what="management API after the cap")
+            wait_until(
+                lambda: httpx.get(f"{srv.api}/health", timeout=5).status_code == 200,
+                10,
+                what="management API after the cap",
+            )
             # Whole requests, and long-polls waiting for their answer, are not cut.
-            r = httpx.post(f"{srv.comms}/agents/enroll", timeout=10, json={
-                "enrollment_key": ENROLLMENT_KEY, "name": "after-slow", "version": "1.0.0"})
+            r = httpx.post(
+                f"{srv.comms}/agents/enroll",
+                timeout=10,
+                json={"enrollment_key": ENROLLMENT_KEY, "name": "after-slow", "version": "1.0.0"},
+            )
             assert r.status_code == 201, r.text
             agent = httpx.Client(base_url=srv.comms, timeout=10)
-            token = agent.post("/agents/authenticate", json={
-                "id": r.json()["data"]["id"], "secret": r.json()["data"]["secret"]}
+            token = agent.post(
+                "/agents/authenticate",
+                json={"id": r.json()["data"]["id"], "secret": r.json()["data"]["secret"]},
             ).json()["data"]["token"]
             t0 = time.monotonic()
-            r = agent.get("/agents/commands", params={"wait": 3},
-                          headers={"Authorization": f"Bearer {token}"})
+            r = agent.get(
+                "/agents/commands", params={"wait": 3}, headers={"Authorization": f"Bearer {token}"}
+            )
             assert r.status_code == 200 and time.monotonic() - t0 >= 2.5
             # Headers past 64 KiB are refused, not buffered.
             for port in (srv.management_port, srv.comms_port, idx.port):

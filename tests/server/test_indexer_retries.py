@@ -42,18 +42,27 @@ class FailsFirst:
         else:
             self.seen.append((scope["method"], json.loads(body) if body else None))
             status = 500 if len(self.seen) == 1 else 202
-            doc = {"error": "internal", "message": "reply failed"} if status == 500 \
+            doc = (
+                {"error": "internal", "message": "reply failed"}
+                if status == 500
                 else {"data": {"id": 1}, "created": True}
+            )
         payload = json.dumps(doc).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
 
 
 @contextmanager
 def serving(app: FailsFirst, port: int, delay: float = 0.0) -> Iterator[str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
 
     def run() -> None:
         time.sleep(delay)

@@ -39,8 +39,9 @@ documents = st.recursive(
 
 @settings(max_examples=600, deadline=None)
 @given(documents, st.sampled_from([False, True]), st.integers(0, 12))
-def test_the_text_and_the_value_agree_with_the_definition(doc: Any, ascii_: bool,
-                                                          limit: int) -> None:
+def test_the_text_and_the_value_agree_with_the_definition(
+    doc: Any, ascii_: bool, limit: int
+) -> None:
     text = json.dumps(doc, ensure_ascii=ascii_)
     assert text_depth(text.encode()) == depth(doc)
     assert text_too_deep(text, limit) is (depth(doc) > limit)
@@ -64,8 +65,14 @@ def test_stored_values_too_deep_come_back_as_a_marker() -> None:
 
 def test_megabyte_bodies_are_measured_in_passes_not_per_character() -> None:
     """Printed for docs/security.md; bounded loosely (a shared 2-core host)."""
-    results = json.dumps({"results": [{"id": i, "status": "success", "data": {
-        "groups": ["a", "b"], "h": "x" * 40}} for i in range(8000)]}).encode()
+    results = json.dumps(
+        {
+            "results": [
+                {"id": i, "status": "success", "data": {"groups": ["a", "b"], "h": "x" * 40}}
+                for i in range(8000)
+            ]
+        }
+    ).encode()
     chains = (b"[" * 64 + b"]" * 64) * 8000  # the worst shape: every level, everywhere
     for name, body in (("results batch", results), ("adversarial", chains)):
         started = time.perf_counter()

@@ -61,8 +61,9 @@ class CommandManager:
             if spec is None or handler is None:
                 raise FleetError(f"no expansion for action '{cmd.action_name}'")
             if isinstance(cmd.action_args, Unreadable):
-                raise FleetError(f"arguments nested deeper than {MAX_DEPTH} levels (stored "
-                                 "before that limit)")
+                raise FleetError(
+                    f"arguments nested deeper than {MAX_DEPTH} levels (stored before that limit)"
+                )
             params = spec.params.model_validate(cmd.action_args)
             with self.store.transaction() as tx:
                 held = tx.lease_held(cmd.id, self.owner)

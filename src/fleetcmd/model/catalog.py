@@ -263,8 +263,9 @@ def validate(task_type: str, params: Any) -> tuple[CommandSpec, p.Params]:
         raise InvalidParams(f"{task_type}: 'params' must be an object")
     # What is stored is read back inside replies, which must serialize (model/nesting.py).
     if value_too_deep(params):
-        raise TooDeep(f"{task_type}: 'params' nested deeper than {MAX_DEPTH} levels",
-                      limit=MAX_DEPTH)
+        raise TooDeep(
+            f"{task_type}: 'params' nested deeper than {MAX_DEPTH} levels", limit=MAX_DEPTH
+        )
     try:
         parsed = spec.params.model_validate(params)
     except ValidationError as exc:

@@ -79,8 +79,9 @@ def value_too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
             continue
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children
-                     if isinstance(child, dict | list | tuple))
+        stack.extend(
+            (child, depth + 1) for child in children if isinstance(child, dict | list | tuple)
+        )
     return False
 
 
@@ -89,5 +90,7 @@ class Unreadable(dict[str, Any]):
     limit): readers show it, deliveries refuse it."""
 
     def __init__(self, limit: int = MAX_DEPTH) -> None:
-        super().__init__(unreadable=f"stored value nested deeper than {limit} levels; "
-                                    "not shown (docs/security.md)")
+        super().__init__(
+            unreadable=f"stored value nested deeper than {limit} levels; "
+            "not shown (docs/security.md)"
+        )
