@@ -71,7 +71,7 @@ def build_state(options: ServerOptions) -> ServerState:
         with metrics.bulk.labels("held").time():
             data = await indexer.post("/leases/renew",
                                       {"owner": owner, "ids": sorted(set(ids)),
-                                       "lease": options.lease})
+                                       "lease": options.lease}, idempotent=True)
         held = set(data["held"])
         mailboxes.extend(sorted(held), asked_at + options.lease - min(1.0, options.lease / 10))
         return [i in held for i in ids]
