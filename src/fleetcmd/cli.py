@@ -67,11 +67,21 @@ def indexer(
     ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this cert.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Private key of --tls-cert.")] = None,
+    header_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a request's line and headers may take.")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a request's body may take after its headers.")
+    ] = 60.0,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Open connections accepted; more are answered 503.")
+    ] = 4096,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Run the indexer: store, task manager, commands stream, command manager."""
     import uvicorn
 
+    from fleetcmd import serving
     from fleetcmd.indexer.app import IndexerOptions, create_app
     from fleetcmd.indexer.signing import KEY_FILE, CommandSigner
     from fleetcmd.settings import data_dir as make_dir
@@ -107,7 +117,11 @@ def indexer(
             indexer_state.stop()  # open long-polls answer now, so the stop takes milliseconds
             super().handle_exit(sig, frame)
 
-    _Server(uvicorn.Config(app_, host=host, port=port, log_level="warning", access_log=False,
+    limits = serving.Limits(header_timeout=header_timeout, body_timeout=body_timeout,
+                            max_connections=max_connections)
+    # Server nodes keep their connections for 5 s; the indexer keeps them longer, so that a
+    # node never reuses one the indexer is closing (a write lost that way is not repeated).
+    _Server(serving.config(app_, host, port, limits, timeout_keep_alive=75,
                            timeout_graceful_shutdown=3,
                            ssl_certfile=str(tls_cert) if tls_cert else None,
                            ssl_keyfile=str(tls_key) if tls_key else None)).run()

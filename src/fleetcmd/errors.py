@@ -38,6 +38,13 @@ class InvalidParams(FleetError):
     code = "invalid_params"
 
 
+class TooDeep(FleetError):
+    """A JSON document nested deeper than every reader of it can serialize."""
+
+    http_status = 422
+    code = "too_deep"
+
+
 class NotFound(FleetError):
     http_status = 404
     code = "not_found"

@@ -1,9 +1,11 @@
-"""Pieces every HTTP role shares: error mapping, body limits, bearer checks, the waker."""
+"""Pieces every HTTP role shares: error mapping, body size and depth limits, bearer checks,
+the waker."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -14,7 +16,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fleetcmd.errors import FleetError, Unauthorized
+from fleetcmd.errors import FleetError, TooDeep, Unauthorized
+from fleetcmd.model.nesting import MAX_DEPTH, text_too_deep
 
 log = logging.getLogger("fleetcmd.http")
 
@@ -76,11 +79,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimit:
-    """Refuse request bodies over `limit` bytes with a 413 before reading them whole."""
+    """Refuse request bodies over `limit` bytes (413) before reading them whole, and JSON
+    documents nested deeper than `depth` (422) before anything parses them."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, depth: int = MAX_DEPTH) -> None:
         self.app = app
         self.limit = limit
+        self.depth = depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,6 +95,9 @@ class BodyLimit:
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
                 await too_large(send, self.limit)
                 return
+        if carries_json(scope):
+            await self._json(scope, receive, send)
+            return
         seen = 0
 
         async def limited() -> Message:
@@ -106,6 +114,60 @@ class BodyLimit:
         except _TooLarge:
             await too_large(send, self.limit)
 
+    async def _json(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read the JSON body whole (it is parsed whole anyway), check it, hand it on."""
+        try:
+            body = await read_body(receive, self.limit)
+        except _TooLarge:
+            await too_large(send, self.limit)
+            return
+        if body is None:
+            return  # the client left
+        if body.lstrip()[:1] in (b"{", b"[") and text_too_deep(body, self.depth):
+            await too_deep(send, self.depth)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # what follows the body: a disconnect
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def carries_json(scope: Scope) -> bool:
+    """Whether a request has a body that FastAPI would parse as JSON: one declared as JSON,
+    or one with no content type at all."""
+    headers = dict(scope.get("headers", []))
+    if b"content-length" not in headers and b"transfer-encoding" not in headers:
+        return False
+    if headers.get(b"content-length") == b"0":
+        return False
+    kind = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+    return not kind or kind == b"application/json" or (
+        kind.startswith(b"application/") and kind.endswith(b"+json"))
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, refused past `limit` bytes (`_TooLarge`); None if the client
+    left before sending it."""
+    chunks = []
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > limit:
+            raise _TooLarge()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
 
 class _TooLarge(BaseException):
     """A BaseException so that FastAPI's body parsing (which turns any Exception into a 400
@@ -114,11 +176,22 @@ class _TooLarge(BaseException):
 
 async def too_large(send: Send, limit: int) -> None:
     """Answer 413: the request body is over `limit` bytes."""
-    body = b'{"error":"payload_too_large","message":"request body over %d bytes"}' % limit
+    await _answer(send, 413, {"error": "payload_too_large",
+                              "message": f"request body over {limit} bytes"})
+
+
+async def too_deep(send: Send, depth: int) -> None:
+    """Answer 422: the JSON document nests deeper than `depth` levels."""
+    await _answer(send, 422, TooDeep(f"JSON document nested deeper than {depth} levels",
+                                     limit=depth).to_json())
+
+
+async def _answer(send: Send, status: int, doc: dict[str, Any]) -> None:
+    body = json.dumps(doc, separators=(",", ":")).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

@@ -4,6 +4,7 @@ agents) and Debian's Chromium driven by Playwright, with no browser download."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -66,6 +67,17 @@ class DashFleet:
             for i in range(0, len(agents), 5_000):
                 r = idx.post("/agents", json={"agents": agents[i:i + 5_000]}, timeout=300)
                 assert r.status_code == 200, r.text
+
+
+def dashboard_session(url: str, user: str, password: str) -> httpx.Client:
+    """An httpx client logged in to the dashboard (its login form, CSRF token included)."""
+    client = httpx.Client(base_url=url, timeout=60)
+    form = client.get("/app/login").text
+    csrf = re.search(r'name="csrf_token" value="([0-9a-f]+)"', form).group(1)  # type: ignore[union-attr]
+    r = client.post("/app/login", data={"csrf_token": csrf, "username": user,
+                                        "password": password, "next": "/app/"})
+    assert r.status_code == 303, r.text
+    return client
 
 
 @contextmanager

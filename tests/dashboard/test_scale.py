@@ -7,15 +7,13 @@ docs/dashboard.md."""
 from __future__ import annotations
 
 import os
-import re
 import statistics
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from dashboard.harness import dash_fleet
+from dashboard.harness import dash_fleet, dashboard_session
 from server.harness import file_task
 from support import wait_until
 
@@ -24,16 +22,6 @@ RUNS = 5
 
 pytestmark = pytest.mark.skipif(os.environ.get("FLEETCMD_DASHBOARD_SCALE") != "1",
                                 reason="set FLEETCMD_DASHBOARD_SCALE=1 to measure at scale")
-
-
-def dashboard_session(url: str, user: str, password: str) -> httpx.Client:
-    client = httpx.Client(base_url=url, timeout=60)
-    form = client.get("/app/login").text
-    csrf = re.search(r'name="csrf_token" value="([0-9a-f]+)"', form).group(1)  # type: ignore[union-attr]
-    r = client.post("/app/login", data={"csrf_token": csrf, "username": user,
-                                        "password": password, "next": "/app/"})
-    assert r.status_code == 303, r.text
-    return client
 
 
 def test_pages_with_100k_agents_and_a_100k_command_task(tmp_path: Path) -> None:

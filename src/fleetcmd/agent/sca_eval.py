@@ -177,7 +177,7 @@ def parse_policy(doc: Any, policy_id: str) -> Policy:
             raise PolicyError(f"{where}: must be an object")
         cid = c.get("id")
         cid = str(cid) if isinstance(cid, str | int) and not isinstance(cid, bool) else None
-        if cid is None or not CHECK_ID_RE.match(cid):
+        if cid is None or not CHECK_ID_RE.fullmatch(cid):
             raise PolicyError(f"{where}: 'id' must be a short name (letters, digits, . _ -)")
         if cid in seen:
             raise PolicyError(f"{where}: check id {cid!r} appears twice")
@@ -297,7 +297,7 @@ class Evaluator:
         shown = out if len(out) <= 80 else out[:77] + "..."
         if rule.compare is not None:
             op, number = rule.compare
-            if not NUMBER_RE.match(out):
+            if not NUMBER_RE.fullmatch(out):
                 return Outcome(False, f"output {shown!r} is not a number")
             ok = _OPS[op](float(out), number)
             return Outcome(ok, f"output {shown} {'is' if ok else 'is not'} {op} {number:g}")

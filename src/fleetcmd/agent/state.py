@@ -68,7 +68,7 @@ def write_json(path: Path, value: Any, mode: int = 0o600) -> None:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _SAFE_NAME.match(name):
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
         raise InvalidName(f"invalid name {name!r}: letters, digits and _ . : - only "
                           "(at most 128 characters)")
     return name

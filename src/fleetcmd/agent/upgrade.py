@@ -364,9 +364,9 @@ def prepare(state: StateDir, comms: Any, command_id: Any, args: dict[str, Any],
     there is nothing to do. Raises UpgradeRefused; on any refusal nothing is switched."""
     version = args.get("version")
     name = args.get("package") or "fleetcmd"
-    if not isinstance(version, str) or not VERSION_RE.match(version):
+    if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
         raise UpgradeRefused("'version' must be a version string")
-    if not isinstance(name, str) or not PACKAGE_NAME_RE.match(name):
+    if not isinstance(name, str) or not PACKAGE_NAME_RE.fullmatch(name):
         raise UpgradeRefused("'package' must be a package name such as 'fleetcmd'")
     if not trust_keys:
         raise UpgradeRefused("this agent trusts no package signing key, so it refuses upgrades "
@@ -385,7 +385,7 @@ def prepare(state: StateDir, comms: Any, command_id: Any, args: dict[str, Any],
         if claimed and claimed != sha256:
             raise UpgradeRefused(f"package {name}-{version}: downloaded bytes have sha256 "
                                  f"{sha256}, the server says {claimed}")
-        if not SHA256_RE.match(sha256):
+        if not SHA256_RE.fullmatch(sha256):
             raise UpgradeRefused("bad sha256")
         key = verify(name, version, sha256, headers.get("x-package-signature", ""), trust_keys)
         log.info("package %s-%s verified: sha256 %s, signed by key %s", name, version, sha256,

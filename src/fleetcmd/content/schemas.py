@@ -258,7 +258,7 @@ def parse_item(type_: str, data: bytes, path: str) -> tuple[str, str, dict[str, 
     """Parse a content file of `type_`: its id, its version and the document to index."""
     try:
         if type_ == "agent-package":
-            m = PACKAGE_NAME_RE.match(path.rsplit("/", 1)[-1])
+            m = PACKAGE_NAME_RE.fullmatch(path.rsplit("/", 1)[-1])
             if m is None:
                 raise ContentError(f"{path}: agent packages are named NAME-VERSION.tar.gz")
             return m["name"], m["version"], {"name": m["name"], "version": m["version"]}

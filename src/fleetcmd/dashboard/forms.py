@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetcmd.model.catalog import CATALOG
+from fleetcmd.model.nesting import MAX_DEPTH, text_too_deep
 from fleetcmd.server.config import DEFAULTS as SERVER_SETTINGS
 
 Values = dict[str, str]
@@ -82,6 +83,10 @@ def parse_json(values: Values, name: str, kind: str = "object", required: bool =
         if required:
             raise FieldErrors({name: "required"})
         return None
+    # Refused before parsing: the parser recurses, and params deeper than this are refused
+    # by the catalog anyway (model/nesting.py).
+    if text_too_deep(raw, MAX_DEPTH - 1):
+        raise FieldErrors({name: f"nested deeper than {MAX_DEPTH - 1} levels"})
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
 from starlette.concurrency import run_in_threadpool
 
@@ -139,6 +139,10 @@ def create_app(store: SqlStore, options: IndexerOptions) -> FastAPI:
         lifespan=lifespan,
         telemetry=NO_TELEMETRY,
         description="Task manager, commands stream and command manager.",
+        # The schema is served with the node credential only (below); no browsable pages.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.indexer = st
     install_error_handlers(app)
@@ -169,6 +173,11 @@ def create_app(store: SqlStore, options: IndexerOptions) -> FastAPI:
     async def command_keys() -> dict[str, Any]:
         """The public keys agents verify commands with (public: no credential needed)."""
         return {"data": st.signer.public_keys()}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> JSONResponse:
+        check_bearer(request, st.token)
+        return JSONResponse(app.openapi())
 
     @app.get("/metrics", tags=["ops"])
     async def metrics(request: Request) -> PlainTextResponse:

@@ -17,6 +17,7 @@ from fleetcmd.errors import FleetError, LeaseLost
 from fleetcmd.indexer import rollouts
 from fleetcmd.indexer.expansions import EXPANSIONS
 from fleetcmd.model.catalog import CATALOG
+from fleetcmd.model.nesting import MAX_DEPTH, Unreadable
 from fleetcmd.model.records import Command
 from fleetcmd.store import ClaimFilter
 from fleetcmd.store.base import SqlStore
@@ -59,6 +60,10 @@ class CommandManager:
         try:
             if spec is None or handler is None:
                 raise FleetError(f"no expansion for action '{cmd.action_name}'")
+            if isinstance(cmd.action_args, Unreadable):
+                raise FleetError(
+                    f"arguments nested deeper than {MAX_DEPTH} levels (stored before that limit)"
+                )
             params = spec.params.model_validate(cmd.action_args)
             with self.store.transaction() as tx:
                 held = tx.lease_held(cmd.id, self.owner)

@@ -16,19 +16,29 @@ from typing import Any
 
 from fleetcmd.errors import NotFound
 from fleetcmd.indexer.signing import CommandSigner
+from fleetcmd.model.nesting import MAX_DEPTH, Unreadable
 from fleetcmd.model.records import Command, dumps
+from fleetcmd.store import Result
 from fleetcmd.store.base import SqlStore
 
 CONFIG_ACTIONS = frozenset({"set-groups", "apply-group-config"})
 
 
 def outgoing(store: SqlStore, commands: list[Command], attach_limit: int,
-             signer: CommandSigner | None = None) -> list[dict[str, Any]]:
+             signer: CommandSigner | None = None
+             ) -> tuple[list[dict[str, Any]], list[Result]]:
+    """The commands as delivered, and failure results for those that cannot be: their
+    arguments or attachments were stored too deep to read back (model/nesting.py), and
+    handing them out anyway would deliver the marker that stands in for them."""
     out = []
+    refused: list[Result] = []
     policies: dict[str, Any] = {}
     # A batch is mostly one fan-out: look each group set up once, not once per command.
     configs: dict[tuple[str, ...], tuple[dict[str, Any], str]] = {}
     for cmd in commands:
+        if isinstance(cmd.action_args, Unreadable):
+            refused.append(_undeliverable(cmd, "its arguments"))
+            continue
         doc = cmd.to_json()
         if cmd.action_name in CONFIG_ACTIONS:
             groups = list(cmd.action_args.get("groups", []))
@@ -36,6 +46,9 @@ def outgoing(store: SqlStore, commands: list[Command], attach_limit: int,
             if key not in configs:
                 configs[key] = store.merged_config(groups)
             merged, h = configs[key]
+            if isinstance(merged, Unreadable):
+                refused.append(_undeliverable(cmd, f"the configuration of {groups}"))
+                continue
             args = doc["action"]["args"]
             args["config_hash"] = h
             if len(dumps(merged)) <= attach_limit:
@@ -50,11 +63,17 @@ def outgoing(store: SqlStore, commands: list[Command], attach_limit: int,
                     policy = store.get_document("sca", f"content/{policy_id}")
                 except NotFound:  # the agent asks the Comms API and reports what it got
                     policy = None
-                fits = policy is not None and len(dumps(policy)) <= attach_limit
+                fits = (policy is not None and not isinstance(policy, Unreadable)
+                        and len(dumps(policy)) <= attach_limit)
                 policies[policy_id] = policy if fits else None
             if policies[policy_id] is not None:
                 args["policy"] = policies[policy_id]
         if signer is not None and cmd.target_type == "agent":
             signer.sign(doc, cmd.expires_at)
         out.append(doc)
-    return out
+    return out, refused
+
+
+def _undeliverable(cmd: Command, what: str) -> Result:
+    return Result(cmd.id, "failure", 1, f"not delivered: {what} nested deeper than "
+                                        f"{MAX_DEPTH} levels (stored before that limit)")

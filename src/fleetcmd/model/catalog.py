@@ -12,8 +12,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fleetcmd.errors import InvalidParams, RemovedCommand, UnknownTaskType
+from fleetcmd.errors import InvalidParams, RemovedCommand, TooDeep, UnknownTaskType
 from fleetcmd.model import params as p
+from fleetcmd.model.nesting import MAX_DEPTH, value_too_deep
 
 
 class Target(StrEnum):
@@ -260,6 +261,11 @@ def validate(task_type: str, params: Any) -> tuple[CommandSpec, p.Params]:
     spec = spec_for(task_type)
     if not isinstance(params, dict):
         raise InvalidParams(f"{task_type}: 'params' must be an object")
+    # What is stored is read back inside replies, which must serialize (model/nesting.py).
+    if value_too_deep(params):
+        raise TooDeep(
+            f"{task_type}: 'params' nested deeper than {MAX_DEPTH} levels", limit=MAX_DEPTH
+        )
     try:
         parsed = spec.params.model_validate(params)
     except ValidationError as exc:

@@ -18,7 +18,7 @@ RESERVED_GROUPS = frozenset({"content"})
 def _name(value: str, what: str) -> str:
     if what == "group" and value in RESERVED_GROUPS:
         raise ValueError(f"group name {value!r} is reserved")
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise ValueError(
             f"{what} {value!r} must be 1-128 characters of letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

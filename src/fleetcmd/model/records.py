@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from fleetcmd.model.nesting import Unreadable, text_too_deep
+
 
 def iso(ts: float | None) -> str | None:
     if ts is None:
@@ -15,7 +17,13 @@ def iso(ts: float | None) -> str | None:
 
 
 def loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    """A stored JSON value; one nested too deep for a reply to carry (written before the
+    limit) comes back as an `Unreadable` marker, so that no reader of it fails."""
+    if text is None:
+        return None
+    if text_too_deep(text):
+        return Unreadable()
+    return json.loads(text)
 
 
 def dumps(value: Any) -> str:

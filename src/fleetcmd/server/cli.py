@@ -51,6 +51,17 @@ def server(
     tls_key: Annotated[Path | None, typer.Option(help="Private key of --tls-cert.")] = None,
     ca: Annotated[Path | None, typer.Option(
         help="CA certificate that signed an https indexer's certificate.")] = None,
+    forwarded_allow_ips: Annotated[str, typer.Option(
+        help="Comma-separated addresses of reverse proxies whose X-Forwarded-For names the "
+             "client (for audit records, login throttling and rate limits); default none: "
+             "the client is the peer address.")] = "",
+    header_timeout: Annotated[float, typer.Option(
+        min=0.1, help="Seconds a request's line and headers may take to arrive.")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(
+        min=0.1, help="Seconds a request's body may take to arrive after its headers.")
+    ] = 60.0,
+    max_connections: Annotated[int, typer.Option(
+        min=1, help="Open connections each API accepts; more are answered 503.")] = 16_384,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Run a server node: Management API, Comms API and the command puller."""
@@ -67,7 +78,7 @@ def server(
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
     d = make_dir(data_dir)
     nid = node_id or default_node_id(comms_port)
-    if not NAME_RE.match(nid):
+    if not NAME_RE.fullmatch(nid):
         raise typer.BadParameter(f"node id {nid!r}: letters, digits, '.', '_' or '-'")
     key = enrollment_key or os.environ.get("FLEETCMD_ENROLLMENT_KEY") or secret_file(
         d / "enrollment.key")
@@ -77,7 +88,9 @@ def server(
         jwt_key=jwt_key or secret_file(d / "comms-jwt.key"), log_level=log_level,
         pull_wait=pull_wait, lease=lease, enroll_rate=enroll_rate, auth_rate=auth_rate,
         tls_cert=str(tls_cert) if tls_cert else None, tls_key=str(tls_key) if tls_key else None,
-        ca=str(ca) if ca else None)
+        ca=str(ca) if ca else None, forwarded_allow_ips=forwarded_allow_ips,
+        header_timeout=header_timeout, body_timeout=body_timeout,
+        max_connections=max_connections)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvicorn[standard] brings it

@@ -38,6 +38,12 @@ class ServerOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     ca: str | None = None
+    # Proxies whose X-Forwarded-For is believed (comma-separated addresses; none: the peer).
+    forwarded_allow_ips: str = ""
+    # Each API: a request's headers and body must arrive in time; open connections capped.
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_connections: int = 16_384
 
 
 Observer = Callable[[dict[str, Any]], None]

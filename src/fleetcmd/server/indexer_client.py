@@ -1,9 +1,13 @@
 """The server's only way to the store: the indexer HTTP API, with the node credential.
 
-Connection errors and 5xx answers are retried with jittered exponential backoff (an indexer
-restart or a PostgreSQL failover must not drop an agent's result); 4xx answers are the
-caller's problem and are raised at once as `IndexerError`, body intact, so the APIs can pass
-them through unchanged.
+A request that never left (the indexer refused the connection) is retried with jittered
+exponential backoff, and so are 5xx answers and lost connections of requests that are safe
+to repeat (an indexer restart or a PostgreSQL failover must not drop an agent's result):
+reads, PUT and DELETE, and the POSTs their callers declare `idempotent` (results are
+recorded once per command id; a task carries an idempotency key). Any other write is not
+repeated blindly: the indexer may have committed it before failing to answer (issue 20: a
+task written twice). 4xx answers are the caller's problem and are raised at once as
+`IndexerError`, body intact, so the APIs can pass them through unchanged.
 
 Every call runs on a loop of its own, on its own thread (`IndexerLane`): a node serving
 thousands of agents keeps its main loop busy, and a 1 MB batch of commands read back in
@@ -45,6 +49,10 @@ class IndexerUnavailable(IndexerError):
 
 
 T = TypeVar("T")
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+# Failures that prove the request never reached the indexer: always safe to send again.
+NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 class IndexerLane:
@@ -95,21 +103,28 @@ class IndexerClient:
 
     async def request(self, method: str, path: str, *, json: Any = None,
                       params: dict[str, Any] | None = None, timeout: float | None = None,
-                      retries: int | None = None) -> Any:
+                      retries: int | None = None, idempotent: bool | None = None) -> Any:
         """Call the indexer; return the `data` of a success body."""
         _, body = await self.call(method, path, json=json, params=params, timeout=timeout,
-                                  retries=retries)
+                                  retries=retries, idempotent=idempotent)
         return body.get("data")
 
     async def call(self, method: str, path: str, *, json: Any = None,
                    params: dict[str, Any] | None = None, timeout: float | None = None,
-                   retries: int | None = None) -> tuple[int, dict[str, Any]]:
-        """Call the indexer; return the status and whole body of a success answer."""
+                   retries: int | None = None, idempotent: bool | None = None
+                   ) -> tuple[int, dict[str, Any]]:
+        """Call the indexer; return the status and whole body of a success answer.
+        `idempotent` (default: by method) says whether a request that may have been
+        carried out can be sent again."""
+        if idempotent is None:
+            idempotent = method.upper() in IDEMPOTENT_METHODS
         return await self._lane.run(self._call(method, path, json=json, params=params,
-                                               timeout=timeout, retries=retries))
+                                               timeout=timeout, retries=retries,
+                                               idempotent=idempotent))
 
     async def _call(self, method: str, path: str, *, json: Any, params: dict[str, Any] | None,
-                    timeout: float | None, retries: int | None) -> tuple[int, dict[str, Any]]:
+                    timeout: float | None, retries: int | None, idempotent: bool
+                    ) -> tuple[int, dict[str, Any]]:
         attempts = (self.retries if retries is None else retries) + 1
         last: IndexerError | None = None
         for attempt in range(attempts):
@@ -126,7 +141,9 @@ class IndexerClient:
                                                 "message": f"indexer unreachable: {exc!r}"})
                 log.warning("indexer %s %s failed (%s), attempt %d/%d", method, path,
                             type(exc).__name__, attempt + 1, attempts)
-                continue
+                if idempotent or isinstance(exc, NEVER_SENT):
+                    continue
+                raise last from None
             body = _json(resp)
             if resp.status_code < 400:
                 return resp.status_code, body
@@ -135,6 +152,8 @@ class IndexerClient:
             last = IndexerUnavailable(resp.status_code, body)
             log.warning("indexer %s %s answered %d, attempt %d/%d", method, path,
                         resp.status_code, attempt + 1, attempts)
+            if not idempotent:
+                raise last
         assert last is not None
         raise last
 
@@ -143,8 +162,9 @@ class IndexerClient:
                                                       if v is not None})
 
     async def post(self, path: str, body: Any, *, timeout: float | None = None,
-                   retries: int | None = None) -> Any:
-        return await self.request("POST", path, json=body, timeout=timeout, retries=retries)
+                   retries: int | None = None, idempotent: bool = False) -> Any:
+        return await self.request("POST", path, json=body, timeout=timeout, retries=retries,
+                                  idempotent=idempotent)
 
     async def put(self, path: str, body: Any) -> Any:
         return await self.request("PUT", path, json=body)

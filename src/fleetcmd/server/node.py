@@ -18,7 +18,7 @@ from typing import Any
 
 import uvicorn
 
-from fleetcmd import __version__, gctune
+from fleetcmd import __version__, gctune, serving
 from fleetcmd.ratelimit import RateLimiter
 from fleetcmd.server import handlers
 from fleetcmd.server.bulker import Bulker
@@ -52,7 +52,7 @@ def build_state(options: ServerOptions) -> ServerState:
 
     async def flush_results(items: list[dict[str, Any]]) -> list[str]:
         with metrics.bulk.labels("results").time():
-            data = await indexer.post("/results", {"results": items})
+            data = await indexer.post("/results", {"results": items}, idempotent=True)
         by_id = {int(o["id"]): str(o["outcome"]) for o in data["results"]}
         return [by_id.get(int(i["id"]), "ignored: no answer from the indexer") for i in items]
 
@@ -60,7 +60,7 @@ def build_state(options: ServerOptions) -> ServerState:
         with metrics.bulk.labels("delivered").time():
             data = await indexer.post("/commands/mark",
                                       {"owner": owner, "ids": ids,
-                                       "status": "delivered"})
+                                       "status": "delivered"}, idempotent=True)
         moved = set(data["moved"])
         return [i in moved for i in ids]
 
@@ -71,14 +71,15 @@ def build_state(options: ServerOptions) -> ServerState:
         with metrics.bulk.labels("held").time():
             data = await indexer.post("/leases/renew",
                                       {"owner": owner, "ids": sorted(set(ids)),
-                                       "lease": options.lease})
+                                       "lease": options.lease}, idempotent=True)
         held = set(data["held"])
         mailboxes.extend(sorted(held), asked_at + options.lease - min(1.0, options.lease / 10))
         return [i in held for i in ids]
 
     async def flush_targets(ids: list[int]) -> list[dict[str, Any] | None]:
         with metrics.bulk.labels("targets").time():
-            data = await indexer.post("/commands/targets", {"ids": sorted(set(ids))})
+            data = await indexer.post("/commands/targets", {"ids": sorted(set(ids))},
+                                      idempotent=True)
         found = data["targets"]
         return [found.get(str(i)) for i in ids]
 
@@ -169,7 +170,8 @@ async def prepare(st: ServerState) -> None:
     kid = await st.enrollment_keys.register_configured(st.options.enrollment_key)
     if kid is not None:
         log.info("configured enrollment key registered as %s", kid)
-    released = (await st.indexer.post("/leases/release-previous", {"owner": st.owner}))["released"]
+    released = (await st.indexer.post("/leases/release-previous", {"owner": st.owner},
+                                      idempotent=True))["released"]
     if released:
         log.info("handed back %d command(s) an earlier run of node %s still held", released,
                  st.options.node_id)
@@ -202,9 +204,12 @@ async def serve(options: ServerOptions) -> None:
         ("pull-agent", puller.agent_loop()), ("pull-server", puller.server_loop()),
         ("renew", puller.renew_loop()), ("away", puller.away_loop()),
         ("removed", removed_loop(st)))]
+    limits = serving.Limits(header_timeout=options.header_timeout,
+                            body_timeout=options.body_timeout,
+                            max_connections=options.max_connections)
     servers = [
-        _Server(uvicorn.Config(app, host=options.host, port=port, log_level="warning",
-                               access_log=False, lifespan="off", timeout_keep_alive=75,
+        _Server(serving.config(app, options.host, port, limits, options.forwarded_allow_ips,
+                               lifespan="off", timeout_keep_alive=75,
                                timeout_graceful_shutdown=3,
                                ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key))
         for app, port in ((create_comms_app(st), options.comms_port),
@@ -251,7 +256,7 @@ async def release_all(st: ServerState) -> None:
         return
     try:
         await st.indexer.post("/leases/release", {"owner": st.owner, "ids": ids},
-                              retries=1)
+                              retries=1, idempotent=True)
         log.info("released %d un-acked command(s) on stop", len(ids))
     except Exception as exc:
         log.warning("could not release %d command(s) on stop (their leases will lapse): %s",

@@ -57,7 +57,7 @@ class Presence:
             self._new.discard(a)
         await self.indexer.post("/agents/updates", {"updates": [
             {"id": a, "status": "disconnected", "node": "", "if_node": self.node_id}
-            for a in agent_ids]})
+            for a in agent_ids]}, idempotent=True)
 
     async def run(self) -> None:
         while True:
@@ -79,7 +79,7 @@ class Presence:
         updates, self._pending = list(self._pending.values()), {}
         new, self._new = sorted(self._new), set()
         try:
-            await self.indexer.post("/agents/updates", {"updates": updates})
+            await self.indexer.post("/agents/updates", {"updates": updates}, idempotent=True)
         except Exception:
             for u in updates:  # try again next round, unless a newer one was queued
                 self._pending.setdefault(u["id"], u)

@@ -63,7 +63,8 @@ class Puller:
         st.metrics.pulled.labels("agent").inc(len(commands))
         ids = [int(c["id"]) for c in commands]
         answer = await st.indexer.post("/commands/mark",
-                                       {"owner": self.owner, "ids": ids, "status": "sent"})
+                                       {"owner": self.owner, "ids": ids, "status": "sent"},
+                                       idempotent=True)
         refused = set(answer["refused"])
         if refused:
             log.warning("indexer refused %d command(s) as sent (lease lost): %s", len(refused),
@@ -100,7 +101,8 @@ class Puller:
         for i in range(0, len(ids), CHUNK):
             asked_at = time.monotonic()
             data = await st.indexer.post("/leases/renew", {
-                "owner": self.owner, "ids": ids[i:i + CHUNK], "lease": st.options.lease})
+                "owner": self.owner, "ids": ids[i:i + CHUNK], "lease": st.options.lease},
+                idempotent=True)
             for agent_id in st.mailboxes.extend(data["held"], self.lease_until(asked_at)):
                 box = st.mailboxes.get(agent_id)
                 if box is not None:
@@ -135,7 +137,8 @@ class Puller:
         if ids:
             for i in range(0, len(ids), CHUNK):
                 await st.indexer.post("/leases/release", {"owner": self.owner,
-                                                          "ids": ids[i:i + CHUNK]})
+                                                          "ids": ids[i:i + CHUNK]},
+                                      idempotent=True)
             st.mailboxes.drop(ids)
             st.metrics.released.inc(len(ids))
             log.info("released %d command(s) of %d away agent(s)", len(ids), len(away))
@@ -153,7 +156,8 @@ class Puller:
         st.metrics.pulled.labels("server").inc(len(commands))
         ids = [int(c["id"]) for c in commands]
         answer = await st.indexer.post("/commands/mark",
-                                       {"owner": self.owner, "ids": ids, "status": "sent"})
+                                       {"owner": self.owner, "ids": ids, "status": "sent"},
+                                       idempotent=True)
         refused = set(answer["refused"])
         results = []
         for c in commands:
@@ -166,7 +170,7 @@ class Puller:
             results.append({"id": int(c["id"]), "status": outcome.status, "code": outcome.code,
                             "message": outcome.message, "data": outcome.data})
         if results:
-            await st.indexer.post("/results", {"results": results})
+            await st.indexer.post("/results", {"results": results}, idempotent=True)
 
     # -- shared --------------------------------------------------------------------------------
     async def _pull_loop(self, target_type: str, consume: Any, overlap: int = 1) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from fleetcmd.errors import Conflict, InvalidParams, LeaseLost, NotFound
 from fleetcmd.model.config import config_hash, merge
+from fleetcmd.model.nesting import Unreadable
 from fleetcmd.model.records import Agent, Command, Group, Page, Task, dumps, loads
 from fleetcmd.model.status import ACTIVE, FINAL, Status, rollup, sources_of
 from fleetcmd.store import retention
@@ -1399,7 +1400,8 @@ class SqlStore(ABC):
         ]
 
     def get_config(self, config_hash_: str) -> dict[str, Any]:
-        return dict(self._config(config_hash_))
+        config = self._config(config_hash_)
+        return Unreadable() if isinstance(config, Unreadable) else dict(config)
 
     @lru_cache(maxsize=4096)  # noqa: B019 - content-addressed, so entries never go stale
     def _config(self, h: str) -> dict[str, Any]:
@@ -1420,7 +1422,10 @@ class SqlStore(ABC):
         key = tuple(hashes)
         cached = self._merged_cache.get(key)
         if cached is None:
-            merged = merge(self._config(h) for h in hashes if h)
+            parts = [self._config(h) for h in hashes if h]
+            # A part too deep to read (stored before the limit) leaves nothing to merge.
+            merged = (Unreadable() if any(isinstance(c, Unreadable) for c in parts)
+                      else merge(parts))
             cached = (merged, config_hash(merged))
             if len(self._merged_cache) > 4096:
                 self._merged_cache.clear()

@@ -95,7 +95,7 @@ def parse_definition(doc: Any, name: str) -> Definition:
     if doc.get("name", name) != name:
         raise ResponseRefused(f"definition says name {doc.get('name')!r}, the command {name!r}")
     exe = doc.get("executable")
-    if not isinstance(exe, str) or not EXECUTABLE_RE.match(exe) or ".." in exe:
+    if not isinstance(exe, str) or not EXECUTABLE_RE.fullmatch(exe) or ".." in exe:
         raise ResponseRefused(f"definition {name}: 'executable' must be a bare file name of the "
                               "agent's active-response folder (no '/', no '..')")
     template = doc.get("arguments", [])
@@ -236,7 +236,7 @@ class ActiveResponse(SectionModule):
         return definition, [str(self._executable(definition.executable)), *args]
 
     def _executable(self, exe: str) -> Path:
-        if not EXECUTABLE_RE.match(exe) or "/" in exe or ".." in exe:
+        if not EXECUTABLE_RE.fullmatch(exe) or "/" in exe or ".." in exe:
             raise ResponseRefused(f"executable {exe!r} refused: a bare file name is required")
         path = self._bin_dir() / exe
         try:

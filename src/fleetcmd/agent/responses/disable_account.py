@@ -38,7 +38,7 @@ def add(folder: str, name: str, entry: str) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or not USER_RE.match(argv[0]):
+    if len(argv) != 1 or not USER_RE.fullmatch(argv[0]):
         print("usage: disable-account USER (a valid account name)", file=sys.stderr)
         return 2
     folder = os.environ.get("FLEETCMD_AR_LISTS", "")

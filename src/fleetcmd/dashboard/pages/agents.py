@@ -14,6 +14,7 @@ from fleetcmd.dashboard.pages import Viewing
 from fleetcmd.dashboard.render import page
 from fleetcmd.server.indexer_client import IndexerError
 from fleetcmd.server.management import reports
+from fleetcmd.server.management.fleet import agent_doc
 from fleetcmd.server.management.live import summary_for
 
 router = APIRouter()
@@ -67,7 +68,7 @@ async def _latest_commands(v: Viewing, agent_id: str) -> tuple[list[dict[str, An
 @router.get("/agents/{agent_id}")
 async def agent_detail(agent_id: str, request: Request, v: Viewing) -> Response:
     v.require("agent:read")
-    agent = await v.st.indexer.get(f"/agents/{quote(agent_id, safe='')}")
+    agent = await agent_doc(v.st, agent_id)
     if not v.reader("agent:read").agent(agent):
         v.deny("agent:read", f"agent {agent_id}")
     # Read as the Management API's /sca-results, /vulnerabilities and /alerts read them.

@@ -11,8 +11,9 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from fleetcmd.errors import InvalidParams
+from fleetcmd.errors import InvalidParams, TooDeep
 from fleetcmd.indexer.state import IndexerState, authorized
+from fleetcmd.model.nesting import MAX_DEPTH, Unreadable
 from fleetcmd.model.params import NAME_RE
 
 router = APIRouter(tags=["indexes"])
@@ -52,7 +53,7 @@ class AgentIn(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+        if not NAME_RE.fullmatch(v):
             raise ValueError("agent name must be letters, digits, '.', '_' or '-'")
         return v
 
@@ -67,7 +68,7 @@ async def register_agents(body: AgentsIn, st: Auth) -> dict[str, Any]:
     """Insert or update agents (servers enroll agents through this)."""
     for a in body.agents:
         for g in a.groups:
-            if not NAME_RE.match(g):
+            if not NAME_RE.fullmatch(g):
                 raise InvalidParams(f"agent {a.id}: bad group name {g!r}")
     n = await run_in_threadpool(st.store.register_agents, [a.model_dump() for a in body.agents])
     return {"data": {"registered": n}}
@@ -179,7 +180,7 @@ async def merged_config(st: Auth, groups: str = "") -> dict[str, Any]:
     """The merged configuration for an ordered, comma-separated group list, and its hash."""
     names = [g for g in groups.split(",") if g]
     config, h = await run_in_threadpool(st.store.merged_config, names)
-    return {"data": {"groups": names, "config": config, "config_hash": h}}
+    return {"data": {"groups": names, "config": _applicable(config), "config_hash": h}}
 
 
 @router.get("/configs/{config_hash}")
@@ -188,10 +189,19 @@ async def get_config(config_hash: str, st: Auth) -> dict[str, Any]:
     return {"data": {"hash": config_hash, "config": config}}
 
 
+def _applicable(config: dict[str, Any]) -> dict[str, Any]:
+    """A configuration agents may apply: never the marker of one stored too deep (which a
+    reader by hash is shown)."""
+    if isinstance(config, Unreadable):
+        raise TooDeep(f"configuration nested deeper than {MAX_DEPTH} levels (stored before "
+                      "that limit); file a new group-configuration-change")
+    return config
+
+
 def _check_index(index: str, doc_id: str | None = None) -> None:
     if index not in CONTENT_INDEXES:
         raise InvalidParams(f"unknown index '{index}'", known=list(CONTENT_INDEXES))
-    if doc_id is not None and (not DOC_ID.match(doc_id) or ".." in doc_id):
+    if doc_id is not None and (not DOC_ID.fullmatch(doc_id) or ".." in doc_id):
         raise InvalidParams(f"bad document id {doc_id!r}")
 
 
@@ -274,7 +284,7 @@ class HeartbeatIn(BaseModel):
 
 @router.post("/nodes/{node_id}/heartbeat")
 async def heartbeat(node_id: str, body: HeartbeatIn, st: Auth) -> dict[str, Any]:
-    if not NAME_RE.match(node_id):
+    if not NAME_RE.fullmatch(node_id):
         raise InvalidParams(f"bad node id {node_id!r}")
     await run_in_threadpool(st.store.heartbeat, node_id, body.url, body.info)
     return {"data": {"node": node_id}}

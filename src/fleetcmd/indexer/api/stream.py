@@ -64,7 +64,9 @@ async def pull(body: PullIn, st: Auth, request: Request) -> dict[str, Any]:
     st.metrics.pull_wait.observe(time.monotonic() - started)
     if claimed:
         st.metrics.claimed.labels(body.target_type).inc(len(claimed))
-    docs = await run_in_threadpool(outgoing, st.store, claimed, st.attach_limit, st.signer)
+    docs, refused = await run_in_threadpool(outgoing, st.store, claimed, st.attach_limit, st.signer)
+    if refused:  # ended here, or they would be claimed and refused again every lease
+        await run_in_threadpool(record_results, st.store, refused)
     return {"data": {"commands": docs, "lease": body.lease}}
 
 

@@ -58,7 +58,7 @@ async def _name_taken(st: State, name: str) -> bool:
 async def _existing_groups(st: State, names: list[str]) -> tuple[list[str], list[str]]:
     found, missing = [], []
     for g in dict.fromkeys(names):
-        if not NAME_RE.match(g):
+        if not NAME_RE.fullmatch(g):
             missing.append(g)
             continue
         try:

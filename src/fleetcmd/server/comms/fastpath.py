@@ -23,7 +23,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleetcmd.errors import FleetError
-from fleetcmd.httpkit import invalid_request, too_large
+from fleetcmd.httpkit import invalid_request, too_deep, too_large
+from fleetcmd.model.nesting import MAX_DEPTH, text_too_deep
 from fleetcmd.server.comms.auth import AgentRemoved
 from fleetcmd.server.comms.checkin import AckIn, PollQuery, acknowledge, take
 from fleetcmd.server.comms.results import ResultsIn, record
@@ -86,7 +87,8 @@ def enabled() -> bool:
 
 class CommsFastPath:
     """The outermost ASGI app of the Comms API: the three hot routes here, everything else
-    to the FastAPI app. It bounds request bodies itself, as `BodyLimit` does there."""
+    to the FastAPI app. It bounds request bodies (size and depth) itself, as `BodyLimit`
+    does there."""
 
     def __init__(self, app: ASGIApp, st: ServerState) -> None:
         self.app = app
@@ -108,6 +110,9 @@ class CommsFastPath:
             if agent_id in st.removed:
                 raise AgentRemoved(f"agent {agent_id} was removed from the fleet")
             body = await _body(receive, self.limit) if scope["method"] == "POST" else b""
+            if text_too_deep(body):
+                await too_deep(send, MAX_DEPTH)
+                return
             data = await route(st, agent_id, scope, body)
             payload = to_json({"data": data})
             await send({"type": "http.response.start", "status": 200, "headers": [

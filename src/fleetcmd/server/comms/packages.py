@@ -100,7 +100,7 @@ class PackageMeta:
 
 def package_id(requested: str) -> str:
     """The record id (`<name>-<version>`) a download asks for; refuses anything else."""
-    m = REQUEST_RE.match(requested)
+    m = REQUEST_RE.fullmatch(requested)
     if m is None or ".." in requested:
         raise BadPackageName(
             f"bad package name {requested[:200]!r}: expected NAME-VERSION or NAME-VERSION.tar.gz"

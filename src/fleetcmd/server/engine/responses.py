@@ -135,6 +135,7 @@ class Responder:
                     "idempotency_key": idempotency_key(alert_id),
                     "expires_in": DELIVERY_WINDOW,
                 },
+                idempotent=True,
             )
         except IndexerError as exc:
             # An outage: the next matching alert may try again. A refusal (an unknown group,

@@ -8,9 +8,11 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from fleetcmd.errors import NotFound
 from fleetcmd.server.access import Reader
 from fleetcmd.server.management.auth import State, deny, require
 from fleetcmd.server.rbac import User
+from fleetcmd.server.state import ServerState
 
 router = APIRouter(tags=["fleet"])
 AgentReader = Annotated[User, Depends(require("agent:read"))]
@@ -31,10 +33,20 @@ async def list_agents(
                                          **scoped)}
 
 
+async def agent_doc(st: ServerState, agent_id: str) -> dict[str, Any]:
+    """One agent from the indexer (also for the dashboard). The indexer's `/agents/summary`
+    and `/agents/removed` share the path of an agent id: an answer that is not the agent
+    asked for is a 404."""
+    doc = await st.indexer.get(f"/agents/{quote(agent_id, safe='')}")
+    if not isinstance(doc, dict) or doc.get("id") != agent_id:
+        raise NotFound(f"agent {agent_id} not found")
+    return doc
+
+
 @router.get("/agents/{agent_id}")
 async def get_agent(agent_id: str, request: Request, st: State, user: AgentReader
                     ) -> dict[str, Any]:
-    agent = await st.indexer.get(f"/agents/{quote(agent_id, safe='')}")
+    agent = await agent_doc(st, agent_id)
     if not Reader(st, user, "agent:read").agent(agent):
         await deny(st, request, user, "agent:read", f"agent:id:{agent_id}")
     return {"data": agent}

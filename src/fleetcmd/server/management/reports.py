@@ -14,10 +14,11 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query
 
-from fleetcmd.errors import Forbidden, InvalidParams, NotFound
+from fleetcmd.errors import Forbidden, InvalidParams
 from fleetcmd.server.access import Reader, agents_groups
 from fleetcmd.server.indexer_client import IndexerError
 from fleetcmd.server.management.auth import State, require
+from fleetcmd.server.management.fleet import agent_doc
 from fleetcmd.server.rbac import EVERYTHING, User
 from fleetcmd.server.state import ServerState
 
@@ -48,10 +49,7 @@ async def readable_agent(st: ServerState, reader: Reader, agent_id: str) -> dict
     outside the reader's scope."""
     if not AGENT_ID.fullmatch(agent_id):
         raise InvalidParams(f"bad agent id {agent_id!r}")
-    agent = await st.indexer.get(f"/agents/{quote(agent_id, safe='')}")
-    # An id such as `summary` names another indexer route: not an agent.
-    if not isinstance(agent, dict) or agent.get("id") != agent_id:
-        raise NotFound(f"agent {agent_id} not found")
+    agent = await agent_doc(st, agent_id)
     if not reader.agent(agent):
         raise Forbidden(
             f"user '{reader.user.name}' may not agent:read on agent:id:{agent_id}",

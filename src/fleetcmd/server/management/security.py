@@ -38,7 +38,7 @@ def _password(v: str) -> str:
 
 
 def _name(v: str) -> str:
-    if not NAME_RE.match(v):
+    if not NAME_RE.fullmatch(v):
         raise ValueError("names are 1-128 letters, digits, '.', '_' or '-'")
     return v
 

@@ -3,6 +3,7 @@ reaches; the indexer's task manager validates and answers."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -20,6 +21,7 @@ router = APIRouter(tags=["tasks"])
 Creator = Annotated[User, Depends(require("task:create"))]
 Reader_ = Annotated[User, Depends(require("task:read"))]
 Canceller = Annotated[User, Depends(require("task:cancel"))]
+HOP_KEY_PREFIX = "hop:"  # keys the server makes for tasks filed without one
 
 
 class TaskIn(BaseModel):
@@ -43,14 +45,23 @@ async def file_task(st: ServerState, request: Request, user: User, body: TaskIn,
                            request=request, details={**details, "reason": exc.message})
         raise
     payload = {**body.model_dump(exclude_none=True), "user": user.name, "source": source}
+    # Every task crosses to the indexer with a key, so that a retry after a lost answer
+    # returns the task it wrote instead of writing a second one.
+    ours = body.idempotency_key is None
+    if ours:
+        payload["idempotency_key"] = f"{HOP_KEY_PREFIX}{uuid.uuid4().hex}"
     try:
-        status, resp = await st.indexer.call("POST", "/tasks", json=payload, retries=1)
+        status, resp = await st.indexer.call("POST", "/tasks", json=payload, retries=1,
+                                             idempotent=True)
     except IndexerError as exc:
         await audit.record(st, "task.create", actor=user.name, outcome=audit.FAILURE,
                            request=request, details={**details, "error": exc.body})
         raise
     task = resp["data"]
-    created = bool(resp.get("created", status == 202))
+    # A key only this call knew was replayed: its first attempt wrote the task.
+    created = ours or bool(resp.get("created", status == 202))
+    if ours:
+        status, resp = 202, {**resp, "created": True}
     await audit.record(st, "task.create", actor=user.name, request=request,
                        target=f"task:{task['id']}",
                        details={**details, "created": created})
@@ -63,7 +74,8 @@ async def cancel(st: ServerState, request: Request, user: User, task_id: int) ->
     if not await Reader(st, user, "task:cancel").task(task):
         await deny(st, request, user, "task:cancel", f"task:{task_id}")
     try:
-        out = await st.indexer.post(f"/tasks/{task_id}/cancel", {}, retries=1)
+        out = await st.indexer.post(f"/tasks/{task_id}/cancel", {}, retries=1,
+                                    idempotent=True)
     except IndexerError as exc:
         await audit.record(st, "task.cancel", actor=user.name, outcome=audit.FAILURE,
                            request=request, target=f"task:{task_id}",
