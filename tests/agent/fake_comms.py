@@ -44,6 +44,8 @@ class FakeComms:
         self.unconfirmed: set[Any] = set()
         self.fail_acks = False
         self.failed_acks: list[Any] = []
+        self.enroll_errors: list[int] = []  # statuses the next enrollments are answered with
+        self.enroll_bodies: list[dict[str, Any]] = []
         self.calls: list[str] = []
         self.events: list[dict[str, Any]] = []
         # package id (NAME-VERSION) -> (bytes, response headers)
@@ -127,6 +129,9 @@ class FakeComms:
                token: str | None) -> tuple[int, Any]:
         self.calls.append(f"{method} {path}")
         if method == "POST" and path == "/agents/enroll":
+            self.enroll_bodies.append(body)
+            if self.enroll_errors:
+                return self.enroll_errors.pop(0), {"error": "busy", "message": "try later"}
             if body.get("enrollment_key") != KEY:
                 return 401, {"error": "unauthorized", "message": "bad enrollment key"}
             if any(a["name"] == body["name"] for a in self.agents.values()):

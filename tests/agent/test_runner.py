@@ -21,9 +21,10 @@ class Running:
     """An Agent run in a thread of the test process."""
 
     def __init__(self, fake: FakeComms, state_dir: Path, **options: object) -> None:
-        self.agent = Agent(AgentOptions(server=fake.url, enrollment_key=KEY, name="a1",
-                                        state_dir=str(state_dir), wait=1.0, backoff_cap=0.3,
-                                        **options))  # type: ignore[arg-type]
+        given: dict[str, object] = {"server": fake.url, "enrollment_key": KEY, "name": "a1",
+                                    "state_dir": str(state_dir), "wait": 1.0,
+                                    "backoff_cap": 0.3, **options}
+        self.agent = Agent(AgentOptions(**given))  # type: ignore[arg-type]
         self.code: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -212,6 +213,25 @@ def test_bad_enrollment_key_is_fatal(fake: FakeComms, tmp_path: Path) -> None:
                            state_dir=str(tmp_path / "s")))
     with pytest.raises(FatalStartError, match="bad enrollment key"):
         a.run()
+
+
+def test_enrollment_outlives_transient_errors(fake: FakeComms, start) -> None:
+    """Timeouts, overload, rate limits and server errors are retried, never fatal; every
+    attempt names the same enrollment request (issue 14.7)."""
+    fake.enroll_errors = [408, 500, 503, 429, 425, 502]
+    r = start()
+    assert r.agent.id in fake.agents and fake.enroll_errors == []
+    assert len(fake.enroll_bodies) == 7
+    assert len({(b["request_id"], b["request_secret"]) for b in fake.enroll_bodies}) == 1
+
+
+def test_the_enrollment_key_can_come_from_a_file(fake: FakeComms, start, tmp_path: Path
+                                                 ) -> None:
+    key_file = tmp_path / "enrollment.key"
+    key_file.write_text(KEY + "\n")
+    r = start(enrollment_key="", enrollment_key_file=str(key_file))
+    assert r.agent.id in fake.agents
+    assert fake.enroll_bodies[0]["enrollment_key"] == KEY
 
 
 def test_a_result_the_server_refuses_does_not_block_the_others(fake: FakeComms, start) -> None:

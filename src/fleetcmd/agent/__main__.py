@@ -9,6 +9,7 @@ removed at once, so the enrollment key does not stay visible in the process's ar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,7 +25,9 @@ def main() -> int:
     if raw is None:
         sys.stderr.write("run the agent with `fleetcmd agent …`\n")
         return 2
-    options = AgentOptions(**json.loads(raw))
+    known = {f.name for f in dataclasses.fields(AgentOptions)}
+    # Options another version wrote (an upgrade's restart) may hold fields this one lacks.
+    options = AgentOptions(**{k: v for k, v in json.loads(raw).items() if k in known})
     logging.basicConfig(level=options.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

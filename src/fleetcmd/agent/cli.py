@@ -29,6 +29,9 @@ def agent(
                                                 "agent is enrolled).",
                                                 envvar="FLEETCMD_ENROLLMENT_KEY",
                                                 show_envvar=False)] = "",
+    enrollment_key_file: Annotated[Path | None, typer.Option(
+        help="File holding the enrollment key (keep it 0600): read only to enroll, so the key "
+             "is on no command line and in no environment.")] = None,
     groups: Annotated[str, typer.Option(help="Comma-separated groups asked for at "
                                         "enrollment.")] = "",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
@@ -61,9 +64,18 @@ def agent(
                 for k in specs or []]
 
     keys = absolute(trust_key)
+    if enrollment_key and enrollment_key_file is not None:
+        raise typer.BadParameter("give --enrollment-key (or FLEETCMD_ENROLLMENT_KEY) or "
+                                 "--enrollment-key-file, not both",
+                                 param_hint="--enrollment-key-file")
+    if enrollment_key_file is not None and not enrollment_key_file.is_file():
+        raise typer.BadParameter(f"no file at {enrollment_key_file}",
+                                 param_hint="--enrollment-key-file")
     if ca is not None and not ca.is_file():
         raise typer.BadParameter(f"no CA file at {ca}", param_hint="--ca")
-    options = {"server": server, "enrollment_key": enrollment_key, "name": name,
+    options = {"server": server, "enrollment_key": enrollment_key,
+               "enrollment_key_file": str(enrollment_key_file.resolve())
+               if enrollment_key_file else "", "name": name,
                "state_dir": str(state_dir.resolve()),
                "groups": [g.strip() for g in groups.split(",") if g.strip()],
                "log_level": log_level.lower(), "trust_keys": keys,

@@ -37,6 +37,12 @@ class CommsError(Exception):
     def unreachable(self) -> bool:
         return self.status == 0
 
+    @property
+    def transient(self) -> bool:
+        """Worth trying again later: unreachable (refused, reset, timed out), overloaded or
+        rate-limited, a server error."""
+        return self.status in (0, 408, 425, 429) or self.status >= 500
+
 
 def _seconds(value: str | None) -> float | None:
     """Retry-After in seconds (the HTTP-date form is not used by fleetcmd servers)."""
@@ -179,10 +185,14 @@ class Comms:
 
     # -- the endpoints --------------------------------------------------------------------------
     def enroll(self, key: str, name: str, groups: list[str], version: str,
-               info: dict[str, Any]) -> tuple[str, str, Any]:
-        """Returns the id, the secret and the command-signing keys the server offers."""
+               info: dict[str, Any], request_id: str | None = None,
+               request_secret: str | None = None) -> tuple[str, str, Any]:
+        """Returns the id, the secret and the command-signing keys the server offers. With
+        a request id and secret, a repeat gets the same answer (idempotent)."""
         body: dict[str, Any] = {"enrollment_key": key, "name": name, "version": version,
                                 "info": info}
+        if request_id is not None:
+            body["request_id"], body["request_secret"] = request_id, request_secret
         if groups:
             body["groups"] = groups
         data = self.request("POST", "/agents/enroll", body, auth=False)

@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -70,6 +71,9 @@ class AgentOptions:
     enrollment_key: str
     name: str
     state_dir: str
+    # A 0600 file holding the enrollment key (instead of `enrollment_key`): read only when
+    # the agent enrolls, so the key is in no process's arguments or environment.
+    enrollment_key_file: str = ""
     groups: list[str] = field(default_factory=list)
     log_level: str = "info"
     wait: float = 30.0
@@ -238,28 +242,45 @@ class Agent:
         creds = self.dir.credentials()
         if creds is not None:
             return creds
-        if not self.options.enrollment_key:
-            raise FatalStartError("not enrolled yet and no --enrollment-key given")
+        key = self._enrollment_key()
         info = {"hostname": os.uname().nodename, "os": os.uname().sysname,
                 "arch": os.uname().machine}
+        # Kept before the first attempt: a retry whose first answer was lost (a timeout after
+        # the server enrolled us) is the same request and gets the same id and secret.
+        request = self.dir.enrollment_request()
         while not self._stop.is_set():
             try:
                 agent_id, secret, keys = self.comms.enroll(
-                    self.options.enrollment_key, self.options.name, list(self.options.groups),
-                    fleetcmd.__version__, info)
+                    key, self.options.name, list(self.options.groups), fleetcmd.__version__,
+                    info, request.request_id, request.secret)
             except CommsError as exc:
-                if exc.unreachable or exc.status >= 500 or exc.status == 429:
+                if exc.transient:
                     self._retry_later("enroll", exc)
                     continue
                 raise FatalStartError(f"enrollment refused: {exc}") from None
             creds = Credentials(agent_id, secret)
             self.dir.save_credentials(creds)
+            self.dir.forget_enrollment_request()
             assert self.trust is not None
             self.trust.offered(keys, "enrollment")
             log.info("enrolled as %s", agent_id)
             self.backoff.reset()
             return creds
         return None
+
+    def _enrollment_key(self) -> str:
+        if self.options.enrollment_key:
+            return self.options.enrollment_key
+        if self.options.enrollment_key_file:
+            try:
+                key = Path(self.options.enrollment_key_file).read_text().strip()
+            except OSError as exc:
+                raise FatalStartError(f"enrollment key file: {exc}") from None
+            if key:
+                return key
+            raise FatalStartError(f"enrollment key file {self.options.enrollment_key_file} "
+                                  "is empty")
+        raise FatalStartError("not enrolled yet and no --enrollment-key given")
 
     def _initialize(self) -> bool:
         """R7: ask for the current assignment and configuration and apply it."""
@@ -535,7 +556,11 @@ class Agent:
             self.flush()  # answers of the other commands go out before the restart
         except CommsError as exc:
             log.warning("results not sent before the restart (%s); sent after it", exc)
-        options = json.dumps(dataclasses.asdict(self.options))
+        # Enrolled already: the versions after the switch (and the watchdog) need no key,
+        # and an older version would not know the key-file option.
+        kept = {k: v for k, v in dataclasses.asdict(self.options).items()
+                if k != "enrollment_key_file"}
+        options = json.dumps({**kept, "enrollment_key": ""})
         self.versions.begin(pending.command_id, pending.target, pending.deadline)
         try:
             upgrades.spawn_watchdog(self.dir, os.getpid(), options)

@@ -3,6 +3,8 @@
 Layout (see docs/agent.md)::
 
     STATE_DIR/credentials.json   {"id", "secret"}       0600, written once at enrollment
+    STATE_DIR/enrollment.json    {"request_id", "secret"}  0600, until enrolled: every attempt
+                                 names the same request, so a retry gets the first answer
     STATE_DIR/state.json         {"name", "groups", "config", "config_hash", "version", …}
     STATE_DIR/agent.db           journal of executed command ids + outbox of results (SQLite)
     STATE_DIR/agent.pid          pid of the running agent
@@ -23,6 +25,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +83,14 @@ class Credentials:
     secret: str
 
 
+@dataclass(frozen=True)
+class EnrollmentRequest:
+    """The agent's name for its enrollment and the secret proving it (server: comms/enroll)."""
+
+    request_id: str
+    secret: str
+
+
 @dataclass
 class AgentState:
     """What the agent has applied; mirrored to state.json after every change."""
@@ -111,6 +122,7 @@ class StateDir:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
         self.credentials_path = self.root / "credentials.json"
+        self.enrollment_path = self.root / "enrollment.json"
         self.state_path = self.root / "state.json"
         self.db_path = self.root / "agent.db"
         self.pid_path = self.root / "agent.pid"
@@ -142,6 +154,24 @@ class StateDir:
         with contextlib.suppress(FileNotFoundError):
             self.credentials_path.unlink()
         _fsync_dir(self.root)
+
+    def enrollment_request(self) -> EnrollmentRequest:
+        """The request every enrollment attempt of this folder names: made and kept (0600)
+        before the first attempt, so that a retry after a lost answer is the same request."""
+        try:
+            doc = json.loads(self.enrollment_path.read_text())
+            return EnrollmentRequest(str(doc["request_id"]), str(doc["secret"]))
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            pass
+        request = EnrollmentRequest(secrets.token_urlsafe(24), secrets.token_urlsafe(32))
+        write_json(self.enrollment_path, {"request_id": request.request_id,
+                                          "secret": request.secret}, 0o600)
+        return request
+
+    def forget_enrollment_request(self) -> None:
+        """Enrolled: the credentials replace the request."""
+        with contextlib.suppress(FileNotFoundError):
+            self.enrollment_path.unlink()
 
     # -- applied state ----------------------------------------------------------------------
     def load_state(self) -> AgentState | None:

@@ -1190,7 +1190,8 @@ class SqlStore(ABC):
 
     # -- agents ---------------------------------------------------------------------------------
     def register_agents(self, agents: list[dict[str, Any]]) -> int:
-        """Insert or update agents (id, name, groups, version, status, info, secret_hash)."""
+        """Insert or update agents (id, name, groups, version, status, info, secret_hash,
+        enrollment_request)."""
         with self.transaction() as tx:
             groups = sorted({g for a in agents for g in a.get("groups", [])})
             tx.ensure_groups(groups)
@@ -1209,6 +1210,15 @@ class SqlStore(ABC):
             ):
                 if wanted[name] != owner:
                     raise Conflict(f"agent name '{name}' is already used by agent {owner}")
+        requests = {r: a["id"] for a in agents if (r := a.get("enrollment_request"))}
+        for part in chunks(list(requests), 20_000):
+            for request, owner in tx.all(
+                "SELECT enrollment_request, id FROM agents WHERE "
+                f"{tx.in_list('enrollment_request', 'requests')}",
+                {"requests": tx.list_param(part)},
+            ):
+                if requests[request] != owner:
+                    raise Conflict(f"enrollment request {request} already enrolled agent {owner}")
         rows = [
             {
                 "id": a["id"],
@@ -1218,14 +1228,16 @@ class SqlStore(ABC):
                 "version": a.get("version"),
                 "info": dumps(a.get("info", {})),
                 "secret": a.get("secret_hash"),
+                "request": a.get("enrollment_request"),
                 "now": tx.now,
             }
             for a in agents
         ]
         tx.many(
             "INSERT INTO agents (id, name, groups, status, version, info, secret_hash, "
-            "created_at, updated_at) VALUES (:id, :name, :groups, :status, :version, :info, "
-            ":secret, :now, :now) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+            "enrollment_request, created_at, updated_at) VALUES (:id, :name, :groups, :status, "
+            ":version, :info, :secret, :request, :now, :now) "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
             "groups = excluded.groups, version = excluded.version, info = excluded.info, "
             "updated_at = excluded.updated_at",
             rows,
@@ -1353,6 +1365,25 @@ class SqlStore(ABC):
         if row is None:
             raise NotFound(f"agent {agent_id} not found")
         return row[0], row[1]
+
+    def agent_by_enrollment(self, request_id: str) -> dict[str, Any]:
+        """The agent an enrollment request created: what the Comms API needs to answer a
+        repeat of that request (id, name, groups, status, secret hash)."""
+        with self.reading() as tx:
+            row = tx.one(
+                "SELECT id, name, groups, status, secret_hash FROM agents "
+                "WHERE enrollment_request = :r",
+                {"r": request_id},
+            )
+        if row is None:
+            raise NotFound(f"no agent was enrolled by request {request_id}")
+        return {
+            "id": row[0],
+            "name": row[1],
+            "groups": loads(row[2]) or [],
+            "status": row[3],
+            "secret_hash": row[4],
+        }
 
     def removed_agents(self, since: float, limit: int = 10_000) -> list[tuple[str, float]]:
         """(id, removed at) of agents removed at or after `since`, oldest first: server nodes

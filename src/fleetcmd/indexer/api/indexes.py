@@ -7,7 +7,7 @@ import hashlib
 import re
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -37,6 +37,7 @@ CONTENT_INDEXES = (
     "enrollment-keys",
 )
 # The audit trail is not a document index: records are appended and read through /audit only.
+ENROLLMENT_REQUEST = r"^[A-Za-z0-9_-]{16,128}$"
 DOC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$")
 
 
@@ -49,6 +50,8 @@ class AgentIn(BaseModel):
     status: Literal["never_connected", "active", "disconnected"] = "never_connected"
     info: dict[str, Any] = Field(default_factory=dict)
     secret_hash: str | None = Field(default=None, max_length=512)
+    # The enrollment request that created the agent (unique): a repeat finds it.
+    enrollment_request: str | None = Field(default=None, pattern=ENROLLMENT_REQUEST)
 
     @field_validator("name")
     @classmethod
@@ -146,6 +149,15 @@ async def removed_agents(
     """Agents removed since `since` (epoch seconds): servers revoke their tokens."""
     rows = await run_in_threadpool(st.store.removed_agents, since, limit)
     return {"data": {"items": [{"id": i, "removed_at": t} for i, t in rows]}}
+
+
+@router.get("/enrollments/{request_id}")
+async def agent_by_enrollment(
+    request_id: Annotated[str, Path(pattern=ENROLLMENT_REQUEST)], st: Auth
+) -> dict[str, Any]:
+    """The agent an enrollment request created, with its secret hash: the Comms API answers
+    a repeated request (its first answer was lost) with the same agent."""
+    return {"data": await run_in_threadpool(st.store.agent_by_enrollment, request_id)}
 
 
 @router.get("/agents/{agent_id}")

@@ -3,10 +3,18 @@
 Both are rate-limited per client address (429 with Retry-After). The agent secret is 256
 random bits stored as its SHA-256: with no dictionary to try, a slow hash (argon2) would
 only cost CPU — tens of seconds when 10,000 agents re-authenticate after a restart — and
-protect nothing more (docs/security.md)."""
+protect nothing more (docs/security.md).
+
+Enrollment is idempotent when the agent names its request: it makes a request id and a
+request secret (256 random bits) once, keeps them before its first attempt, and sends both
+each time. The agent's secret is then derived from the request secret and the agent id
+(HMAC-SHA256), so the store keeps only what it keeps for any agent — the request id and the
+SHA-256 of the agent secret — and a repeat (the first answer was lost to a timeout) is
+answered with the same id and secret by whoever proves the request secret again."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import logging
@@ -15,7 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleetcmd.errors import Conflict, Unauthorized
 from fleetcmd.model.params import NAME_RE
@@ -40,6 +48,15 @@ class EnrollIn(BaseModel):
     groups: list[str] | None = Field(default=None, max_length=128)
     version: str = Field(min_length=1, max_length=64)
     info: dict[str, Any] = Field(default_factory=dict)
+    # Both or neither: the agent's name for this enrollment, and the secret proving it.
+    request_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{16,128}$")
+    request_secret: str | None = Field(default=None, min_length=32, max_length=256)
+
+    @model_validator(mode="after")
+    def _request_pair(self) -> EnrollIn:
+        if (self.request_id is None) != (self.request_secret is None):
+            raise ValueError("give both 'request_id' and 'request_secret', or neither")
+        return self
 
 
 def client_address(request: Request) -> str:
@@ -48,6 +65,35 @@ def client_address(request: Request) -> str:
 
 def secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def derived_secret(request_secret: str, agent_id: str) -> str:
+    """The agent secret of an agent enrolled by a named request: recomputable from the
+    request secret (which only the agent holds), never stored."""
+    mac = hmac.new(request_secret.encode(), f"fleetcmd-agent-secret:v1:{agent_id}".encode(),
+                   hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+async def _earlier(st: State, body: EnrollIn) -> dict[str, Any] | None:
+    """The agent an earlier attempt of this request enrolled, with its secret; None when
+    the request is new. Conflict when the request id is someone else's (the secret does
+    not prove it)."""
+    if body.request_id is None or body.request_secret is None:
+        return None
+    try:
+        agent: dict[str, Any] = await st.indexer.get(f"/enrollments/{body.request_id}")
+    except IndexerError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    if agent["status"] == "removed":
+        raise AgentRemoved(f"agent {agent['id']}, enrolled by this request, was removed")
+    secret = derived_secret(body.request_secret, agent["id"])
+    if not hmac.compare_digest(secret_hash(secret), agent.get("secret_hash") or ""):
+        raise Conflict("this enrollment request id was used with another secret",
+                       request_id=body.request_id)
+    return {**agent, "secret": secret}
 
 
 async def _name_taken(st: State, name: str) -> bool:
@@ -79,8 +125,14 @@ RATE_LIMITED: dict[int | str, dict[str, Any]] = {
              responses={401: {"description": "unknown, revoked or expired enrollment key"},
                         409: {"description": "agent name taken"}, **RATE_LIMITED})
 async def enroll(body: EnrollIn, request: Request, st: State) -> dict[str, Any]:
-    """Create the agent in the indexer; the secret is shown once, only its hash is kept."""
+    """Create the agent in the indexer; the secret is shown once, only its hash is kept. A
+    repeat of a named request (`request_id`) gets the first answer again."""
     st.enroll_limit.check(client_address(request))
+    # Before the key check: the agent exists already, and revoking a key stops new
+    # enrollments, not the answer to one it allowed.
+    earlier = await _earlier(st, body)
+    if earlier is not None:
+        return await _answer_again(st, request, earlier)
     try:
         key = await st.enrollment_keys.verify(body.enrollment_key)
     except BadEnrollmentKey as exc:
@@ -103,13 +155,21 @@ async def enroll(body: EnrollIn, request: Request, st: State) -> dict[str, Any]:
         found, _ = await _existing_groups(st, [DEFAULT_GROUP])
         groups = found
     agent_id = secrets.token_hex(6)
-    secret = secrets.token_urlsafe(32)
+    secret = (derived_secret(body.request_secret, agent_id) if body.request_secret
+              else secrets.token_urlsafe(32))
     agent = {"id": agent_id, "name": body.name, "groups": groups, "version": body.version,
              "status": "never_connected", "info": {**body.info, "enrollment_key": key["id"]},
-             "secret_hash": secret_hash(secret)}
+             "secret_hash": secret_hash(secret), "enrollment_request": body.request_id}
     try:
         await st.indexer.post("/agents", {"agents": [agent]}, retries=1)
-    except IndexerUnavailable:
+    except IndexerError as exc:
+        if not isinstance(exc, IndexerUnavailable) and exc.status != 409:
+            raise
+        # A concurrent attempt of the same request may have won (the agent timed out and
+        # asked again while the first was still being written): answer as it did.
+        earlier = await _earlier(st, body)
+        if earlier is not None:
+            return await _answer_again(st, request, earlier)
         # The name is unique in the store: a concurrent enrollment may have taken it.
         if await _name_taken(st, body.name):
             raise Conflict(f"agent name '{body.name}' is already taken", name=body.name
@@ -125,6 +185,15 @@ async def enroll(body: EnrollIn, request: Request, st: State) -> dict[str, Any]:
     if warnings:
         data["warnings"] = warnings
     return {"data": data}
+
+
+async def _answer_again(st: State, request: Request, agent: dict[str, Any]) -> dict[str, Any]:
+    await audit.record(st, "agent.enroll", actor=f"agent:{agent['id']}",
+                       request=request, target=agent["id"],
+                       details={"name": agent["name"], "repeat": True})
+    log.info("enrollment of agent %s (%s) repeated: same answer", agent["id"], agent["name"])
+    return {"data": {"id": agent["id"], "secret": agent["secret"], "groups": agent["groups"],
+                     "command_keys": await command_keys(st)}}
 
 
 class AuthenticateIn(BaseModel):
