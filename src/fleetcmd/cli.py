@@ -41,6 +41,10 @@ def indexer(
             show_envvar=False,
         ),
     ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the node credential (instead of --token; keep it 0600)."),
+    ] = None,
     command_manager: Annotated[bool, typer.Option(help="Run the command manager worker.")] = True,
     retention_days: Annotated[
         float,
@@ -92,19 +96,27 @@ def indexer(
     d = make_dir(data_dir)
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
+    try:
+        credential = node_token(d, token, token_file)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--token-file") from None
     signer = CommandSigner.from_files((command_key or d / KEY_FILE).resolve())
     st = open_store(store or default_store_url(d))
     app_ = create_app(
         st,
         IndexerOptions(
-            token=node_token(d, token),
+            token=credential,
             run_command_manager=command_manager,
             retention_days=retention_days,
             upkeep_interval=upkeep_interval,
             signer=signer,
         ),
     )
-    where = "from --token/FLEETCMD_TOKEN" if token else f"in {d / 'node.token'}"
+    where = (
+        "from --token/FLEETCMD_TOKEN"
+        if token
+        else f"in {token_file if token_file else d / 'node.token'}"
+    )
     scheme = "https" if tls_cert else "http"
     typer.echo(
         f"indexer listening on {scheme}://{host}:{port} (store {st.url.split('@')[-1]}); "

@@ -162,6 +162,9 @@ class FakeComms:
             return 200, {"data": {"id": aid, "name": agent["name"], "groups": agent["groups"],
                                   "config": merged, "config_hash": config_hash(merged),
                                   "version": 1, "command_keys": self.signer.public_keys()}}
+        if method == "POST" and path == "/agents/state":
+            agent["config_hash"] = body.get("config_hash")
+            return 200, {"data": {"config_hash": agent["config_hash"]}}
         if method == "GET" and path == "/agents/command-keys":
             return 200, {"data": self.signer.public_keys()}
         if method == "GET" and path == "/agents/commands":

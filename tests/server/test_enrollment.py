@@ -20,11 +20,14 @@ from support import Role, wait_until
 from .harness import ENROLLMENT_KEY, fleet
 
 
-def request(name: str, request_id: str | None = None, secret: str | None = None
-            ) -> dict[str, Any]:
-    return {"enrollment_key": ENROLLMENT_KEY, "name": name, "version": "1.0.0",
-            "request_id": request_id or secrets.token_urlsafe(24),
-            "request_secret": secret or secrets.token_urlsafe(32)}
+def request(name: str, request_id: str | None = None, secret: str | None = None) -> dict[str, Any]:
+    return {
+        "enrollment_key": ENROLLMENT_KEY,
+        "name": name,
+        "version": "1.0.0",
+        "request_id": request_id or secrets.token_urlsafe(24),
+        "request_secret": secret or secrets.token_urlsafe(32),
+    }
 
 
 def agents_named(indexer: httpx.Client, name: str) -> list[dict[str, Any]]:
@@ -33,8 +36,10 @@ def agents_named(indexer: httpx.Client, name: str) -> list[dict[str, Any]]:
 
 
 def test_a_repeated_enrollment_gets_the_same_answer(store_url: str, tmp_path: Path) -> None:
-    with fleet(store_url, tmp_path) as (idx, [srv]), httpx.Client(base_url=srv.comms,
-                                                                    timeout=30) as comms:
+    with (
+        fleet(store_url, tmp_path) as (idx, [srv]),
+        httpx.Client(base_url=srv.comms, timeout=30) as comms,
+    ):
         first = request("agent-retry")
         r1 = comms.post("/agents/enroll", json=first)
         assert r1.status_code == 201, r1.text
@@ -51,7 +56,8 @@ def test_a_repeated_enrollment_gets_the_same_answer(store_url: str, tmp_path: Pa
             # the store keeps the hash of the derived secret, never the request secret
             creds = c.get(f"/agents/{a['id']}/credentials").json()["data"]
             assert creds["secret_hash"] == secret_hash(
-                derived_secret(first["request_secret"], a["id"]))
+                derived_secret(first["request_secret"], a["id"])
+            )
 
         # another request for the same name is another agent: refused, as before
         other = comms.post("/agents/enroll", json=request("agent-retry"))
@@ -67,8 +73,9 @@ def test_a_repeated_enrollment_gets_the_same_answer(store_url: str, tmp_path: Pa
         assert bad.status_code == 422 and "request_secret" in bad.text, bad.text
 
 
-def test_concurrent_attempts_of_one_request_enroll_one_agent(store_url: str,
-                                                             tmp_path: Path) -> None:
+def test_concurrent_attempts_of_one_request_enroll_one_agent(
+    store_url: str, tmp_path: Path
+) -> None:
     """Retries that overlap the first attempt (still being written) get its answer too."""
     with fleet(store_url, tmp_path) as (idx, [srv]):
         body = request("agent-race")
@@ -79,8 +86,7 @@ def test_concurrent_attempts_of_one_request_enroll_one_agent(store_url: str,
         with ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(attempt, range(6)))
         assert [r.status_code for r in answers] == [201] * 6, [r.text for r in answers]
-        assert len({(r.json()["data"]["id"], r.json()["data"]["secret"])
-                    for r in answers}) == 1
+        assert len({(r.json()["data"]["id"], r.json()["data"]["secret"]) for r in answers}) == 1
         with idx.client() as c:
             assert len(agents_named(c, "agent-race")) == 1
 
@@ -147,27 +153,46 @@ def _message(stream: Any) -> tuple[bytes, bytes]:
     return head, stream.read(length) if length else b""
 
 
-def test_an_agent_whose_enrollment_answer_is_lost_enrolls_once(store_url: str,
-                                                               tmp_path: Path) -> None:
+def test_an_agent_whose_enrollment_answer_is_lost_enrolls_once(
+    store_url: str, tmp_path: Path
+) -> None:
     """A real agent: the first answer is lost, the retry gets the same agent, and the agent
     runs on (before: 409 "already taken", exit code 2, an agent nobody holds the secret of)."""
     with fleet(store_url, tmp_path) as (idx, [srv]):
         proxy = AnswerLosingProxy(srv.comms_port)
         state = tmp_path / "agent"
-        agent = Role("agent-lost-answer", [
-            "agent", "--server", f"http://127.0.0.1:{proxy.port}", "--name", "agent-lost",
-            "--state-dir", str(state), "--enrollment-key", ENROLLMENT_KEY], tmp_path).start()
+        agent = Role(
+            "agent-lost-answer",
+            [
+                "agent",
+                "--server",
+                f"http://127.0.0.1:{proxy.port}",
+                "--name",
+                "agent-lost",
+                "--state-dir",
+                str(state),
+                "--enrollment-key",
+                ENROLLMENT_KEY,
+            ],
+            tmp_path,
+        ).start()
         try:
-            wait_until(lambda: (state / "credentials.json").exists() or not agent.alive(), 60,
-                       what="agent enrolled or exited")
+            wait_until(
+                lambda: (state / "credentials.json").exists() or not agent.alive(),
+                60,
+                what="agent enrolled or exited",
+            )
             assert agent.alive(), agent.log()[-3000:]
             creds = json.loads((state / "credentials.json").read_text())
             assert proxy.enrolls >= 2 and proxy.lost[0]["data"]["id"] == creds["id"]
             assert not (state / "enrollment.json").exists()  # the credentials replace it
             with idx.client() as c:
                 assert [a["id"] for a in agents_named(c, "agent-lost")] == [creds["id"]]
-                wait_until(lambda: c.get(f"/agents/{creds['id']}").json()["data"]["status"]
-                           == "active", 30, what="agent polling")
+                wait_until(
+                    lambda: c.get(f"/agents/{creds['id']}").json()["data"]["status"] == "active",
+                    30,
+                    what="agent polling",
+                )
             assert agent.alive()
         finally:
             agent.stop()

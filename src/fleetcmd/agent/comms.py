@@ -205,6 +205,10 @@ class Comms:
     def init(self) -> dict[str, Any]:
         return dict(self.request("GET", "/agents/init"))
 
+    def report_applied(self, config_hash: str) -> None:
+        """Tell the server which configuration this agent runs (after init)."""
+        self.request("POST", "/agents/state", {"config_hash": config_hash})
+
     def commands(self, wait: float) -> list[dict[str, Any]]:
         data = self.request("GET", f"/agents/commands?wait={int(wait)}", timeout=wait + 15.0)
         return list((data or {}).get("commands") or [])

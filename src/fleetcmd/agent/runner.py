@@ -320,8 +320,20 @@ class Agent:
             log.error("init: configuration refused, keeping the previous one: %s", exc)
             changes = []
         self.ctx.save()
+        self._report_applied(applied.config_hash)
         log.info("initialized: name %s, groups %s, config %s%s", applied.name, applied.groups,
                  applied.config_hash[:12], f" ({'; '.join(changes)})" if changes else "")
+
+    def _report_applied(self, digest: str) -> None:
+        """Best effort: the agents index shows what this agent runs from its start, not only
+        after its next group command (whose result reports the hash again)."""
+        try:
+            self.comms.report_applied(digest)
+        except AgentRemoved:
+            raise
+        except CommsError as exc:
+            log.info("could not report the applied configuration (%s); the next group "
+                     "command reports it", exc)
 
     # -- the loop -----------------------------------------------------------------------------
     def _loop(self) -> int:

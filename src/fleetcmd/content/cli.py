@@ -7,12 +7,18 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 cti_app = typer.Typer(help="Build and sign CTI feeds.", no_args_is_help=True)
+content_app = typer.Typer(help="Talk to the running content manager.", no_args_is_help=True)
+
+# In the data folder: the running content manager's pid, and the outcome of its last poll.
+PID_FILE = "content-manager.pid"
+POLL_FILE = "content-poll.json"
 
 
 @cti_app.command("keygen")
@@ -68,8 +74,15 @@ def content_manager(
         list[str] | None,
         typer.Option(help="Trusted public key: file (PEM/base64) or base64; repeat to rotate."),
     ] = None,
-    interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 60.0,
+    interval: Annotated[float, typer.Option(help="Seconds between polls.", min=0.1)] = 60.0,
     data_dir: Annotated[Path | None, typer.Option(help="Data folder (default ./data).")] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the node credential (default: FLEETCMD_TOKEN, else "
+            "DATA_DIR/node.token)."
+        ),
+    ] = None,
     once: Annotated[bool, typer.Option(help="Poll once, print the report as JSON, exit.")] = False,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
@@ -84,14 +97,19 @@ def content_manager(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from fleetcmd.settings import read_secret
+
     d = make_dir(data_dir)
-    token = os.environ.get("FLEETCMD_TOKEN")
+    token = None if token_file else os.environ.get("FLEETCMD_TOKEN")
     if not token:
-        token_file = d / "node.token"
-        if not token_file.is_file():
-            typer.echo(f"error: no FLEETCMD_TOKEN and no {token_file}", err=True)
-            raise typer.Exit(2)
-        token = token_file.read_text().strip()
+        path = token_file or d / "node.token"
+        try:
+            token = read_secret(path)
+        except (OSError, ValueError) as exc:
+            typer.echo(
+                f"error: no FLEETCMD_TOKEN and no node credential in {path} ({exc})", err=True
+            )
+            raise typer.Exit(2) from None
     keys = list(trust_key or [])
     if feed is None:
         sample_dir, sample_pub = sample_setup(d)
@@ -112,16 +130,62 @@ def content_manager(
     if once:
         typer.echo(json.dumps(manager.poll_once().to_json(), indent=2))
         return
-    stop = threading.Event()
+    stop, wake = threading.Event(), threading.Event()
+
+    def on_stop(*_: object) -> None:
+        stop.set()
+        wake.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_stop)
+    signal.signal(signal.SIGUSR1, lambda *_: wake.set())  # `fleetcmd content poll`
+    pid_file = d / PID_FILE
+    pid_file.write_text(f"{os.getpid()}\n")
     typer.echo(
         f"content manager: feed {feed}, trusted keys {', '.join(trusted.ids())}, "
-        f"every {interval:g}s"
+        f"every {interval:g}s (now: `fleetcmd content poll --data-dir {d}`)"
     )
-    manager.run(interval, stop)
+    try:
+        manager.run(interval, stop, wake, d / POLL_FILE)
+    finally:
+        if pid_file.read_text().strip() == str(os.getpid()):
+            pid_file.unlink()
+
+
+@content_app.command("poll")
+def poll_now(
+    data_dir: Annotated[Path, typer.Option(help="The content manager's data folder.")] = Path(
+        "./data"
+    ),
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the poll.")] = 120.0,
+) -> None:
+    """Make the running content manager poll its feed now; print what the poll did."""
+    d = data_dir.resolve()
+    try:
+        pid = int((d / PID_FILE).read_text().strip())
+        if b"content-manager" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            raise ProcessLookupError
+        asked = time.time()
+        os.kill(pid, signal.SIGUSR1)
+    except (OSError, ValueError):
+        typer.echo(f"error: no content manager is running on {d}", err=True)
+        raise typer.Exit(2) from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            doc = json.loads((d / POLL_FILE).read_text())
+        except (OSError, ValueError):
+            doc = {}
+        if float(doc.get("started_at") or 0) >= asked:
+            typer.echo(json.dumps(doc, indent=2, sort_keys=True))
+            failed = "error" in doc or doc.get("report", {}).get("status") == "error"
+            raise typer.Exit(1 if failed else 0)
+        time.sleep(0.2)
+    typer.echo(f"error: the content manager (pid {pid}) did not poll within {timeout:g}s", err=True)
+    raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(cti_app, name="cti")
+    app.add_typer(content_app, name="content")
     app.command("content-manager")(content_manager)

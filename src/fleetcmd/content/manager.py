@@ -118,6 +118,14 @@ class LocalState:
         os.replace(tmp, path)
 
 
+def write_poll(path: Path, doc: dict[str, Any]) -> None:
+    """The last poll's outcome, replaced whole (a reader never sees half of it)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
 class Refused(Exception):
     """This item cannot be trusted or used; the content already indexed stays."""
 
@@ -152,14 +160,31 @@ class ContentManager:
         }
 
     # -- the loop ------------------------------------------------------------------------------
-    def run(self, interval: float, stop: threading.Event) -> None:
-        """Poll until `stop` is set; a failing poll is logged and retried at the next tick."""
+    def run(
+        self,
+        interval: float,
+        stop: threading.Event,
+        wake: threading.Event | None = None,
+        report_path: Path | None = None,
+    ) -> None:
+        """Poll until `stop` is set; a failing poll is logged and retried at the next tick.
+        Setting `wake` polls at once (`fleetcmd content poll`); the set of `stop` must set it
+        too. Each poll's outcome goes to `report_path` (what `content poll` waits for)."""
+        wake = wake or stop
         while not stop.is_set():
+            wake.clear()
+            started = time.time()
+            outcome: dict[str, Any]
             try:
-                self.poll_once()
-            except Exception:
+                outcome = {"report": self.poll_once().to_json()}
+            except Exception as exc:
                 log.exception("content poll failed; retrying in %.0fs", interval)
-            stop.wait(interval)
+                outcome = {"error": f"{type(exc).__name__}: {exc}"}
+            if report_path is not None:
+                write_poll(
+                    report_path, {"started_at": started, "finished_at": time.time(), **outcome}
+                )
+            wake.wait(interval)
 
     def poll_once(self) -> PollReport:
         report = PollReport(self.state.feed, self.feed.location)

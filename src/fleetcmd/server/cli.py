@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +24,8 @@ def server(
     token: Annotated[str | None, typer.Option(
         help="Node credential for the indexer (default: FLEETCMD_TOKEN, else DATA_DIR/"
              "node.token).", envvar="FLEETCMD_TOKEN", show_envvar=False)] = None,
+    token_file: Annotated[Path | None, typer.Option(
+        help="File holding the node credential (instead of --token; keep it 0600).")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data folder (default ./data).")] = None,
     node_id: Annotated[str | None, typer.Option(
         help="Node id (default server-<hostname>-<comms port>).")] = None,
@@ -36,6 +37,9 @@ def server(
         help="Key agents enroll with (default: FLEETCMD_ENROLLMENT_KEY, else the 0600 file "
              "DATA_DIR/enrollment.key).", envvar="FLEETCMD_ENROLLMENT_KEY",
         show_envvar=False)] = None,
+    enrollment_key_file: Annotated[Path | None, typer.Option(
+        help="File holding the enrollment key (instead of --enrollment-key; keep it 0600)."
+    )] = None,
     jwt_key: Annotated[str | None, typer.Option(
         help="Token signing key shared by server nodes (default: DATA_DIR/comms-jwt.key).",
         envvar="FLEETCMD_JWT_KEY", show_envvar=False)] = None,
@@ -70,7 +74,7 @@ def server(
     from fleetcmd.server.config import ServerOptions
     from fleetcmd.server.node import default_node_id, serve
     from fleetcmd.settings import data_dir as make_dir
-    from fleetcmd.settings import node_token, secret_file
+    from fleetcmd.settings import node_token, read_secret, secret_file
 
     setup_logging(log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -80,10 +84,18 @@ def server(
     nid = node_id or default_node_id(comms_port)
     if not NAME_RE.fullmatch(nid):
         raise typer.BadParameter(f"node id {nid!r}: letters, digits, '.', '_' or '-'")
-    key = enrollment_key or os.environ.get("FLEETCMD_ENROLLMENT_KEY") or secret_file(
-        d / "enrollment.key")
+    # Secrets from files stay off the command line and out of the environment (`ps`).
+    if enrollment_key and enrollment_key_file is not None:
+        raise typer.BadParameter("give --enrollment-key (or FLEETCMD_ENROLLMENT_KEY) or "
+                                 "--enrollment-key-file, not both")
+    try:
+        credential = node_token(d, token, token_file)
+        key = enrollment_key or (read_secret(enrollment_key_file) if enrollment_key_file
+                                 else secret_file(d / "enrollment.key"))
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from None
     options = ServerOptions(
-        indexer_url=indexer, token=node_token(d, token), data_dir=d, node_id=nid, host=host,
+        indexer_url=indexer, token=credential, data_dir=d, node_id=nid, host=host,
         management_port=management_port, comms_port=comms_port, enrollment_key=key,
         jwt_key=jwt_key or secret_file(d / "comms-jwt.key"), log_level=log_level,
         pull_wait=pull_wait, lease=lease, enroll_rate=enroll_rate, auth_rate=auth_rate,

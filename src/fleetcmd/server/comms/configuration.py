@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
 
 from fleetcmd.errors import Forbidden, InvalidParams
 from fleetcmd.server.comms.auth import AgentId, State
@@ -34,6 +35,20 @@ async def init(agent_id: AgentId, st: State) -> dict[str, Any]:
     return {"data": {"id": agent["id"], "name": agent["name"], "groups": agent["groups"],
                      "config": merged["config"], "config_hash": merged["config_hash"],
                      "version": agent["version"], "command_keys": await command_keys(st)}}
+
+
+class AppliedIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    config_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+@router.post("/agents/state")
+async def applied(body: AppliedIn, agent_id: AgentId, st: State) -> dict[str, Any]:
+    """The configuration the agent runs once it applied its init: the agents index shows it
+    from then on (group commands report it in their results)."""
+    await st.indexer.post("/agents/updates", {"updates": [
+        {"id": agent_id, "config_hash": body.config_hash}]})
+    return {"data": {"config_hash": body.config_hash}}
 
 
 @router.get("/agents/groups/{name}/configuration")
