@@ -66,6 +66,21 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a dead child its parent has not reaped is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+        return stat_line.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
 def write_json(path: Path, value: Any, mode: int = 0o600) -> None:
     atomic_write(path, json.dumps(value, sort_keys=True, indent=1).encode() + b"\n", mode)
 
@@ -237,10 +252,4 @@ class StateDir:
             pid = int(self.pid_path.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        return pid
+        return pid if process_alive(pid) else None

@@ -10,7 +10,8 @@ Layout, all under `STATE_DIR/versions/`::
     .lock                      serialises every read-modify-write of the two files above
 
 The boot marker: `{"command_id", "from": {version, src}, "to": {version, src}, "deadline",
-"state", "boots", "reason"}` with `state` one of
+"state", "boots", "reason", "watchdog"}` (`watchdog`: its pid, for supervisors: see
+agent/supervision.py) with `state` one of
 
 - `trial`: `to` is installed and being tried; `current.json` still names `from`;
 - `committed`: `to` checked in (authenticated and initialised with the server) before the
@@ -54,7 +55,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import fleetcmd
-from fleetcmd.agent.state import StateDir, write_json
+from fleetcmd.agent.state import StateDir, process_alive, write_json
 
 log = logging.getLogger("fleetcmd.agent.upgrade")
 
@@ -168,6 +169,15 @@ class Versions:
             if doc is None or doc.get("state") != TRIAL:
                 return None
             return self._roll_back(doc, reason)
+
+    def watched_by(self, pid: int) -> None:
+        """Name the watchdog of the upgrade on trial: a supervisor stopping the agent stops it
+        first, or it would start the previous version again (agent/supervision.py)."""
+        with self.locked():
+            doc = self.marker()
+            if doc is not None and doc.get("state") == TRIAL:
+                doc["watchdog"] = pid
+                self._write_marker(doc)
 
     def _roll_back(self, doc: dict[str, Any], reason: str) -> dict[str, Any]:
         doc.update(state=ROLLED_BACK, reason=reason, rolled_back_at=time.time())
@@ -428,20 +438,6 @@ def exec_agent(src: str, options_json: str) -> None:
     os.execve(sys.executable, [sys.executable, "-m", "fleetcmd.agent"], env)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a dead child its parent has not reaped yet still answers kill(0)
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-        return stat_line.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
-
-
 def watch(state_dir: str, pid: int, options_json: str, poll: float = 0.2) -> int:
     """The watchdog: wait for the marker to leave `trial`; roll back and exec the previous
     version if the new one dies or misses its deadline."""
@@ -450,7 +446,7 @@ def watch(state_dir: str, pid: int, options_json: str, poll: float = 0.2) -> int
         doc = versions.marker()
         if doc is None or doc.get("state") != TRIAL:
             return 0
-        alive = _alive(pid)
+        alive = process_alive(pid)
         if not alive:
             reason = f"version {doc['to']['version']} exited before checking in"
         elif time.time() > float(doc["deadline"]):
@@ -474,9 +470,9 @@ def _stop(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     end = time.monotonic() + STOP_GRACE
-    while _alive(pid) and time.monotonic() < end:
+    while process_alive(pid) and time.monotonic() < end:
         time.sleep(0.1)
-    if _alive(pid):
+    if process_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
@@ -505,10 +501,12 @@ def main(argv: list[str]) -> int:
     mode, state_dir, pid = argv[0], argv[1], int(argv[2])
     if mode == "detach":
         # The intermediate: start the watchdog in its own session and leave at once, so the
-        # agent reaps this process and the watchdog is adopted by init.
-        subprocess.Popen(
+        # agent reaps this process and the watchdog is adopted by init. Its pid is in the
+        # marker before the agent switches (the agent waits for this process).
+        watchdog = subprocess.Popen(
             [sys.executable, "-m", "fleetcmd.agent.upgrade", "watch", state_dir, str(pid)],
             stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True, cwd="/")
+        Versions(StateDir(state_dir)).watched_by(watchdog.pid)
         return 0
     options_json = os.environ.pop(OPTIONS_ENV, "")
     if not options_json:

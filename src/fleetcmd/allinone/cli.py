@@ -32,6 +32,9 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Public key the feed and agent packages are signed with "
                          "(required with --feed; repeatable)."),
         ] = None,
+        content_interval: Annotated[float, typer.Option(
+            help="Seconds between the content manager's polls of the feed (poll at once "
+                 "with `fleetcmd content poll`).", min=0.1)] = 60.0,
     ) -> None:
         """Start indexer, server, dashboard and N local agents; Ctrl-C stops them all."""
         from fleetcmd.allinone.up import AllInOne, Ports
@@ -45,6 +48,7 @@ def register(app: typer.Typer) -> None:
             content=content,
             feed=feed,
             trust_keys=[k.resolve() for k in trust_key or []],
+            content_interval=content_interval,
         )
         if feed and not trust_key:
             raise typer.BadParameter("--trust-key is required with --feed")
@@ -53,15 +57,19 @@ def register(app: typer.Typer) -> None:
             raise KeyboardInterrupt
 
         signal.signal(signal.SIGTERM, _stop)
-        code = 0
         try:
             system.start(typer.echo)
-            code = system.supervise(typer.echo)
+            system.supervise(typer.echo)
         except KeyboardInterrupt:
             typer.echo("\nstopping…")
         except RuntimeError as exc:
             typer.echo(f"fleetcmd up failed: {exc}", err=True)
-            code = 1
+            system.failures.append(str(exc))
         finally:
-            system.stop()
+            # A second Ctrl-C must not leave processes behind: stop() runs to its end.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            code = system.stop(typer.echo)
+        typer.echo("stopped" if code == 0 else
+                   f"stopped; {len(system.failures)} failure(s) during the run (above)")
         raise typer.Exit(code)

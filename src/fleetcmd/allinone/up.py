@@ -2,10 +2,17 @@
 agents, each a real process, on the embedded store unless told otherwise.
 
 Nothing here is a second implementation of a role: `up` only starts the same commands an
-operator would run by hand, waits for each to answer, and stops them all on Ctrl-C."""
+operator would run by hand, waits for each to answer, and stops them all on Ctrl-C.
+
+Secrets reach the roles in 0600 files of the data folder (`--token-file`,
+`--enrollment-key-file`), never on a command line or in an environment, and each role gets
+only its own: agents the enrollment key, not the node credential. An agent is followed by its
+state folder, not only by the process started here: an upgrade that rolls back leaves it
+running under its watchdog's pid (agent/supervision.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,7 +23,8 @@ from pathlib import Path
 
 import httpx
 
-from fleetcmd.settings import default_store_url, node_token, secret_file
+from fleetcmd.agent.supervision import fleetcmd_process, processes
+from fleetcmd.settings import default_store_url, node_token, secret_file, write_secret
 
 DEFAULT_GROUP_CONFIG = {
     "sca": {"enabled": True, "interval": 3600},
@@ -31,6 +39,14 @@ class Ports:
     indexer: int = 9200
     management: int = 55000
     comms: int = 27000
+
+
+# Secrets a child could inherit from the environment `up` runs in: each role reads its own
+# from a file instead (and the agents need none of these).
+SECRET_ENV = ("FLEETCMD_TOKEN", "FLEETCMD_ENROLLMENT_KEY", "FLEETCMD_JWT_KEY", "FLEETCMD_PASSWORD")
+# How long an agent whose process ended may take to come back under its upgrade watchdog.
+RESTART_GRACE = 30.0
+STOP_TIMEOUT = 15.0
 
 
 @dataclass
@@ -49,6 +65,66 @@ class Child:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def live_pids(self) -> list[int]:
+        """The processes to stop for this child, in the order to stop them."""
+        assert self.proc is not None
+        return [self.proc.pid] if self.alive() else []
+
+
+@dataclass
+class LocalAgent(Child):
+    """An agent, followed by its state folder: after an upgrade rolled back, its watchdog runs
+    the previous version under another pid, outside this process tree."""
+
+    state_dir: Path = Path()
+    pid: int | None = None  # the process that runs the agent now
+    lost_at: float | None = None  # when that process was found gone
+    ended: str = ""  # how the process followed last ended
+    gone: bool = False  # ended for good (reported)
+    failed: bool = False  # ...and not on purpose
+
+    def start(self, env: dict[str, str]) -> None:
+        super().start(env)
+        assert self.proc is not None
+        self.pid = self.proc.pid
+
+    def _running(self, pid: int) -> bool:
+        assert self.proc is not None
+        return self.alive() if pid == self.proc.pid else fleetcmd_process(pid)
+
+    def live_pids(self) -> list[int]:
+        """The watchdog first (else it would start the agent again), then the agent."""
+        found = processes(self.state_dir)
+        pids = [found.watchdog] if found.watchdog is not None else []
+        pids += [p for p in (self.pid, found.agent) if p is not None and self._running(p)]
+        return list(dict.fromkeys(pids))
+
+    def check(self) -> str | None:
+        """Follow the agent; a sentence when something happened to it."""
+        assert self.proc is not None
+        if self.gone or (self.pid is not None and self._running(self.pid)):
+            return None
+        now = time.monotonic()
+        ended = (
+            f"exited with code {self.proc.returncode}"
+            if self.pid == self.proc.pid
+            else f"(pid {self.pid}) exited"
+        )
+        if self.lost_at is None:
+            self.lost_at, self.ended = now, ended
+        found = processes(self.state_dir)
+        if found.agent is not None:
+            self.pid, self.lost_at = found.agent, None
+            return f"{self.name}: its process {self.ended}; {found.restart()}, as pid {found.agent}"
+        if found.watchdog is not None and now - self.lost_at < RESTART_GRACE:
+            return None  # the upgrade watchdog is starting it again
+        self.gone = True
+        code = self.proc.returncode if self.pid == self.proc.pid else None
+        if found.removed:
+            return f"{self.name} was deleted from the fleet and stopped"
+        self.failed = code != 0
+        return f"{self.name} {self.ended}; see {self.log}"
+
 
 @dataclass
 class AllInOne:
@@ -60,23 +136,33 @@ class AllInOne:
     content: bool = True  # run the content manager (the sample feed unless `feed` is given)
     feed: str | None = None
     trust_keys: list[Path] = field(default_factory=list)  # the feed's keys (with `feed`)
+    content_interval: float = 60.0  # seconds between the content manager's polls
     children: list[Child] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.data_dir / "logs").mkdir(exist_ok=True)
         self.token = node_token(self.data_dir)
-        self.enrollment_key = secret_file(self.data_dir / "enrollment.key", 24)
-        self.env = {**os.environ, "FLEETCMD_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
+        # FLEETCMD_TOKEN, when given, reaches the roles as a 0600 file too.
+        self.token_file = self.data_dir / "node.token"
+        if os.environ.get("FLEETCMD_TOKEN"):
+            self.token_file = write_secret(self.data_dir / "run" / "node.token", self.token)
+        self.enrollment_key_file = self.data_dir / "enrollment.key"
+        secret_file(self.enrollment_key_file, 24)
+        self.env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+        self.env["PYTHONUNBUFFERED"] = "1"
+        self.failures: list[str] = []
         self.indexer_url = f"http://{self.host}:{self.ports.indexer}"
         self.management_url = f"http://{self.host}:{self.ports.management}"
         self.comms_url = f"http://{self.host}:{self.ports.comms}"
 
-    def _child(self, name: str, *args: str) -> Child:
-        child = Child(
-            name,
-            [sys.executable, "-m", "fleetcmd.cli", *args],
-            self.data_dir / "logs" / f"{name}.log",
+    def _child(self, name: str, *args: str, state_dir: Path | None = None) -> Child:
+        argv = [sys.executable, "-m", "fleetcmd.cli", *args]
+        log = self.data_dir / "logs" / f"{name}.log"
+        child = (
+            Child(name, argv, log)
+            if state_dir is None
+            else LocalAgent(name, argv, log, state_dir=state_dir)
         )
         child.start(self.env)
         self.children.append(child)
@@ -96,6 +182,8 @@ class AllInOne:
             store,
             "--data-dir",
             str(self.data_dir),
+            "--token-file",
+            str(self.token_file),
         )
         self._wait(f"{self.indexer_url}/health", indexer)
         server = self._child(
@@ -111,8 +199,10 @@ class AllInOne:
             str(self.ports.comms),
             "--data-dir",
             str(self.data_dir),
-            "--enrollment-key",
-            self.enrollment_key,
+            "--token-file",
+            str(self.token_file),
+            "--enrollment-key-file",
+            str(self.enrollment_key_file),
         )
         self._wait(f"{self.management_url}/health", server)
         self._wait(f"{self.comms_url}/health", server)
@@ -125,26 +215,32 @@ class AllInOne:
                 self.indexer_url,
                 "--data-dir",
                 str(self.data_dir),
+                "--token-file",
+                str(self.token_file),
+                "--interval",
+                f"{self.content_interval:g}",
                 *(["--feed", self.feed] if self.feed else []),
                 *(a for k in self.trust_keys for a in ("--trust-key", str(k))),
             )
         for i in range(1, self.agents + 1):
             name = f"local-agent-{i}"
+            state_dir = self.data_dir / "agents" / name
             self._child(
                 name,
                 "agent",
                 "--server",
                 self.comms_url,
-                "--enrollment-key",
-                self.enrollment_key,
+                "--enrollment-key-file",
+                str(self.enrollment_key_file),
                 "--name",
                 name,
                 "--state-dir",
-                str(self.data_dir / "agents" / name),
+                str(state_dir),
                 *(a for k in self._package_keys() for a in ("--trust-key", str(k))),
                 # The indexer wrote its public keys before it answered: no trust on first use.
                 "--command-key",
                 str(self.data_dir / "command-keys.pub"),
+                state_dir=state_dir,
             )
         out(self.banner())
 
@@ -200,6 +296,8 @@ class AllInOne:
 
     def banner(self) -> str:
         pw = self.data_dir / "admin.password"
+        # Every command names this system's API: another instance may own port 55000.
+        where = f"--api {self.management_url} --data-dir {self.data_dir}"
         content = (self.feed or "the sample feed (dev key)") if self.content else "off"
         return "\n".join(
             [
@@ -216,41 +314,77 @@ class AllInOne:
                 f"  Logs            {self.data_dir / 'logs'}",
                 "",
                 "Try (in another terminal):",
-                "  .venv/bin/fleetcmd task create group-configuration-change "
-                f"--data-dir {self.data_dir} \\",
+                f"  .venv/bin/fleetcmd task create group-configuration-change {where} \\",
                 '      --params \'{"group": "default", "configuration": '
                 '{"sca": {"enabled": false}}}\' --watch',
-                f"  .venv/bin/fleetcmd task list --data-dir {self.data_dir}",
+                f"  .venv/bin/fleetcmd task list {where}",
+                *(
+                    [
+                        f"  .venv/bin/fleetcmd content poll --data-dir {self.data_dir}   (poll "
+                        f"the feed now; it is polled every {self.content_interval:g}s)"
+                    ]
+                    if self.content
+                    else []
+                ),
                 "",
                 "Ctrl-C stops everything; running it again reuses the data.",
             ]
         )
 
     def supervise(self, say: object = print) -> int:
-        """Wait until Ctrl-C or a core role dies; report agents that exit."""
+        """Wait until Ctrl-C or a role dies; follow agents through restarts and report them."""
         out = say if callable(say) else print
         reported: set[str] = set()
         while True:
             for child in self.children:
-                if not child.alive() and child.name not in reported:
+                if isinstance(child, LocalAgent):
+                    event = child.check()
+                    if event:
+                        out(event)
+                        if child.failed:
+                            self.failures.append(event)
+                elif not child.alive() and child.name not in reported:
                     reported.add(child.name)
                     assert child.proc is not None
-                    out(f"{child.name} exited with code {child.proc.returncode}; see {child.log}")
+                    code = child.proc.returncode
+                    event = f"{child.name} exited with code {code}; see {child.log}"
+                    out(event)
+                    self.failures.append(event)
                     if child.name in ("indexer", "server"):
                         return 1
             time.sleep(0.5)
 
-    def stop(self) -> None:
-        for child in reversed(self.children):
-            if child.alive():
-                assert child.proc is not None
-                child.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
+    def stop(self, say: object = print) -> int:
+        """Stop every process started here, and any an agent's watchdog started: SIGTERM,
+        then SIGKILL for whatever did not stop in time. Returns the exit code of `up`:
+        0 unless a role failed during the run or a process had to be killed."""
+        out = say if callable(say) else print
+        asked: set[int] = set()
+        deadline, killing = time.monotonic() + STOP_TIMEOUT, False
+        while True:
+            # Agents first, each watchdog before its agent; then the roles, last started first.
+            # Asked again each round: a watchdog may have started an agent meanwhile.
+            live = [p for c in reversed(self.children) for p in c.live_pids()]
+            if not live:
+                break
+            sig = signal.SIGKILL if killing else signal.SIGTERM
+            for pid in live:
+                if killing or pid not in asked:
+                    asked.add(pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+            if time.monotonic() > deadline:
+                if killing:
+                    self.failures.append(f"process(es) {live} could not be stopped")
+                    out(self.failures[-1])
+                    break
+                self.failures.append(
+                    f"process(es) {live} did not stop within {STOP_TIMEOUT:g}s: killed"
+                )
+                out(self.failures[-1])
+                deadline, killing = time.monotonic() + 5, True
+            time.sleep(0.1)
         for child in self.children:
-            if child.proc is None:
-                continue
-            try:
-                child.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.proc.kill()
+            if child.proc is not None and child.proc.poll() is None:
                 child.proc.wait(5)
+        return 1 if self.failures else 0

@@ -98,6 +98,12 @@ def create(
                                                     help="key=value (JSON values allowed).")
                      ] = None,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
+    timeout: Annotated[float | None, typer.Option(
+        help="Seconds each command has to answer once delivered (default: its type's).",
+        min=0.001)] = None,
+    expires_in: Annotated[float | None, typer.Option(
+        help="Seconds the commands may wait for an offline agent before they end expired.",
+        min=0.001)] = None,
     rollout: Annotated[str | None, typer.Option(
         help="A rollout policy as a JSON object (docs/rollouts.md).")] = None,
     follow: Annotated[bool, typer.Option("--watch", help="Then watch it until it is final.")
@@ -109,6 +115,9 @@ def create(
     body: dict[str, Any] = {"type": type_, "params": _parse_params(params, param or [])}
     if idempotency_key:
         body["idempotency_key"] = idempotency_key
+    for key, value in (("timeout", timeout), ("expires_in", expires_in)):
+        if value is not None:
+            body[key] = value
     if rollout:
         try:
             body["rollout"] = json.loads(rollout)
