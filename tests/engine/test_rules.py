@@ -150,6 +150,48 @@ def test_broken_rulesets_are_refused_with_the_reason(doc: Any, reason: str) -> N
         parse_ruleset(doc)
 
 
+@pytest.mark.parametrize(
+    ("match", "sentence"),
+    [
+        (
+            {"srcip": {"equal": "1.2.3.4"}},
+            "rule 100002 (rules[1]), field 'match.srcip': as a field test (an object with one "
+            "of 'equals', 'in' or 'regex'): 'equal' is not a known key",
+        ),
+        (
+            {"srcip": ["1.2.3.4"]},
+            "rule 100002 (rules[1]), field 'match.srcip': must be text, a number, true or "
+            "false or a field test (an object with one of 'equals', 'in' or 'regex'), not "
+            "['1.2.3.4']",
+        ),
+        (
+            {"srcip": {"in": [{"x": 1}]}},
+            "rule 100002 (rules[1]), field 'match.srcip': as a field test (an object with one "
+            "of 'equals', 'in' or 'regex'): 'in[0]' must be text or a number, not {'x': 1}",
+        ),
+    ],
+)
+def test_a_bad_rule_is_named_with_its_field_in_one_sentence(match: Any, sentence: str) -> None:
+    """Not pydantic's dump of every member of the union a field may be (issue 14.8)."""
+    good = {"id": 100001, "level": 3, "description": "ok", "match": {"program": "sshd"}}
+    bad = {"id": 100002, "level": 3, "description": "bad", "match": match}
+    with pytest.raises(RulesetInvalid) as exc:
+        parse_ruleset({"version": "1", "rules": [good, bad]})
+    assert str(exc.value) == f"ruleset does not parse: {sentence}"
+
+
+def test_the_content_manager_names_the_rule_too() -> None:
+    from fleetcmd.content.schemas import ContentError, parse_item
+
+    text = b"version: '1'\nrules:\n- {id: 7, level: 99, description: x, match: {a: b}}\n"
+    with pytest.raises(ContentError) as exc:
+        parse_item("ruleset", text, "ruleset/rules.yaml")
+    assert str(exc.value) == (
+        "ruleset/rules.yaml: rule 7 (rules[0]), field 'level': should be less than or equal "
+        "to 15 (not 99)"
+    )
+
+
 def test_alert_ids_are_stable_per_event_and_rule() -> None:
     rs = loaded()
     e = {"program": "sshd", "message": "Failed password", "timestamp": "2026-01-02T03:04:05Z"}

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fleetcmd.content.explain import explain
+
 ID_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 VERSION_RE = r"^[A-Za-z0-9][A-Za-z0-9.+_~-]{0,63}$"
 ITEM_TYPES = ("sca", "cve", "ruleset", "active-response", "agent-package")
@@ -242,10 +244,7 @@ def _validate(model: type[Model], raw: Any, what: str) -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or what}: {e['msg']}" for e in exc.errors()[:10]
-        )
-        raise ContentError(f"{what}: {problems}") from None
+        raise ContentError(f"{what}: {explain(exc, raw)}") from None
 
 
 PACKAGE_NAME_RE = re.compile(

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from fleetcmd.content.explain import explain
 from fleetcmd.content.schemas import ContentError, FieldTest, Rule, Ruleset
 
 # Longest text a regex is run on: event fields are agent input, rules are trusted content.
@@ -42,11 +43,7 @@ def parse_ruleset(doc: Any) -> Ruleset:
     try:
         return Ruleset.model_validate(body)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or 'ruleset'}: {e['msg']}"
-            for e in exc.errors()[:10]
-        )
-        raise RulesetInvalid(f"ruleset does not parse: {problems}") from None
+        raise RulesetInvalid(f"ruleset does not parse: {explain(exc, body)}") from None
 
 
 def lookup(event: dict[str, Any], path: str, agent_id: str = "") -> Any:
