@@ -141,6 +141,10 @@ async def enroll(body: EnrollIn, request: Request, st: State) -> dict[str, Any]:
                                                      "reason": exc.message})
         raise
     if await _name_taken(st, body.name):
+        # Taken by this very request, maybe: an attempt that overlapped this one won.
+        earlier = await _earlier(st, body)
+        if earlier is not None:
+            return await _answer_again(st, request, earlier)
         raise Conflict(f"agent name '{body.name}' is already taken", name=body.name)
     warnings: list[str] = []
     groups: list[str] = []
