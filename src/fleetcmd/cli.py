@@ -5,12 +5,13 @@ stays a table of contents."""
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from fleetcmd.logsetup import setup_logging
 
 app = typer.Typer(
     help="fleetcmd: tasks in, commands out, every result recorded.",
@@ -19,12 +20,6 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks that print their figures.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
 
 
 @app.command()

@@ -8,8 +8,8 @@ import re
 import shutil
 from pathlib import Path
 
-from fleetcmd.content import signing
 from fleetcmd.content.sample import REPO, agent_package
+from fleetcmd.model import content_signing as signing
 
 
 def build_package(tmp: Path, version: str, breakage: str | None = None) -> Path:

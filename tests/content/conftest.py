@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from fleetcmd.content import sample, signing
+from fleetcmd.content import sample
 from fleetcmd.content.feed import MANIFEST, Manifest
+from fleetcmd.model import content_signing as signing
 
 
 @dataclass

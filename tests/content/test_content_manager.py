@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from fleetcmd.content import signing
 from fleetcmd.content.feed import MANIFEST, open_feed
 from fleetcmd.content.indexer_api import IndexerApi, IndexerError
 from fleetcmd.content.manager import ContentManager, PollReport
+from fleetcmd.model import content_signing as signing
 from support import FLEETCMD, Indexer, free_port
 
 from .conftest import FeedServer, Publisher

@@ -11,9 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from fleetcmd.cli import app
-from fleetcmd.content import sample, signing
+from fleetcmd.content import sample
 from fleetcmd.content.feed import MANIFEST, FeedError, FolderFeed, parse_manifest
-from fleetcmd.content.schemas import ContentError, parse_item
+from fleetcmd.model import content_signing as signing
+from fleetcmd.model.content import ContentError, parse_item
 
 from .conftest import Publisher
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fleetcmd.content import signing
+from fleetcmd.model import content_signing as signing
 from server.harness import FakeAgent, file_task, fleet, task_final
 from support import Indexer, wait_until
 

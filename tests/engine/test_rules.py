@@ -181,7 +181,7 @@ def test_a_bad_rule_is_named_with_its_field_in_one_sentence(match: Any, sentence
 
 
 def test_the_content_manager_names_the_rule_too() -> None:
-    from fleetcmd.content.schemas import ContentError, parse_item
+    from fleetcmd.model.content import ContentError, parse_item
 
     text = b"version: '1'\nrules:\n- {id: 7, level: 99, description: x, match: {a: b}}\n"
     with pytest.raises(ContentError) as exc:

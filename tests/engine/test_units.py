@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from fleetcmd.server.comms.packages import BadPackageName, package_id
 from fleetcmd.server.engine.alerts import AlertWriter
 from fleetcmd.server.indexer_client import IndexerError, IndexerUnavailable
+from fleetcmd.server.packages import BadPackageName, package_id
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import sys
 
@@ -28,8 +27,9 @@ def main() -> int:
     known = {f.name for f in dataclasses.fields(AgentOptions)}
     # Options another version wrote (an upgrade's restart) may hold fields this one lacks.
     options = AgentOptions(**{k: v for k, v in json.loads(raw).items() if k in known})
-    logging.basicConfig(level=options.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from fleetcmd.logsetup import setup_logging
+
+    setup_logging(options.log_level)
     try:
         return Agent(options).run()
     except (FatalStartError, ValueError) as exc:

@@ -337,9 +337,9 @@ def _safe_relative(name: str, prefix: str) -> PurePosixPath | None:
 # -- verification ---------------------------------------------------------------------------------
 def verify(name: str, version: str, sha256: str, signature: str, trust_keys: list[str]) -> str:
     """Check the ed25519 signature of `fleetcmd-cti-item:v1|agent-package|name|version|sha256`
-    (the statement the CTI feed signs, `fleetcmd.content.signing`) against the trusted keys;
+    (the statement the CTI feed signs, `fleetcmd.model.content_signing`) against the trusted keys;
     returns the key id that verified it. `cryptography` is imported here only."""
-    from fleetcmd.content import signing
+    from fleetcmd.model import content_signing as signing
 
     if not signature:
         raise UpgradeRefused("the server sent no package signature (X-Package-Signature)")
@@ -494,7 +494,9 @@ def _wait_folder_free(state: StateDir, timeout: float = STOP_GRACE) -> None:
 
 def main(argv: list[str]) -> int:
     """`python -m fleetcmd.agent.upgrade detach|watch STATE_DIR PID` (started by the agent)."""
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from fleetcmd.logsetup import setup_logging
+
+    setup_logging("info")
     if len(argv) != 3 or argv[0] not in ("detach", "watch"):
         sys.stderr.write("usage: python -m fleetcmd.agent.upgrade detach|watch STATE_DIR PID\n")
         return 2

@@ -249,8 +249,8 @@ class AllInOne:
         feed's development key (created here, before the content manager needs it)."""
         if self.feed or not self.content:
             return list(self.trust_keys)
-        from fleetcmd.content import signing
         from fleetcmd.content.sample import dev_key
+        from fleetcmd.model import content_signing as signing
 
         return [signing.pub_path(dev_key(self.data_dir)), *self.trust_keys]
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetcmd.content import feed, sample, signing
+from fleetcmd.content import feed, sample
+from fleetcmd.model import content_signing as signing
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import threading
@@ -24,7 +23,7 @@ POLL_FILE = "content-poll.json"
 @cti_app.command("keygen")
 def keygen(keyfile: Annotated[Path, typer.Argument(help="Private key to write (0600).")]) -> None:
     """Write a new ed25519 signing key (PEM, 0600) and KEYFILE.pub (PEM)."""
-    from fleetcmd.content import signing
+    from fleetcmd.model import content_signing as signing
 
     if keyfile.exists():
         raise typer.BadParameter(f"{keyfile} exists; refusing to overwrite a signing key")
@@ -47,8 +46,9 @@ def build(
     ] = False,
 ) -> None:
     """Validate, copy and sign every content file of SRC into the feed folder OUT."""
-    from fleetcmd.content import feed, signing
+    from fleetcmd.content import feed
     from fleetcmd.content.sample import build_sample_feed
+    from fleetcmd.model import content_signing as signing
 
     try:
         if sample_package:
@@ -87,16 +87,15 @@ def content_manager(
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Poll a signed CTI feed; update the content indexes and file unattended tasks."""
-    from fleetcmd.content import signing
     from fleetcmd.content.feed import open_feed
     from fleetcmd.content.indexer_api import IndexerApi
     from fleetcmd.content.manager import ContentManager
     from fleetcmd.content.sample import sample_setup
+    from fleetcmd.logsetup import setup_logging
+    from fleetcmd.model import content_signing as signing
     from fleetcmd.settings import data_dir as make_dir
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(log_level)
     from fleetcmd.settings import read_secret
 
     d = make_dir(data_dir)

@@ -23,8 +23,8 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fleetcmd.content import signing
-from fleetcmd.content.schemas import ID_RE, ITEM_TYPES, VERSION_RE, ContentError, parse_item
+from fleetcmd.model import content_signing as signing
+from fleetcmd.model.content import ID_RE, ITEM_TYPES, VERSION_RE, ContentError, parse_item
 
 MANIFEST = "manifest.json"
 MAX_MANIFEST = 8 * 1024 * 1024

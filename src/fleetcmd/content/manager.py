@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleetcmd.content import signing
 from fleetcmd.content.feed import FeedError, FeedSource, Manifest, ManifestItem, parse_manifest
 from fleetcmd.content.indexer_api import IndexerApi, IndexerError, TaskFiled, TaskRefused
-from fleetcmd.content.schemas import ContentError, parse_item
+from fleetcmd.model import content_signing as signing
+from fleetcmd.model.content import ContentError, parse_item
 
 log = logging.getLogger("fleetcmd.content")
 

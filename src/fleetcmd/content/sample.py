@@ -18,8 +18,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from fleetcmd.content import signing
 from fleetcmd.content.feed import Manifest, SourceFile, build
+from fleetcmd.model import content_signing as signing
 
 REPO = Path(__file__).resolve().parents[3]
 SAMPLE_SOURCE = REPO / "feeds" / "sample"

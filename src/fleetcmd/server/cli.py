@@ -69,7 +69,7 @@ def server(
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Run a server node: Management API, Comms API and the command puller."""
-    from fleetcmd.cli import setup_logging
+    from fleetcmd.logsetup import setup_logging
     from fleetcmd.model.params import NAME_RE
     from fleetcmd.server.config import ServerOptions
     from fleetcmd.server.node import default_node_id, serve

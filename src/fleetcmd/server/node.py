@@ -23,7 +23,6 @@ from fleetcmd.ratelimit import RateLimiter
 from fleetcmd.server import handlers
 from fleetcmd.server.bulker import Bulker
 from fleetcmd.server.comms.app import create_comms_app
-from fleetcmd.server.comms.packages import PackageStore
 from fleetcmd.server.config import ServerConfig, ServerOptions, log_level_observer
 from fleetcmd.server.engine import Engine
 from fleetcmd.server.enrollment_keys import EnrollmentKeys
@@ -31,6 +30,7 @@ from fleetcmd.server.indexer_client import IndexerClient, IndexerError
 from fleetcmd.server.mailbox import Mailboxes
 from fleetcmd.server.management.app import create_management_app
 from fleetcmd.server.metrics import ServerMetrics
+from fleetcmd.server.packages import PackageStore
 from fleetcmd.server.presence import Presence
 from fleetcmd.server.puller import Puller
 from fleetcmd.server.rbac import RbacCache, ensure_admin

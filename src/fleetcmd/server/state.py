@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import Request
 
@@ -19,12 +19,10 @@ from fleetcmd.server.indexer_client import IndexerClient
 from fleetcmd.server.logins import LoginThrottle
 from fleetcmd.server.mailbox import Mailboxes
 from fleetcmd.server.metrics import ServerMetrics
+from fleetcmd.server.packages import PackageStore
 from fleetcmd.server.presence import Presence
 from fleetcmd.server.rbac import RbacCache
 from fleetcmd.server.tokens import TokenIssuer
-
-if TYPE_CHECKING:  # the Comms API's own module imports this one
-    from fleetcmd.server.comms.packages import PackageStore
 
 
 @dataclass

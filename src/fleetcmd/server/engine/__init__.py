@@ -21,7 +21,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from fleetcmd.content.schemas import Ruleset
+from fleetcmd.model.content import Ruleset
 from fleetcmd.server.engine.alerts import AlertWriter
 from fleetcmd.server.engine.responses import Responder
 from fleetcmd.server.engine.rules import EngineEvent, Match, RuleSet, RulesetInvalid, parse_ruleset

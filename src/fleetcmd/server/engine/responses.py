@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from fleetcmd.content.schemas import Rule
+from fleetcmd.model.content import Rule
 from fleetcmd.server.engine.rules import MISSING, Match, as_text, lookup
 from fleetcmd.server.indexer_client import IndexerClient, IndexerError, IndexerUnavailable
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fleetcmd.content.explain import explain
-from fleetcmd.content.schemas import ContentError, FieldTest, Rule, Ruleset
+from fleetcmd.model.content import ContentError, FieldTest, Rule, Ruleset
+from fleetcmd.model.explain import explain
 
 # Longest text a regex is run on: event fields are agent input, rules are trusted content.
 MAX_FIELD_TEXT = 64 * 1024

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fleetcmd.content.schemas import CveRecord
+from fleetcmd.model.content import CveRecord
 from fleetcmd.server.engine.versions import (
     SOURCE_ECOSYSTEM,
     BadVersion,

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fleetcmd.content.explain import explain
+from fleetcmd.model.explain import explain
 
 ID_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 VERSION_RE = r"^[A-Za-z0-9][A-Za-z0-9.+_~-]{0,63}$"
