@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PG ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: venv browser run test test-fast bench chaos lint format trace clean lock
+.PHONY: venv browser run test bench chaos lint format trace clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -59,9 +59,12 @@ chaos: venv
 	$(BIN)/fleetcmd bench chaos --minutes $(CHAOS_MINUTES) --seed $(CHAOS_SEED)
 	$(BIN)/fleetcmd bench chaos --minutes $(CHAOS_MINUTES) --seed $(CHAOS_SEED) --store $(PG)
 
+## lint: ruff (lint and format), mypy and the import rules (import-linter, pyproject.toml)
 lint: venv
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests tools
+	$(BIN)/ruff format --check src tests tools
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: venv
 	$(BIN)/ruff check --fix src tests
