@@ -68,6 +68,13 @@ class Unauthorized(FleetError):
     code = "unauthorized"
 
 
+class BadUserProof(Unauthorized):
+    """A request names a person with a user proof the indexer cannot accept (forged, expired,
+    revoked, or for another user): the person logs in again."""
+
+    code = "bad_user_proof"
+
+
 class Forbidden(FleetError):
     http_status = 403
     code = "forbidden"

@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from fleetcmd.agent.cli import status_of
-from fleetcmd.server.rbac import hash_password
 from server.harness import ENROLLMENT_KEY, FakeAgent, Server, file_task, login, task_final
 from support import Indexer, Role, store_url_for, wait_until
 
@@ -108,10 +107,8 @@ def dash_fleet(tmp: Path, real_agents: int = 2) -> Iterator[DashFleet]:
             wait_until(lambda: all(
                 api.get(f"/agents/{a}").json()["data"]["status"] == "active"
                 for a in fleet.agents.values()), 30, what="real agents active")
-            with idx.client() as c:
-                c.put(f"/indexes/rbac/users/{READER}",
-                      json={"password_hash": hash_password(READER_PASSWORD),
-                            "roles": ["readonly"]}).raise_for_status()
+            api.post("/security/users", json={"name": READER, "password": READER_PASSWORD,
+                                              "roles": ["readonly"]}).raise_for_status()
             task_final(api, file_task(api, "rbac-change", {"reason": "dashboard reader"})["id"])
             yield fleet
         finally:

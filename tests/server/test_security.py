@@ -89,17 +89,21 @@ def test_management_auth_and_roles(one: Server) -> None:
                     ).status_code == 401
 
     api = one.admin()
-    # A read-only user, written to the rbac index, appears after an rbac-change task.
+    # The node credential cannot write users; a read-only user made by the API is counted by
+    # a plain rbac-change task.
     idx = httpx.Client(base_url=_indexer_url(one), headers={
         "Authorization": f"Bearer {one.env['FLEETCMD_TOKEN']}"})
-    idx.put("/indexes/rbac/users/reader", json={"password_hash": hash_password("pw-reader"),
-                                                 "roles": ["readonly"]}).raise_for_status()
+    r = idx.put("/indexes/rbac/users/reader", json={"password_hash": hash_password("pw-reader"),
+                                                     "roles": ["readonly"]})
+    assert r.status_code == 403 and "rbac-change" in r.json()["message"]
+    assert api.post("/security/users", json={"name": "reader", "password": "pw-reader-10",
+                                             "roles": ["readonly"]}).status_code == 201
     task = file_task(api, "rbac-change", {"reason": "new reader"})
     final = task_final(api, task["id"])
     assert final["status"] == "success"
     [cmd] = api.get("/commands", params={"task_id": task["id"]}).json()["data"]["items"]
     assert cmd["result"]["data"]["users"] == 2
-    reader = login(one.api, "reader", "pw-reader")
+    reader = login(one.api, "reader", "pw-reader-10")
     assert reader.get("/tasks").status_code == 200
     assert reader.get("/agents").status_code == 200
     denied = reader.post("/tasks", json={"type": "rbac-change", "params": {}})

@@ -23,10 +23,10 @@ from starlette.responses import Response
 
 from fleetcmd.errors import Unauthorized
 from fleetcmd.server.access import Reader
-from fleetcmd.server.management.auth import token_user
+from fleetcmd.server.management.auth import LoggedIn, token_user
 from fleetcmd.server.rbac import User
 from fleetcmd.server.state import ServerState
-from fleetcmd.server.tokens import USER
+from fleetcmd.server.tokens import PROOF, USER
 
 TOKEN_COOKIE = "fleetcmd_token"
 SESSION_COOKIE = "fleetcmd_sid"
@@ -64,7 +64,9 @@ class Viewer:
         return self.user.roles
 
     def can(self, action: str) -> bool:
-        return self.st.rbac.allowed(self.user, action)
+        """As the API's gate (`RbacCache.can`): granted on some resource of the kind the
+        action acts on; each page then narrows to the resources it shows or changes."""
+        return self.st.rbac.can(self.user, action)
 
     def require(self, action: str) -> None:
         if not self.can(action):
@@ -105,13 +107,25 @@ def viewer(request: Request) -> Viewer:
     if not token or sid is None:
         raise LoginRequired()
     try:
-        user = token_user(st, token)
+        user = token_user(st, token, request)
     except Unauthorized:  # expired, disabled, roles changed: log in again
         raise LoginRequired() from None
     claims = jwt.decode(token, options={"verify_signature": False})
+    proof = claims.get(PROOF)
+    # The indexer's proof of the user (12 hours) bounds the session: then log in again.
+    if not isinstance(proof, str) or _expiry(proof) <= _now():
+        raise LoginRequired()
     if int(claims["exp"]) - _now() < st.tokens.ttl / 2:
-        request.state.refreshed_token = st.tokens.issue(user.name, USER, user.generation)
+        request.state.refreshed_token = st.tokens.issue(user.name, USER, user.generation, proof)
     return Viewer(user, csrf_for(st, sid), st)
+
+
+def _expiry(proof: str) -> int:
+    """A proof's expiry, read (the indexer alone can verify it)."""
+    try:
+        return int(jwt.decode(proof, options={"verify_signature": False})["exp"])
+    except (jwt.PyJWTError, KeyError, TypeError, ValueError):
+        return 0
 
 
 def check_post(request: Request, form: dict[str, str]) -> None:
@@ -133,12 +147,11 @@ def set_cookie(request: Request, response: Response, name: str, value: str,
                         samesite="strict", secure=request.url.scheme == "https")
 
 
-def start_session(request: Request, response: Response, user: User) -> None:
-    """Log in: a fresh session id (no fixation) and the API's JWT."""
+def start_session(request: Request, response: Response, login: LoggedIn) -> None:
+    """Log in: a fresh session id (no fixation) and the API's JWT (with the user proof)."""
     st = state(request)
     set_cookie(request, response, SESSION_COOKIE, new_session_id(), None)
-    set_cookie(request, response, TOKEN_COOKIE, st.tokens.issue(user.name, USER, user.generation),
-               int(st.tokens.ttl))
+    set_cookie(request, response, TOKEN_COOKIE, login.token(st), int(st.tokens.ttl))
 
 
 def end_session(response: Response) -> None:

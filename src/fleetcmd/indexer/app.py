@@ -24,13 +24,15 @@ from fleetcmd.httpkit import (
     install_error_handlers,
     wait_for,
 )
-from fleetcmd.indexer.api import audit, indexes, rollouts, stream, tasks
+from fleetcmd.indexer import user_proofs
+from fleetcmd.indexer.api import audit, indexes, proofs, rollouts, stream, tasks
 from fleetcmd.indexer.command_manager import CommandManager
 from fleetcmd.indexer.retention import retention_loop, upkeep_loop
 from fleetcmd.indexer.rollouts import RolloutScheduler
 from fleetcmd.indexer.signing import CommandSigner, record_key
 from fleetcmd.indexer.state import IndexerState, Metrics
 from fleetcmd.indexer.task_manager import TaskManager
+from fleetcmd.indexer.user_proofs import UserProofs
 from fleetcmd.store.base import SqlStore
 
 log = logging.getLogger("fleetcmd.indexer")
@@ -98,6 +100,7 @@ def create_app(store: SqlStore, options: IndexerOptions) -> FastAPI:
         waker=waker,
         metrics=Metrics(),
         signer=signer,
+        proofs=UserProofs(store, signer.derive(user_proofs.LABEL)),
         attach_limit=options.attach_limit,
         started_at=time.time(),
     )
@@ -151,6 +154,7 @@ def create_app(store: SqlStore, options: IndexerOptions) -> FastAPI:
     app.include_router(indexes.router)
     app.include_router(audit.router)
     app.include_router(rollouts.router)
+    app.include_router(proofs.router)
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, Any]:

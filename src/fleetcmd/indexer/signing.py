@@ -19,6 +19,8 @@ the endorsed next key), then `fleetcmd command-key promote` and restart again.""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import math
@@ -109,6 +111,11 @@ class CommandSigner:
         signer.write_public(public_out or key_path.with_name(PUBLIC_FILE),
                             _retired(key_path))
         return signer
+
+    def derive(self, label: bytes) -> bytes:
+        """A secret only holders of the current key can compute (HMAC of its raw bytes), so
+        indexers sharing the key agree on it and no server node can: the user-proof key."""
+        return hmac.new(self.current.private_bytes_raw(), label, hashlib.sha256).digest()
 
     def sign(self, doc: dict[str, Any], expires_at: float) -> dict[str, Any]:
         """Add `signature` to an agent-bound command document (in place; returned)."""

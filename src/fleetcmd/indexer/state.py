@@ -13,6 +13,7 @@ from fleetcmd.indexer.command_manager import CommandManager
 from fleetcmd.indexer.rollouts import RolloutScheduler
 from fleetcmd.indexer.signing import CommandSigner
 from fleetcmd.indexer.task_manager import TaskManager
+from fleetcmd.indexer.user_proofs import UserProofs
 from fleetcmd.store.base import SqlStore
 
 
@@ -71,6 +72,7 @@ class IndexerState:
     waker: Waker
     metrics: Metrics
     signer: CommandSigner
+    proofs: UserProofs
     attach_limit: int = 64 * 1024
     started_at: float = 0.0
     stopping: bool = False  # set on SIGTERM/SIGINT: long-polls answer at once

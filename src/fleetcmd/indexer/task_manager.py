@@ -39,6 +39,8 @@ class TaskRequest:
     timeout: float | None = None  # execution timeout per command, seconds
     expires_in: float | None = None  # delivery window, seconds
     rollout: dict[str, Any] | None = None  # a rollout policy (docs/rollouts.md)
+    # Written with the task (tasks a node files in its own name: `user_proofs`).
+    audit: dict[str, Any] | None = None
 
 
 def selection_of(sel: p.AgentSelector) -> AgentSelection:
@@ -112,6 +114,8 @@ class TaskManager:
         self._check_references(tx, spec, parsed)
         params = stored_params(parsed)
         task_id = tx.insert_task(spec.task_type, params, req.source, req.user, req.idempotency_key)
+        if req.audit is not None:
+            tx.append_audit({**req.audit, "target": f"task:{task_id}"})
         timeout = req.timeout or spec.timeout
         expires_at = tx.now + (req.expires_in or DEFAULT_DELIVERY_WINDOW)
         if req.rollout is not None:

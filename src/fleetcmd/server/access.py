@@ -4,7 +4,8 @@ to what the user may read. Shared by the Management API and the dashboard.
 A task *reaches* agents (named, or through a group), groups (whose configuration or
 membership it changes), or everything (every agent, the servers, content used anywhere).
 Creating it needs `task:create:<type>` on every agent it reaches, and, for the types that
-change groups, `group:update` on those groups; reaching everything needs `*:*:*`. The check
+change groups, `group:update` on those groups (a `mode: set` assignment changes every group it
+takes an agent out of, too); reaching everything needs `*:*:*`. The check
 runs against the agents and groups indexes at creation time, so a group named in the task is
 expanded to its current members exactly as the task manager will expand it."""
 
@@ -135,15 +136,52 @@ async def check_task(st: ServerState, user: User, type_: str, params: dict[str, 
             action=action,
             agents=outside,
         )
-    if reach.changes_groups:
-        gscope = st.rbac.scope(user, "group:update")
-        denied = [g for g in reach.changes_groups if gscope is None or not gscope.group(g)]
+    gscope = st.rbac.scope(user, "group:update")
+    denied = [g for g in reach.changes_groups if gscope is None or not gscope.group(g)]
+    if denied:
+        raise Forbidden(
+            f"user '{user.name}' may not group:update on group(s) " + ", ".join(denied),
+            action="group:update",
+            groups=denied,
+        )
+    if _sets_groups(parsed) and not (gscope is not None and gscope.all_groups):
+        dropped = await _dropped_groups(st, parsed)
+        denied = sorted(g for g in dropped if gscope is None or not gscope.group(g))
         if denied:
             raise Forbidden(
-                f"user '{user.name}' may not group:update on group(s) " + ", ".join(denied),
+                f"user '{user.name}' may not group:update on group(s) " + ", ".join(denied[:20])
+                + " (mode 'set' would remove the agents from them)",
                 action="group:update",
-                groups=denied,
+                groups=denied[:100],
             )
+
+
+def _sets_groups(parsed: p.Params) -> bool:
+    return (
+        isinstance(parsed, p.GroupAssignmentChange)
+        and parsed.delete_group is None
+        and parsed.mode == "set"
+    )
+
+
+async def _dropped_groups(st: ServerState, parsed: p.Params) -> set[str]:
+    """The groups a `mode: set` assignment takes from the agents it reaches (each one's
+    current groups that the new list does not keep), as the command manager will expand it."""
+    assert isinstance(parsed, p.GroupAssignmentChange)
+    current: list[list[str]] = []
+    if parsed.agents:
+        current = list((await agents_groups(st, parsed.agents)).values())
+    cursor: str | None = None
+    while parsed.from_group:
+        page = await st.indexer.get(
+            "/agents", group=parsed.from_group, cursor=cursor, limit=GROUP_PAGE
+        )
+        current += [list(a.get("groups", [])) for a in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    kept = set(parsed.groups)
+    return {g for groups in current for g in groups if g not in kept}
 
 
 @dataclass

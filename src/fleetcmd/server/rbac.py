@@ -1,17 +1,16 @@
 """The RBAC cache: users and roles from the indexer's `rbac` index, and the one place that
-decides whether a user may perform an action on a resource.
-
-A role is a list of policies; a policy grants `actions` on `resources`:
+decides whether a user may perform an action on a resource (the policies themselves, and which
+resources each action acts on, are in `fleetcmd.server.policies`). A role is a list of
+policies:
 
     {"actions": ["task:create", "task:read", "agent:read"],
      "resources": ["agent:group:web", "group:id:web"]}
 
-Actions are `<noun>:<verb>` (`task:create`, `agent:read`, `user:update`, ...), optionally
-narrowed per task type (`task:create:agent-upgrade`); a granted `task:create` covers every
-type, and patterns use `*` (`task:*`, `*`). Resources are `<kind>:<attribute>:<value>`:
-`agent:id:<id>`, `agent:group:<group>`, `group:id:<group>`, and `*:*:*` for everything
-(needed by actions that have no narrower resource: users, roles, audit, metrics, tasks that
-reach every agent or the servers). Policies only grant; a user holds the union of its roles.
+A check always names a resource: an agent or a group for the fleet's actions (routes narrow
+with `fleetcmd.server.access`), `user:id:<name>` and `role:id:<name>` for people, `*:*:*` for
+the system's actions (audit trail, metrics, enrollment keys) and for tasks that reach every
+agent or the servers. Policies only grant; a user holds the union of its roles, and may create
+or grant nothing its own policies do not cover (`uncovered`).
 
 Users are documents `users/<name>` = {"password_hash" (argon2), "roles", "disabled",
 "generation"}. Tokens carry the generation they were issued under: disabling a user, or
@@ -35,61 +34,25 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from fleetcmd.server.indexer_client import IndexerClient, IndexerError
+from fleetcmd.server.policies import (
+    BUILTIN_ROLES,
+    EVERYTHING,
+    ROLE_DESCRIPTIONS,
+    Policy,
+    kinds_of,
+    parse_policies,
+    reaches_kind,
+    uncovered,
+)
 
 log = logging.getLogger("fleetcmd.server.rbac")
 
-EVERYTHING = "*:*:*"
 ADMIN = "admin"
 _hasher = PasswordHasher()
 # Resources no real one equals: a pattern that matches them is unscoped for that kind.
 _ANY_AGENT = "agent:id:\x7f"
 _ANY_GROUP = "group:id:\x7f"
 _ANY_RESOURCE = "\x7f:\x7f:\x7f"
-
-
-@dataclass(frozen=True)
-class Policy:
-    actions: tuple[str, ...]
-    resources: tuple[str, ...] = (EVERYTHING,)
-
-    def grants(self, action: str) -> bool:
-        return any(action_matches(pattern, action) for pattern in self.actions)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"actions": list(self.actions), "resources": list(self.resources)}
-
-
-READ_ACTIONS = ("task:read", "command:read", "agent:read", "group:read", "metrics:read")
-BUILTIN_ROLES: dict[str, tuple[Policy, ...]] = {
-    "administrator": (Policy(("*",)),),
-    "operator": (
-        Policy((*READ_ACTIONS, "task:create", "task:cancel", "rollout:control", "group:update")),
-    ),
-    "readonly": (Policy(READ_ACTIONS),),
-}
-ROLE_DESCRIPTIONS = {
-    "administrator": "everything, including users, roles and the audit trail",
-    "operator": "file, cancel and steer (rollouts) tasks of every type, read the fleet",
-    "readonly": "read tasks, commands, agents and groups",
-}
-
-
-def action_matches(pattern: str, action: str) -> bool:
-    """`task:create` covers `task:create:agent-upgrade`; `*` patterns as in fnmatch."""
-    return fnmatch.fnmatchcase(action, pattern) or action.startswith(pattern + ":")
-
-
-def parse_policies(raw: Any) -> tuple[Policy, ...]:
-    """Policies from a role document; anything malformed is skipped (and grants nothing)."""
-    out: list[Policy] = []
-    for item in raw if isinstance(raw, list) else []:
-        if not isinstance(item, dict):
-            continue
-        actions = item.get("actions")
-        resources = item.get("resources", [EVERYTHING])
-        if isinstance(actions, list) and isinstance(resources, list):
-            out.append(Policy(tuple(str(a) for a in actions), tuple(str(r) for r in resources)))
-    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -113,6 +76,14 @@ class Scope:
 
     def _any(self, resource: str) -> bool:
         return any(fnmatch.fnmatchcase(resource, p) for p in self.patterns)
+
+    def covers(self, resource: str) -> bool:
+        """Granted on `resource` (`*:*:*`: on everything)."""
+        return self.everything if resource == EVERYTHING else self._any(resource)
+
+    def reaches(self, kinds: Iterable[str]) -> bool:
+        """Granted on some resource of one of `kinds`."""
+        return any(reaches_kind(p, kind) for p in self.patterns for kind in kinds)
 
     @property
     def everything(self) -> bool:
@@ -214,12 +185,30 @@ class RbacCache:
                          for r in pol.resources)
         return Scope(patterns) if patterns else None
 
-    def allowed(self, user: User, action: str, resource: str | None = None) -> bool:
-        """`action` granted somewhere (resource None) or on `resource` (`agent:id:a1`)."""
+    def allowed(self, user: User, action: str, resource: str) -> bool:
+        """`action` granted to `user` on `resource` (`agent:id:a1`, `user:id:bob`, `*:*:*`)."""
+        scope = self.scope(user, action)
+        return scope is not None and scope.covers(resource)
+
+    def can(self, user: User, action: str) -> bool:
+        """`action` granted on some resource of the kind it acts on (agents or groups for the
+        fleet, users, roles); the system's actions need everything. The route then checks
+        the resources it touches."""
         scope = self.scope(user, action)
         if scope is None:
             return False
-        return resource is None or scope._any(resource)
+        kinds = kinds_of(action)
+        return scope.everything if kinds is None else scope.reaches(kinds)
+
+    def held(self, user: User) -> tuple[Policy, ...]:
+        return tuple(self.policies(user))
+
+    def beyond(self, user: User, policies: Iterable[Policy]) -> list[str]:
+        """What `policies` grant that `user` does not hold (empty: `user` may grant them)."""
+        return uncovered(self.held(user), policies)
+
+    def role_policies(self, roles: Iterable[str]) -> list[Policy]:
+        return [pol for role in roles for pol in self.roles.get(role, ())]
 
 
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(12))

@@ -14,6 +14,7 @@ from fleetcmd.errors import Unauthorized
 
 AGENT = "fleetcmd-agent"
 USER = "fleetcmd-api"
+PROOF = "proof"
 
 
 class TokenIssuer:
@@ -25,13 +26,17 @@ class TokenIssuer:
         # decoding it each time cost a tenth of the server's CPU under load.
         self._verified: dict[str, tuple[str, str, int]] = {}
 
-    def issue(self, subject: str, audience: str, generation: int | None = None) -> str:
-        """`generation`: a person's token generation (see `rbac`); bumping it revokes."""
+    def issue(self, subject: str, audience: str, generation: int | None = None,
+              proof: str | None = None) -> str:
+        """`generation`: a person's token generation (see `rbac`); bumping it revokes.
+        `proof`: the person's user proof from the indexer, forwarded with their tasks."""
         now = int(time.time())
         claims: dict[str, Any] = {"sub": subject, "aud": audience, "iat": now,
                                   "exp": now + int(self.ttl)}
         if generation is not None:
             claims["gen"] = generation
+        if proof is not None:
+            claims[PROOF] = proof
         return jwt.encode(claims, self._key, algorithm="HS256")
 
     def claims(self, token: str, audience: str) -> dict[str, Any]:

@@ -24,9 +24,8 @@ from fleetcmd.dashboard.session import (
     state,
     viewer,
 )
-from fleetcmd.server.management.auth import BadCredentials
+from fleetcmd.server.management.auth import BadCredentials, LoggedIn
 from fleetcmd.server.management.auth import login as login_user
-from fleetcmd.server.rbac import User
 
 router = APIRouter()
 
@@ -76,7 +75,7 @@ async def login(request: Request) -> Response:
                                    "dashboard")
     except BadCredentials:
         return _login_page(request, "Bad user name or password.", name, 401, form.get("next"))
-    if not isinstance(outcome, User):
+    if not isinstance(outcome, LoggedIn):
         response = _login_page(request, f"Too many failed logins; try again in "
                                         f"{math.ceil(outcome)} s.", name, 429, form.get("next"))
         response.headers["Retry-After"] = str(math.ceil(outcome))

@@ -17,6 +17,7 @@ from fleetcmd.errors import Forbidden
 from fleetcmd.model.catalog import CATALOG, Expansion
 from fleetcmd.server import audit
 from fleetcmd.server.indexer_client import IndexerError
+from fleetcmd.server.management.auth import user_proof
 from fleetcmd.server.management.live import event_stream, task_events
 from fleetcmd.server.management.tasks import cancel as cancel_task
 
@@ -113,7 +114,8 @@ async def control_rollout(task_id: int, action: Literal["pause", "resume", "abor
     v.require("rollout:control")
     if not await v.reader("rollout:control").task(await v.st.indexer.get(f"/tasks/{task_id}")):
         v.deny("rollout:control", f"task {task_id}")
-    payload = {"user": v.name, "source": "dashboard", "reason": form.get("reason", "")[:1000],
+    payload = {"user": v.name, "proof": user_proof(request), "source": "dashboard",
+               "reason": form.get("reason", "")[:1000],
                "address": audit.client_address(request), "node": v.st.options.node_id}
     try:
         await v.st.indexer.post(f"/tasks/{task_id}/rollout/{action}", payload, retries=0)

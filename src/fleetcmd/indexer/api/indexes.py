@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from fleetcmd.errors import InvalidParams, TooDeep
+from fleetcmd.errors import Forbidden, InvalidParams, TooDeep
 from fleetcmd.indexer.state import IndexerState, authorized
 from fleetcmd.model.nesting import MAX_DEPTH, Unreadable
 from fleetcmd.model.params import NAME_RE
@@ -36,6 +36,11 @@ CONTENT_INDEXES = (
     "content-status",
     "enrollment-keys",
 )
+RBAC = "rbac"
+FIRST_ADMIN = "users/admin"
+RBAC_WRITES = ("the rbac index changes only through rbac-change tasks filed with a user proof "
+               "(the Management API's /security routes); the node credential may only create "
+               "the first 'users/admin'")
 # The audit trail is not a document index: records are appended and read through /audit only.
 ENROLLMENT_REQUEST = r"^[A-Za-z0-9_-]{16,128}$"
 DOC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$")
@@ -248,10 +253,14 @@ async def get_document(index: str, doc_id: str, st: Auth) -> dict[str, Any]:
 
 @router.put("/indexes/{index}/{doc_id:path}")
 async def put_document(index: str, doc_id: str, body: dict[str, Any], st: Auth) -> dict[str, Any]:
+    """Any content document; in `rbac` only the first `users/admin` (a server's first start):
+    users and roles change through `rbac-change` tasks carrying a user proof."""
     _check_index(index, doc_id)
 
     def write() -> int:
         with st.store.transaction() as tx:
+            if index == RBAC and (doc_id != FIRST_ADMIN or tx.document(index, doc_id) is not None):
+                raise Forbidden(RBAC_WRITES)
             return tx.put_document(index, doc_id, body)
 
     return {"data": {"index": index, "id": doc_id, "version": await run_in_threadpool(write)}}
@@ -260,6 +269,8 @@ async def put_document(index: str, doc_id: str, body: dict[str, Any], st: Auth) 
 @router.delete("/indexes/{index}/{doc_id:path}")
 async def delete_document(index: str, doc_id: str, st: Auth) -> dict[str, Any]:
     _check_index(index, doc_id)
+    if index == RBAC:
+        raise Forbidden(RBAC_WRITES)
 
     def delete() -> bool:
         with st.store.transaction() as tx:

@@ -22,7 +22,8 @@ async def get_rollout(task_id: int, st: Auth) -> dict[str, Any]:
 
 class ControlIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user: str = Field(default="system", min_length=1, max_length=128)
+    user: str | None = Field(default=None, min_length=1, max_length=128)
+    proof: str | None = Field(default=None, min_length=1, max_length=4096)
     source: str = Field(default="management-api", min_length=1, max_length=64)
     reason: str = Field(default="", max_length=1000)
     address: str | None = Field(default=None, max_length=128)
@@ -36,12 +37,14 @@ async def control_rollout(
     body: ControlIn,
     st: Auth,
 ) -> dict[str, Any]:
+    """Recorded under the user its proof names, else in the node's own name."""
+    who = await run_in_threadpool(st.proofs.attribute, body.user, body.proof)
     data = await run_in_threadpool(
         lambda: rollouts.control(
             st.store,
             task_id,
             action,
-            body.user,
+            who.user,
             body.source,
             body.reason,
             address=body.address,

@@ -20,7 +20,9 @@ class TaskIn(BaseModel):
     type: str = Field(min_length=1, max_length=64)
     params: dict[str, Any] = Field(default_factory=dict)
     source: str = "management-api"
-    user: str = Field(default="system", min_length=1, max_length=128)
+    user: str | None = Field(default=None, min_length=1, max_length=128)
+    proof: str | None = Field(default=None, min_length=1, max_length=4096,
+                              description="The person's user proof (`POST /user-proofs`).")
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     timeout: float | None = Field(default=None, gt=0, le=30 * 86400)
     expires_in: float | None = Field(default=None, gt=0, le=30 * 86400)
@@ -29,15 +31,19 @@ class TaskIn(BaseModel):
 
 @router.post("/tasks", status_code=202)
 async def submit_task(body: TaskIn, st: Auth, response: Response) -> dict[str, Any]:
+    """Filed under the user its proof names, else in the node's own name (audited)."""
+    people = body.type == "rbac-change" and bool(body.params.get("changes"))
+    who = await run_in_threadpool(st.proofs.attribute, body.user, body.proof, people=people)
     req = TaskRequest(
         body.type,
         body.params,
         body.source,
-        body.user,
+        who.user,
         body.idempotency_key,
         body.timeout,
         body.expires_in,
         body.rollout,
+        who.audit(body.type, body.source),
     )
     task, created = await run_in_threadpool(st.tasks.submit, req)
     if created:

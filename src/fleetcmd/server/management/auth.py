@@ -1,4 +1,8 @@
-"""Log in (HTTP Basic -> JWT) and the permission check every route goes through."""
+"""Log in (HTTP Basic -> JWT) and the permission check every route goes through.
+
+A login also fetches the person's user proof from the indexer (`indexer/user_proofs.py`); the
+token carries it, and every task or rollout action filed for the person forwards it
+(`user_proof`), so the indexer records the task under a user it verified itself."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import base64
 import binascii
 import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -13,9 +18,10 @@ from fastapi.responses import JSONResponse
 
 from fleetcmd.errors import Forbidden, Unauthorized
 from fleetcmd.server import audit
+from fleetcmd.server.indexer_client import IndexerError
 from fleetcmd.server.rbac import User
 from fleetcmd.server.state import ServerState, server_state
-from fleetcmd.server.tokens import USER, bearer
+from fleetcmd.server.tokens import PROOF, USER, bearer
 
 router = APIRouter(tags=["security"])
 State = Annotated[ServerState, Depends(server_state)]
@@ -38,10 +44,19 @@ def _basic(request: Request) -> tuple[str, str]:
     return name, password
 
 
+@dataclass(frozen=True)
+class LoggedIn:
+    user: User
+    proof: str  # the indexer's proof of this user (see the module's docstring)
+
+    def token(self, st: ServerState) -> str:
+        return st.tokens.issue(self.user.name, USER, self.user.generation, self.proof)
+
+
 async def login(st: ServerState, request: Request, name: str, password: str,
-                via: str) -> User | float:
-    """Check a login, throttled and audited: the user, or the seconds to wait (throttled),
-    or `BadCredentials`. Shared by the API and the dashboard's login form."""
+                via: str) -> LoggedIn | float:
+    """Check a login, throttled and audited: the user and its proof, or the seconds to wait
+    (throttled), or `BadCredentials`. Shared by the API and the dashboard's login form."""
     address = audit.client_address(request)
     wait = st.logins.retry_after(name, address)
     if wait > 0:
@@ -50,14 +65,28 @@ async def login(st: ServerState, request: Request, name: str, password: str,
                                                      "retry_after": math.ceil(wait)})
         return wait
     user = await st.rbac.verify(name, password)
-    if user is None:
+    proof = None if user is None else await _proof(st, name, password)
+    if user is None or proof is None:
         st.logins.failed(name, address)
         await audit.record(st, "user.login", actor=name, outcome=audit.FAILURE,
                            request=request, details={"via": via})
         raise BadCredentials("bad user name or password")
     st.logins.succeeded(name)
     await audit.record(st, "user.login", actor=name, request=request, details={"via": via})
-    return user
+    return LoggedIn(user, proof)
+
+
+async def _proof(st: ServerState, name: str, password: str) -> str | None:
+    """The indexer's proof of `name` (None: the store says no, e.g. a password changed on
+    another node a moment ago)."""
+    try:
+        data = await st.indexer.post("/user-proofs", {"user": name, "password": password},
+                                     retries=1)
+    except IndexerError as exc:
+        if exc.status == 401:
+            return None
+        raise
+    return str(data["proof"])
 
 
 def too_many(wait: float) -> JSONResponse:
@@ -73,16 +102,18 @@ def too_many(wait: float) -> JSONResponse:
 async def authenticate(request: Request, st: State) -> Any:
     name, password = _basic(request)
     outcome = await login(st, request, name, password, "api")
-    if not isinstance(outcome, User):
+    if not isinstance(outcome, LoggedIn):
         return too_many(outcome)
-    return {"data": {"token": st.tokens.issue(outcome.name, USER, outcome.generation),
-                     "expires_in": int(st.tokens.ttl)}}
+    return {"data": {"token": outcome.token(st), "expires_in": int(st.tokens.ttl)}}
 
 
-def token_user(st: ServerState, token: str) -> User:
+def token_user(st: ServerState, token: str, request: Request | None = None) -> User:
     """The live user behind a person's token: 401 if expired, forged, of a user that is gone
-    or disabled, or issued before the user's roles or password last changed."""
+    or disabled, or issued before the user's roles or password last changed. With `request`,
+    the token's user proof is kept for the tasks this request files (`user_proof`)."""
     claims = st.tokens.claims(token, USER)
+    if request is not None:
+        request.state.user_proof = claims.get(PROOF)
     name = str(claims["sub"])
     user = st.rbac.users.get(name)
     if user is None:
@@ -96,27 +127,38 @@ def token_user(st: ServerState, token: str) -> User:
 
 
 def require(action: str) -> Callable[..., Awaitable[User]]:
-    """Dependency: the caller's user, if a role grants `action` somewhere. Routes narrow it
-    to resources with `fleetcmd.server.access`. Refused writes are audited."""
+    """Dependency: the caller's user, if a role grants `action` on some resource of the kind
+    it acts on (`RbacCache.can`: the system's actions need `*:*:*`). The route then checks the
+    resources it touches: `fleetcmd.server.access` for the fleet, `security` for people.
+    Refused writes are audited."""
 
     async def check(request: Request, st: State) -> User:
-        user = token_user(st, bearer(request.headers.get("authorization", "")))
-        if not st.rbac.allowed(user, action):
+        user = token_user(st, bearer(request.headers.get("authorization", "")), request)
+        if not st.rbac.can(user, action):
             await deny(st, request, user, action)
         return user
 
     return check
 
 
+def user_proof(request: Request) -> str:
+    """The caller's user proof, forwarded to the indexer with what it files for them."""
+    proof = getattr(request.state, "user_proof", None)
+    if not isinstance(proof, str) or not proof:
+        raise Unauthorized("this token carries no user proof (it predates them); authenticate "
+                           "again")
+    return proof
+
+
 async def deny(st: ServerState, request: Request, user: User, action: str,
-               target: str | None = None, **details: Any) -> None:
+               target: str | None = None, why: str | None = None, **details: Any) -> None:
     """Raise 403 `forbidden`; a refused change (not a read) joins the audit trail."""
     if request.method not in ("GET", "HEAD"):
         await audit.record(st, _audit_action(action), actor=user.name,
                            outcome=audit.DENIED, request=request, target=target,
                            details={"permission": action, **details})
     raise Forbidden(f"user '{user.name}' may not {action}"
-                    + (f" on {target}" if target else ""),
+                    + (f" on {target}" if target else "") + (f": {why}" if why else ""),
                     action=action, roles=list(user.roles), **details)
 
 

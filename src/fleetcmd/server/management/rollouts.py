@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleetcmd.server import audit
 from fleetcmd.server.access import Reader as ReadScope
 from fleetcmd.server.indexer_client import IndexerError
-from fleetcmd.server.management.auth import State, deny, require
+from fleetcmd.server.management.auth import State, deny, require, user_proof
 from fleetcmd.server.rbac import User
 from fleetcmd.server.state import ServerState
 
@@ -49,7 +49,8 @@ async def control_rollout(task_id: int, action: Literal["pause", "resume", "abor
     source = ("dashboard" if request.headers.get("x-fleetcmd-source", "").lower() == "dashboard"
               else "management-api")
     await check_task_access(st, request, user, "rollout:control", task_id)
-    payload = {"user": user.name, "source": source, "reason": body.reason if body else "",
+    payload = {"user": user.name, "proof": user_proof(request), "source": source,
+               "reason": body.reason if body else "",
                "address": audit.client_address(request), "node": st.options.node_id}
     try:
         data = await st.indexer.post(f"/tasks/{task_id}/rollout/{action}", payload, retries=0)

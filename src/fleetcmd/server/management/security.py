@@ -1,7 +1,12 @@
 """People: users, roles and their assignment. Every change is an `rbac-change` task (row 15)
 that carries it: the task manager writes the `rbac` index and the task in one transaction,
 and each server node reloads its cache when its command arrives. This node reloads at once,
-so the answer already reflects the change."""
+so the answer already reflects the change.
+
+Each route checks its action on the user or role it touches (`user:id:<name>`,
+`role:id:<name>`), and nobody creates, grants or changes more than they hold: the roles given
+to a user, the policies of a role, and the user or role being changed must all be covered by
+the caller's own policies."""
 
 from __future__ import annotations
 
@@ -15,8 +20,9 @@ from fleetcmd.errors import Conflict, InvalidParams, NotFound
 from fleetcmd.model.params import NAME_RE
 from fleetcmd.server import audit
 from fleetcmd.server.indexer_client import IndexerError
-from fleetcmd.server.management.auth import State, deny, require, token_user
-from fleetcmd.server.rbac import BUILTIN_ROLES, User, hash_password, parse_policies
+from fleetcmd.server.management.auth import State, deny, require, token_user, user_proof
+from fleetcmd.server.policies import Policy, parse_policies, role_resource, user_resource
+from fleetcmd.server.rbac import BUILTIN_ROLES, User, hash_password
 from fleetcmd.server.state import ServerState
 from fleetcmd.server.tokens import bearer
 
@@ -29,6 +35,7 @@ RoleCreator = Annotated[User, Depends(require("role:create"))]
 RoleUpdater = Annotated[User, Depends(require("role:update"))]
 RoleDeleter = Annotated[User, Depends(require("role:delete"))]
 MIN_PASSWORD = 10
+GIVEN = "the roles given grant more than you hold"
 
 
 def _password(v: str) -> str:
@@ -43,13 +50,24 @@ def _name(v: str) -> str:
     return v
 
 
+# The names the indexer records tasks under when a node files them in its own name.
+SERVICE_NAMES = frozenset({"node", "system", "engine", "content-manager", "command-manager",
+                           "fleetcmd-up"})
+
+
+def _person(v: str) -> str:
+    if v in SERVICE_NAMES:
+        raise ValueError(f"'{v}' names a service in the task list and audit trail, not a person")
+    return _name(v)
+
+
 class UserIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=128)
     password: str = Field(max_length=1024)
     roles: list[str] = Field(default_factory=list, max_length=32)
 
-    _n = field_validator("name")(_name)
+    _n = field_validator("name")(_person)
     _p = field_validator("password")(_password)
 
 
@@ -114,6 +132,7 @@ async def apply(
         "type": "rbac-change",
         "source": "management-api",
         "user": actor.name,
+        "proof": user_proof(request),
         "params": {"reason": f"{action} {target} by {actor.name}", "changes": [change]},
     }
     try:
@@ -153,9 +172,36 @@ def _known_roles(st: ServerState, roles: list[str]) -> None:
         raise InvalidParams(f"unknown role(s): {', '.join(unknown)}", known=sorted(st.rbac.roles))
 
 
+async def _check(
+    st: ServerState, request: Request, actor: User, action: str, resource: str, target: str
+) -> None:
+    """403 (audited if a change) unless `action` is granted to `actor` on `resource`."""
+    if not st.rbac.allowed(actor, action, resource):
+        await deny(st, request, actor, action, target)
+
+
+async def _within(
+    st: ServerState,
+    request: Request,
+    actor: User,
+    action: str,
+    target: str,
+    policies: list[Policy] | tuple[Policy, ...],
+    why: str,
+) -> None:
+    """403 (audited) if `policies` grant anything `actor` does not hold itself."""
+    beyond = st.rbac.beyond(actor, policies)
+    if beyond:
+        await deny(st, request, actor, action, target, why=f"{why} ({', '.join(beyond[:3])})",
+                   beyond=beyond)
+
+
 @router.get("/security/users")
-async def list_users(st: State, _: UserReader) -> dict[str, Any]:
-    return {"data": {"items": [u.to_json() for _, u in sorted(st.rbac.users.items())]}}
+async def list_users(st: State, actor: UserReader) -> dict[str, Any]:
+    """The users the caller may read."""
+    return {"data": {"items": [
+        u.to_json() for name, u in sorted(st.rbac.users.items())
+        if st.rbac.allowed(actor, "user:read", user_resource(name))]}}
 
 
 @router.get("/security/users/me")
@@ -166,7 +212,8 @@ async def whoami(request: Request, st: State) -> dict[str, Any]:
 
 
 @router.get("/security/users/{name}")
-async def get_user(name: str, st: State, _: UserReader) -> dict[str, Any]:
+async def get_user(name: str, request: Request, st: State, actor: UserReader) -> dict[str, Any]:
+    await _check(st, request, actor, "user:read", user_resource(name), f"user:{name}")
     return {"data": _user(st, name).to_json()}
 
 
@@ -174,9 +221,13 @@ async def get_user(name: str, st: State, _: UserReader) -> dict[str, Any]:
 async def create_user(
     body: UserIn, request: Request, st: State, actor: UserCreator
 ) -> dict[str, Any]:
+    target = f"user:{body.name}"
+    await _check(st, request, actor, "user:create", user_resource(body.name), target)
     if body.name in st.rbac.users:
         raise Conflict(f"user '{body.name}' already exists")
     _known_roles(st, body.roles)
+    await _within(st, request, actor, "user:create", target, st.rbac.role_policies(body.roles),
+                  GIVEN)
     digest = await asyncio.to_thread(hash_password, body.password)
     await apply(
         st,
@@ -200,6 +251,8 @@ async def update_user(
     name: str, body: UserPatch, request: Request, st: State, actor: UserUpdater
 ) -> dict[str, Any]:
     """Assign roles and/or disable; every token the user holds stops working."""
+    target = f"user:{name}"
+    await _check(st, request, actor, "user:update", user_resource(name), target)
     before = _user(st, name)
     changes = body.model_dump(exclude_none=True)
     if not changes:
@@ -208,8 +261,12 @@ async def update_user(
         body.disabled or (body.roles is not None and body.roles != list(before.roles))
     ):
         raise Conflict("you cannot disable yourself or change your own roles")
+    await _within(st, request, actor, "user:update", target,
+                  st.rbac.role_policies(before.roles), f"user '{name}' holds more than you")
     if body.roles is not None:
         _known_roles(st, body.roles)
+        await _within(st, request, actor, "user:update", target,
+                      st.rbac.role_policies(body.roles), GIVEN)
     action = (
         "user.disable"
         if body.disabled
@@ -233,10 +290,12 @@ async def update_user(
 async def change_password(
     name: str, body: PasswordIn, request: Request, st: State
 ) -> dict[str, Any]:
-    """`user:update`, or the user itself with its `current_password`. Revokes its tokens."""
-    actor = token_user(st, bearer(request.headers.get("authorization", "")))
+    """`user:update` on a user who holds no more than the caller, or the user itself with its
+    `current_password`. Revokes its tokens."""
+    actor = token_user(st, bearer(request.headers.get("authorization", "")), request)
     target = _user(st, name)
-    if name == actor.name and not st.rbac.allowed(actor, "user:update"):
+    may_update = st.rbac.allowed(actor, "user:update", user_resource(name))
+    if name == actor.name and not may_update:
         if (
             body.current_password is None
             or await st.rbac.verify(name, body.current_password) is None
@@ -251,8 +310,12 @@ async def change_password(
                 details={"reason": "current password wrong or missing"},
             )
             raise InvalidParams("give your 'current_password' to change it")
-    elif not st.rbac.allowed(actor, "user:update"):
+    elif not may_update:
         await deny(st, request, actor, "user:update", f"user:{name}")
+    elif name != actor.name:
+        # Setting the password of a broader user would be taking over its account.
+        await _within(st, request, actor, "user:update", f"user:{name}",
+                      st.rbac.role_policies(target.roles), f"user '{name}' holds more than you")
     digest = await asyncio.to_thread(hash_password, body.password)
     await apply(
         st,
@@ -266,7 +329,8 @@ async def change_password(
     return {"data": _user(st, name).to_json()}
 
 
-def _role(st: ServerState, name: str) -> dict[str, Any]:
+def _role(st: ServerState, name: str, reader: User) -> dict[str, Any]:
+    """The role and those of its users `reader` may read."""
     if name not in st.rbac.roles:
         raise NotFound(f"role '{name}' not found")
     return {
@@ -274,37 +338,53 @@ def _role(st: ServerState, name: str) -> dict[str, Any]:
         "builtin": name in BUILTIN_ROLES,
         "description": st.rbac.descriptions.get(name, ""),
         "policies": [p.to_json() for p in st.rbac.roles[name]],
-        "users": sorted(u.name for u in st.rbac.users.values() if name in u.roles),
+        "users": sorted(
+            u.name
+            for u in st.rbac.users.values()
+            if name in u.roles and st.rbac.allowed(reader, "user:read", user_resource(u.name))
+        ),
     }
 
 
 @router.get("/security/roles")
-async def list_roles(st: State, _: RoleReader) -> dict[str, Any]:
-    return {"data": {"items": [_role(st, n) for n in sorted(st.rbac.roles)]}}
+async def list_roles(st: State, actor: RoleReader) -> dict[str, Any]:
+    """The roles the caller may read."""
+    return {"data": {"items": [
+        _role(st, n, actor) for n in sorted(st.rbac.roles)
+        if st.rbac.allowed(actor, "role:read", role_resource(n))]}}
 
 
 @router.get("/security/roles/{name}")
-async def get_role(name: str, st: State, _: RoleReader) -> dict[str, Any]:
-    return {"data": _role(st, name)}
+async def get_role(name: str, request: Request, st: State, actor: RoleReader) -> dict[str, Any]:
+    await _check(st, request, actor, "role:read", role_resource(name), f"role:{name}")
+    return {"data": _role(st, name, actor)}
 
 
 @router.put("/security/roles/{name}")
 async def put_role(
     name: str, body: RoleIn, request: Request, st: State, actor: RoleCreator
 ) -> dict[str, Any]:
-    """Create or replace a role (needs role:create, and role:update to replace)."""
+    """Create or replace a role (role:create on it, and role:update to replace), granting
+    nothing the caller does not hold."""
     try:
         _name(name)
     except ValueError as exc:
         raise InvalidParams(str(exc)) from None
     if name in BUILTIN_ROLES:
         raise Conflict(f"role '{name}' is built in and cannot be changed")
+    target = f"role:{name}"
+    await _check(st, request, actor, "role:create", role_resource(name), target)
     exists = name in st.rbac.roles
-    if exists and not st.rbac.allowed(actor, "role:update"):
-        await deny(st, request, actor, "role:update", f"role:{name}")
+    if exists:
+        await _check(st, request, actor, "role:update", role_resource(name), target)
+        await _within(st, request, actor, "role:update", target, st.rbac.roles[name],
+                      f"role '{name}' grants more than you hold")
     doc = body.model_dump()
-    if not parse_policies(doc["policies"]):
+    policies = parse_policies(doc["policies"])
+    if not policies:
         raise InvalidParams("a role needs at least one policy")
+    await _within(st, request, actor, "role:update" if exists else "role:create", target,
+                  policies, "the role would grant more than you hold")
     await apply(
         st,
         request,
@@ -314,12 +394,16 @@ async def put_role(
         {"kind": "role", "name": name, "op": "update" if exists else "create", "set": doc},
         {"policies": doc["policies"]},
     )
-    return {"data": _role(st, name)}
+    return {"data": _role(st, name, actor)}
 
 
 @router.delete("/security/roles/{name}")
 async def delete_role(name: str, request: Request, st: State, actor: RoleDeleter) -> dict[str, Any]:
-    _role(st, name)
+    target = f"role:{name}"
+    await _check(st, request, actor, "role:delete", role_resource(name), target)
+    _role(st, name, actor)
+    await _within(st, request, actor, "role:delete", target, st.rbac.roles[name],
+                  f"role '{name}' grants more than you hold")
     await apply(
         st,
         request,

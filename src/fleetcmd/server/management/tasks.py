@@ -13,7 +13,7 @@ from fleetcmd.errors import FleetError
 from fleetcmd.server import audit
 from fleetcmd.server.access import Reader, check_task
 from fleetcmd.server.indexer_client import IndexerError
-from fleetcmd.server.management.auth import State, deny, require
+from fleetcmd.server.management.auth import State, deny, require, user_proof
 from fleetcmd.server.rbac import User
 from fleetcmd.server.state import ServerState
 
@@ -44,7 +44,8 @@ async def file_task(st: ServerState, request: Request, user: User, body: TaskIn,
         await audit.record(st, "task.create", actor=user.name, outcome=audit.DENIED,
                            request=request, details={**details, "reason": exc.message})
         raise
-    payload = {**body.model_dump(exclude_none=True), "user": user.name, "source": source}
+    payload = {**body.model_dump(exclude_none=True), "user": user.name, "source": source,
+               "proof": user_proof(request)}
     # Every task crosses to the indexer with a key, so that a retry after a lost answer
     # returns the task it wrote instead of writing a second one.
     ours = body.idempotency_key is None
