@@ -57,8 +57,12 @@ class Attribution:
         details: dict[str, Any] = {"type": type_, "source": source, "credential": "node"}
         if self.claimed != self.user:
             details["claimed_user"] = self.claimed
-        return {"actor": self.user, "action": "task.create", "outcome": "success",
-                "details": details}
+        return {
+            "actor": self.user,
+            "action": "task.create",
+            "outcome": "success",
+            "details": details,
+        }
 
 
 class UserProofs:
@@ -83,16 +87,29 @@ class UserProofs:
         if doc is None or doc.get("disabled"):
             raise Unauthorized("bad user name or password")
         now = int(time.time())
-        claims = {"sub": name, "gen": int(doc.get("generation", 0)), "aud": AUDIENCE,
-                  "iat": now, "exp": now + int(self.ttl)}
-        return {"proof": jwt.encode(claims, self._secret, algorithm="HS256"),
-                "user": name, "expires_at": claims["exp"]}
+        claims = {
+            "sub": name,
+            "gen": int(doc.get("generation", 0)),
+            "aud": AUDIENCE,
+            "iat": now,
+            "exp": now + int(self.ttl),
+        }
+        return {
+            "proof": jwt.encode(claims, self._secret, algorithm="HS256"),
+            "user": name,
+            "expires_at": claims["exp"],
+        }
 
     def verify(self, proof: str) -> str:
         """The user a proof names, or `BadUserProof` saying why not."""
         try:
-            claims = jwt.decode(proof, self._secret, algorithms=["HS256"], audience=AUDIENCE,
-                                options={"require": ["sub", "gen", "exp", "aud"]})
+            claims = jwt.decode(
+                proof,
+                self._secret,
+                algorithms=["HS256"],
+                audience=AUDIENCE,
+                options={"require": ["sub", "gen", "exp", "aud"]},
+            )
         except jwt.ExpiredSignatureError:
             raise BadUserProof("the user proof expired; log in again") from None
         except jwt.PyJWTError:
@@ -103,13 +120,13 @@ class UserProofs:
             raise BadUserProof(f"user '{name}' is gone or disabled")
         if int(doc.get("generation", 0)) != claims["gen"]:
             raise BadUserProof(
-                f"the user proof of '{name}' was revoked (roles or password changed); log in "
-                "again"
+                f"the user proof of '{name}' was revoked (roles or password changed); log in again"
             )
         return name
 
-    def attribute(self, claimed: str | None, proof: str | None, *,
-                  people: bool = False) -> Attribution:
+    def attribute(
+        self, claimed: str | None, proof: str | None, *, people: bool = False
+    ) -> Attribution:
         """Who a request from a node is recorded under. `people`: it changes users or roles,
         which only a person's proof may do."""
         if proof is not None:
@@ -118,8 +135,10 @@ class UserProofs:
                 raise BadUserProof(f"the user proof is for '{name}', not '{claimed}'")
             return Attribution(name, True, name)
         if people:
-            raise Forbidden("users and roles change only on a person's request (a user proof "
-                            "from the Management API); a node credential alone may not")
+            raise Forbidden(
+                "users and roles change only on a person's request (a user proof "
+                "from the Management API); a node credential alone may not"
+            )
         claimed = claimed or SYSTEM
         if self._user(claimed) is not None:
             return Attribution(NODE, False, claimed)

@@ -163,8 +163,10 @@ def uncovered(held: Sequence[Policy], wanted: Iterable[Policy], limit: int = 10)
     `limit`); empty when every pair is granted by one of the held policies."""
     out: list[str] = []
     for q in wanted:
-        covered = [{r for r in q.resources if any(resource_covers(x, r) for x in p.resources)}
-                   for p in held]
+        covered = [
+            {r for r in q.resources if any(resource_covers(x, r) for x in p.resources)}
+            for p in held
+        ]
         for a in q.actions:
             reach: set[str] = set()
             for p, resources in zip(held, covered, strict=True):
