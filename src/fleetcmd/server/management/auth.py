@@ -80,8 +80,9 @@ async def _proof(st: ServerState, name: str, password: str) -> str | None:
     """The indexer's proof of `name` (None: the store says no, e.g. a password changed on
     another node a moment ago)."""
     try:
+        # Issuing a proof changes nothing, so a lost answer may be asked again.
         data = await st.indexer.post("/user-proofs", {"user": name, "password": password},
-                                     retries=1)
+                                     retries=1, idempotent=True)
     except IndexerError as exc:
         if exc.status == 401:
             return None
