@@ -149,7 +149,8 @@ async def check_task(st: ServerState, user: User, type_: str, params: dict[str, 
         denied = sorted(g for g in dropped if gscope is None or not gscope.group(g))
         if denied:
             raise Forbidden(
-                f"user '{user.name}' may not group:update on group(s) " + ", ".join(denied[:20])
+                f"user '{user.name}' may not group:update on group(s) "
+                + ", ".join(denied[:20])
                 + " (mode 'set' would remove the agents from them)",
                 action="group:update",
                 groups=denied[:100],

@@ -21,8 +21,12 @@ class TaskIn(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     source: str = "management-api"
     user: str | None = Field(default=None, min_length=1, max_length=128)
-    proof: str | None = Field(default=None, min_length=1, max_length=4096,
-                              description="The person's user proof (`POST /user-proofs`).")
+    proof: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="The person's user proof (`POST /user-proofs`).",
+    )
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     timeout: float | None = Field(default=None, gt=0, le=30 * 86400)
     expires_in: float | None = Field(default=None, gt=0, le=30 * 86400)

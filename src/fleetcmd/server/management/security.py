@@ -51,8 +51,9 @@ def _name(v: str) -> str:
 
 
 # The names the indexer records tasks under when a node files them in its own name.
-SERVICE_NAMES = frozenset({"node", "system", "engine", "content-manager", "command-manager",
-                           "fleetcmd-up"})
+SERVICE_NAMES = frozenset(
+    {"node", "system", "engine", "content-manager", "command-manager", "fleetcmd-up"}
+)
 
 
 def _person(v: str) -> str:
@@ -192,16 +193,29 @@ async def _within(
     """403 (audited) if `policies` grant anything `actor` does not hold itself."""
     beyond = st.rbac.beyond(actor, policies)
     if beyond:
-        await deny(st, request, actor, action, target, why=f"{why} ({', '.join(beyond[:3])})",
-                   beyond=beyond)
+        await deny(
+            st,
+            request,
+            actor,
+            action,
+            target,
+            why=f"{why} ({', '.join(beyond[:3])})",
+            beyond=beyond,
+        )
 
 
 @router.get("/security/users")
 async def list_users(st: State, actor: UserReader) -> dict[str, Any]:
     """The users the caller may read."""
-    return {"data": {"items": [
-        u.to_json() for name, u in sorted(st.rbac.users.items())
-        if st.rbac.allowed(actor, "user:read", user_resource(name))]}}
+    return {
+        "data": {
+            "items": [
+                u.to_json()
+                for name, u in sorted(st.rbac.users.items())
+                if st.rbac.allowed(actor, "user:read", user_resource(name))
+            ]
+        }
+    }
 
 
 @router.get("/security/users/me")
@@ -226,8 +240,9 @@ async def create_user(
     if body.name in st.rbac.users:
         raise Conflict(f"user '{body.name}' already exists")
     _known_roles(st, body.roles)
-    await _within(st, request, actor, "user:create", target, st.rbac.role_policies(body.roles),
-                  GIVEN)
+    await _within(
+        st, request, actor, "user:create", target, st.rbac.role_policies(body.roles), GIVEN
+    )
     digest = await asyncio.to_thread(hash_password, body.password)
     await apply(
         st,
@@ -261,12 +276,20 @@ async def update_user(
         body.disabled or (body.roles is not None and body.roles != list(before.roles))
     ):
         raise Conflict("you cannot disable yourself or change your own roles")
-    await _within(st, request, actor, "user:update", target,
-                  st.rbac.role_policies(before.roles), f"user '{name}' holds more than you")
+    await _within(
+        st,
+        request,
+        actor,
+        "user:update",
+        target,
+        st.rbac.role_policies(before.roles),
+        f"user '{name}' holds more than you",
+    )
     if body.roles is not None:
         _known_roles(st, body.roles)
-        await _within(st, request, actor, "user:update", target,
-                      st.rbac.role_policies(body.roles), GIVEN)
+        await _within(
+            st, request, actor, "user:update", target, st.rbac.role_policies(body.roles), GIVEN
+        )
     action = (
         "user.disable"
         if body.disabled
@@ -314,8 +337,15 @@ async def change_password(
         await deny(st, request, actor, "user:update", f"user:{name}")
     elif name != actor.name:
         # Setting the password of a broader user would be taking over its account.
-        await _within(st, request, actor, "user:update", f"user:{name}",
-                      st.rbac.role_policies(target.roles), f"user '{name}' holds more than you")
+        await _within(
+            st,
+            request,
+            actor,
+            "user:update",
+            f"user:{name}",
+            st.rbac.role_policies(target.roles),
+            f"user '{name}' holds more than you",
+        )
     digest = await asyncio.to_thread(hash_password, body.password)
     await apply(
         st,
@@ -349,9 +379,15 @@ def _role(st: ServerState, name: str, reader: User) -> dict[str, Any]:
 @router.get("/security/roles")
 async def list_roles(st: State, actor: RoleReader) -> dict[str, Any]:
     """The roles the caller may read."""
-    return {"data": {"items": [
-        _role(st, n, actor) for n in sorted(st.rbac.roles)
-        if st.rbac.allowed(actor, "role:read", role_resource(n))]}}
+    return {
+        "data": {
+            "items": [
+                _role(st, n, actor)
+                for n in sorted(st.rbac.roles)
+                if st.rbac.allowed(actor, "role:read", role_resource(n))
+            ]
+        }
+    }
 
 
 @router.get("/security/roles/{name}")
@@ -377,14 +413,28 @@ async def put_role(
     exists = name in st.rbac.roles
     if exists:
         await _check(st, request, actor, "role:update", role_resource(name), target)
-        await _within(st, request, actor, "role:update", target, st.rbac.roles[name],
-                      f"role '{name}' grants more than you hold")
+        await _within(
+            st,
+            request,
+            actor,
+            "role:update",
+            target,
+            st.rbac.roles[name],
+            f"role '{name}' grants more than you hold",
+        )
     doc = body.model_dump()
     policies = parse_policies(doc["policies"])
     if not policies:
         raise InvalidParams("a role needs at least one policy")
-    await _within(st, request, actor, "role:update" if exists else "role:create", target,
-                  policies, "the role would grant more than you hold")
+    await _within(
+        st,
+        request,
+        actor,
+        "role:update" if exists else "role:create",
+        target,
+        policies,
+        "the role would grant more than you hold",
+    )
     await apply(
         st,
         request,
@@ -402,8 +452,15 @@ async def delete_role(name: str, request: Request, st: State, actor: RoleDeleter
     target = f"role:{name}"
     await _check(st, request, actor, "role:delete", role_resource(name), target)
     _role(st, name, actor)
-    await _within(st, request, actor, "role:delete", target, st.rbac.roles[name],
-                  f"role '{name}' grants more than you hold")
+    await _within(
+        st,
+        request,
+        actor,
+        "role:delete",
+        target,
+        st.rbac.roles[name],
+        f"role '{name}' grants more than you hold",
+    )
     await apply(
         st,
         request,
