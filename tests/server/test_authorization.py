@@ -273,6 +273,15 @@ def test_the_node_credential_cannot_file_a_task_in_a_persons_name(f: Fleet) -> N
     proof = node.post("/user-proofs", json={"user": "dora", "password": PW}).json()["data"]["proof"]
     r = node.post("/tasks", json={**rescan, "user": "admin", "proof": proof})
     assert r.status_code == 401 and "dora" in r.json()["message"]
+    kid = jwt.get_unverified_header(proof)["kid"]
+    forged = jwt.encode(
+        jwt.decode(proof, options={"verify_signature": False}),
+        JWT_KEY,
+        algorithm="HS256",
+        headers={"kid": kid},
+    )
+    r = node.post("/tasks", json={**rescan, "user": "dora", "proof": forged})
+    assert r.status_code == 401 and "does not verify" in r.json()["message"]
     r = node.post("/tasks", json={**rescan, "user": "dora", "proof": proof})
     assert r.status_code == 202 and r.json()["data"]["user"] == "dora"
     assert f.admin.patch("/security/users/dora", json={"roles": ["readonly"]}).status_code == 200

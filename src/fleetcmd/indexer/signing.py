@@ -93,9 +93,11 @@ class CommandSigner:
     """Signs agent-bound commands with the current key; publishes current and next keys."""
 
     def __init__(self, current: Ed25519PrivateKey, next_key: Ed25519PrivateKey | None = None,
-                 endorsement: dict[str, str] | None = None) -> None:
+                 endorsement: dict[str, str] | None = None,
+                 retired: list[Ed25519PrivateKey] | None = None) -> None:
         self.current = current
         self.next = next_key
+        self.retired = retired or []
         self.key_id = cs.key_id(current.public_key())
         # {"by": key id, "sig": …}: the previous key vouching for the current one.
         self.endorsement = endorsement
@@ -106,16 +108,19 @@ class CommandSigner:
         write the public keyring next to them (or to `public_out`)."""
         current = load_or_create(key_path)
         nxt = next_path(key_path)
+        retired = _retired(key_path)
         signer = cls(current, load_private(nxt) if nxt.exists() else None,
-                     _endorsement(key_path, cs.public_base64(current.public_key())))
-        signer.write_public(public_out or key_path.with_name(PUBLIC_FILE),
-                            _retired(key_path))
+                     _endorsement(key_path, cs.public_base64(current.public_key())), retired)
+        signer.write_public(public_out or key_path.with_name(PUBLIC_FILE), retired)
         return signer
 
-    def derive(self, label: bytes) -> bytes:
-        """A secret only holders of the current key can compute (HMAC of its raw bytes), so
-        indexers sharing the key agree on it and no server node can: the user-proof key."""
-        return hmac.new(self.current.private_bytes_raw(), label, hashlib.sha256).digest()
+    def derive(self, label: bytes) -> dict[str, bytes]:
+        """Secrets only holders of the keys can compute (an HMAC of each key's raw bytes), by
+        key id, the current key's first: indexers sharing the keys agree on them and no
+        server node can. The user-proof keys; the others keep verifying across a rotation."""
+        keys = [self.current, *([self.next] if self.next else []), *self.retired]
+        return {cs.key_id(k.public_key()): hmac.new(k.private_bytes_raw(), label,
+                                                    hashlib.sha256).digest() for k in keys}
 
     def sign(self, doc: dict[str, Any], expires_at: float) -> dict[str, Any]:
         """Add `signature` to an agent-bound command document (in place; returned)."""

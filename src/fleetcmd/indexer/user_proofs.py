@@ -4,15 +4,17 @@ A server node holds the node credential and the JWT key, so it could mint any pe
 and name any user on `POST /tasks`. The indexer therefore asks for a *user proof*: when a
 person logs in, the server passes the password on to `POST /user-proofs`; the indexer checks
 it against the `rbac` index and answers a JWT (HS256, 12 hours) under a key derived from its
-command-signing key (`CommandSigner.derive`), which no server holds. The server keeps the
+command-signing key (`CommandSigner.derive`), which no server holds; proofs made under a key
+since promoted or retired keep verifying while the indexer keeps that key. The server keeps the
 proof inside the person's token and forwards it with each task and rollout action it files
 for them. A proof stops working when its user is disabled or its roles or password change
 (the user's token generation, as for tokens).
 
 Without a proof a request is the node's own (`attribute`): a name that belongs to a person
 is replaced by `node`; other names (`engine`, `content-manager`, `system`, ...) are the
-services that file unattended tasks. Either way the indexer audits the task in its own
-transaction. Users and roles change only with a proof."""
+services that file unattended tasks. The indexer audits such a task in the task's own
+transaction (a person's task is audited by the server that files it, with the caller's
+address). Users and roles change only with a proof."""
 
 from __future__ import annotations
 
@@ -66,9 +68,11 @@ class Attribution:
 
 
 class UserProofs:
-    def __init__(self, store: SqlStore, secret: bytes, ttl: float = TTL) -> None:
+    def __init__(self, store: SqlStore, secrets: dict[str, bytes], ttl: float = TTL) -> None:
+        """`secrets` by key id: proofs are made with the first, checked with any."""
         self.store = store
-        self._secret = secret
+        self._kid, self._secret = next(iter(secrets.items()))
+        self._secrets = secrets
         self.ttl = ttl
 
     def _user(self, name: str) -> dict[str, Any] | None:
@@ -95,7 +99,9 @@ class UserProofs:
             "exp": now + int(self.ttl),
         }
         return {
-            "proof": jwt.encode(claims, self._secret, algorithm="HS256"),
+            "proof": jwt.encode(
+                claims, self._secret, algorithm="HS256", headers={"kid": self._kid}
+            ),
             "user": name,
             "expires_at": claims["exp"],
         }
@@ -103,9 +109,12 @@ class UserProofs:
     def verify(self, proof: str) -> str:
         """The user a proof names, or `BadUserProof` saying why not."""
         try:
+            secret = self._secrets.get(str(jwt.get_unverified_header(proof).get("kid")))
+            if secret is None:
+                raise BadUserProof("the user proof is not under a key this indexer holds")
             claims = jwt.decode(
                 proof,
-                self._secret,
+                secret,
                 algorithms=["HS256"],
                 audience=AUDIENCE,
                 options={"require": ["sub", "gen", "exp", "aud"]},
