@@ -19,9 +19,15 @@ from server.harness import ENROLLMENT_KEY, FakeAgent, Server, file_task, login, 
 from support import Indexer, Role, store_url_for, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
 READER, READER_PASSWORD = "reader", "pw-reader-dashboard"
 
@@ -64,7 +70,7 @@ class DashFleet:
         """Agents straight into the indexer (never connected), as enrollment would."""
         with self.indexer.client() as idx:
             for i in range(0, len(agents), 5_000):
-                r = idx.post("/agents", json={"agents": agents[i:i + 5_000]}, timeout=300)
+                r = idx.post("/agents", json={"agents": agents[i : i + 5_000]}, timeout=300)
                 assert r.status_code == 200, r.text
 
 
@@ -73,8 +79,10 @@ def dashboard_session(url: str, user: str, password: str) -> httpx.Client:
     client = httpx.Client(base_url=url, timeout=60)
     form = client.get("/app/login").text
     csrf = re.search(r'name="csrf_token" value="([0-9a-f]+)"', form).group(1)  # type: ignore[union-attr]
-    r = client.post("/app/login", data={"csrf_token": csrf, "username": user,
-                                        "password": password, "next": "/app/"})
+    r = client.post(
+        "/app/login",
+        data={"csrf_token": csrf, "username": user, "password": password, "next": "/app/"},
+    )
     assert r.status_code == 303, r.text
     return client
 
@@ -90,25 +98,56 @@ def dash_fleet(tmp: Path, real_agents: int = 2) -> Iterator[DashFleet]:
             roles.append(srv)
             password = (srv.data_dir / "admin.password").read_text().strip()
             api = login(srv.api, "admin", password)
-            for group, conf in (("web", {"log_level": "info", "sca": {"enabled": True}}),
-                                ("linux", {"inventory": {"interval": 3600}})):
-                task_final(api, file_task(api, "group-configuration-change",
-                                          {"group": group, "configuration": conf})["id"])
+            for group, conf in (
+                ("web", {"log_level": "info", "sca": {"enabled": True}}),
+                ("linux", {"inventory": {"interval": 3600}}),
+            ):
+                task_final(
+                    api,
+                    file_task(
+                        api, "group-configuration-change", {"group": group, "configuration": conf}
+                    )["id"],
+                )
             fleet = DashFleet(idx, srv, password, api, roles=roles)
             for i in range(real_agents):
                 name = f"edge-{i + 1}"
                 state = tmp / name
-                roles.append(Role(name, ["agent", "--server", srv.comms, "--enrollment-key",
-                                         ENROLLMENT_KEY, "--name", name, "--state-dir",
-                                         str(state), "--log-level", "warning"], tmp).start())
+                roles.append(
+                    Role(
+                        name,
+                        [
+                            "agent",
+                            "--server",
+                            srv.comms,
+                            "--enrollment-key",
+                            ENROLLMENT_KEY,
+                            "--name",
+                            name,
+                            "--state-dir",
+                            str(state),
+                            "--log-level",
+                            "warning",
+                        ],
+                        tmp,
+                    ).start()
+                )
                 fleet.agents[name] = wait_until(
-                    lambda s=state: s.is_dir() and status_of(s).get("id"), 30,
-                    what=f"{name} enrolled")
-            wait_until(lambda: all(
-                api.get(f"/agents/{a}").json()["data"]["status"] == "active"
-                for a in fleet.agents.values()), 30, what="real agents active")
-            api.post("/security/users", json={"name": READER, "password": READER_PASSWORD,
-                                              "roles": ["readonly"]}).raise_for_status()
+                    lambda s=state: s.is_dir() and status_of(s).get("id"),
+                    30,
+                    what=f"{name} enrolled",
+                )
+            wait_until(
+                lambda: all(
+                    api.get(f"/agents/{a}").json()["data"]["status"] == "active"
+                    for a in fleet.agents.values()
+                ),
+                30,
+                what="real agents active",
+            )
+            api.post(
+                "/security/users",
+                json={"name": READER, "password": READER_PASSWORD, "roles": ["readonly"]},
+            ).raise_for_status()
             task_final(api, file_task(api, "rbac-change", {"reason": "dashboard reader"})["id"])
             yield fleet
         finally:

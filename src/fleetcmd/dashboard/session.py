@@ -136,15 +136,24 @@ def check_post(request: Request, form: dict[str, str]) -> None:
     sid = session_id(request)
     token = form.get(CSRF_FIELD, "")
     if sid is None or not hmac.compare_digest(token, csrf_for(state(request), sid)):
-        raise Denied("the form expired or did not come from this dashboard; reload the page "
-                     "and try again")
+        raise Denied(
+            "the form expired or did not come from this dashboard; reload the page and try again"
+        )
 
 
-def set_cookie(request: Request, response: Response, name: str, value: str,
-               max_age: int | None) -> None:
+def set_cookie(
+    request: Request, response: Response, name: str, value: str, max_age: int | None
+) -> None:
     """HttpOnly, SameSite=Strict, scoped to /app; Secure when served over HTTPS."""
-    response.set_cookie(name, value, max_age=max_age, path=COOKIE_PATH, httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
 
 
 def start_session(request: Request, response: Response, login: LoggedIn) -> None:

@@ -125,10 +125,13 @@ def create_app(store: SqlStore, options: IndexerOptions) -> FastAPI:
             loops.append(asyncio.create_task(rollout_loop(st)))
         other = await run_in_threadpool(record_key, store, st.signer)
         if other is not None:
-            log.error("another indexer of this store signs commands with key %s, this one with "
-                      "%s: agents refuse the commands of the key they do not trust; give every "
-                      "indexer the same --command-key file (docs/security.md)", other,
-                      st.signer.key_id)
+            log.error(
+                "another indexer of this store signs commands with key %s, this one with "
+                "%s: agents refuse the commands of the key they do not trust; give every "
+                "indexer the same --command-key file (docs/security.md)",
+                other,
+                st.signer.key_id,
+            )
         log.info("indexer ready on store %s", store.url.split("@")[-1])
         gctune.settle()
         yield

@@ -52,8 +52,9 @@ def next_path(current: Path) -> Path:
 def write_private(path: Path, key: Ed25519PrivateKey) -> None:
     """Create `path` (0600) whole or not at all; FileExistsError if it exists (never
     overwritten: indexers sharing one key file may start together)."""
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -92,9 +93,13 @@ def load_or_create(path: Path) -> Ed25519PrivateKey:
 class CommandSigner:
     """Signs agent-bound commands with the current key; publishes current and next keys."""
 
-    def __init__(self, current: Ed25519PrivateKey, next_key: Ed25519PrivateKey | None = None,
-                 endorsement: dict[str, str] | None = None,
-                 retired: list[Ed25519PrivateKey] | None = None) -> None:
+    def __init__(
+        self,
+        current: Ed25519PrivateKey,
+        next_key: Ed25519PrivateKey | None = None,
+        endorsement: dict[str, str] | None = None,
+        retired: list[Ed25519PrivateKey] | None = None,
+    ) -> None:
         self.current = current
         self.next = next_key
         self.retired = retired or []
@@ -109,8 +114,12 @@ class CommandSigner:
         current = load_or_create(key_path)
         nxt = next_path(key_path)
         retired = _retired(key_path)
-        signer = cls(current, load_private(nxt) if nxt.exists() else None,
-                     _endorsement(key_path, cs.public_base64(current.public_key())), retired)
+        signer = cls(
+            current,
+            load_private(nxt) if nxt.exists() else None,
+            _endorsement(key_path, cs.public_base64(current.public_key())),
+            retired,
+        )
         signer.write_public(public_out or key_path.with_name(PUBLIC_FILE), retired)
         return signer
 
@@ -119,14 +128,21 @@ class CommandSigner:
         key id, the current key's first: indexers sharing the keys agree on them and no
         server node can. The user-proof keys; the others keep verifying across a rotation."""
         keys = [self.current, *([self.next] if self.next else []), *self.retired]
-        return {cs.key_id(k.public_key()): hmac.new(k.private_bytes_raw(), label,
-                                                    hashlib.sha256).digest() for k in keys}
+        return {
+            cs.key_id(k.public_key()): hmac.new(
+                k.private_bytes_raw(), label, hashlib.sha256
+            ).digest()
+            for k in keys
+        }
 
     def sign(self, doc: dict[str, Any], expires_at: float) -> dict[str, Any]:
         """Add `signature` to an agent-bound command document (in place; returned)."""
-        sig: dict[str, Any] = {"v": cs.VERSION, "key_id": self.key_id,
-                               "nonce": secrets.token_urlsafe(16),
-                               "expires": math.ceil(expires_at)}
+        sig: dict[str, Any] = {
+            "v": cs.VERSION,
+            "key_id": self.key_id,
+            "nonce": secrets.token_urlsafe(16),
+            "expires": math.ceil(expires_at),
+        }
         sig["sig"] = cs.sign(self.current, cs.statement(doc, sig))
         doc["signature"] = sig
         return doc
@@ -141,22 +157,29 @@ class CommandSigner:
         doc: dict[str, Any] = {"current": current, "next": None}
         if self.next is not None:
             pub = cs.public_base64(self.next.public_key())
-            doc["next"] = {"id": cs.key_id(self.next.public_key()), "public": pub,
-                           "endorsed_by": self.key_id,
-                           "endorsement": cs.sign(self.current, cs.endorsement_statement(pub))}
+            doc["next"] = {
+                "id": cs.key_id(self.next.public_key()),
+                "public": pub,
+                "endorsed_by": self.key_id,
+                "endorsement": cs.sign(self.current, cs.endorsement_statement(pub)),
+            }
         return doc
 
     def write_public(self, path: Path, retired: list[Ed25519PrivateKey] | None = None) -> None:
         keys = self.public_keys()
-        lines = ["# fleetcmd command-signing public keys (give this file to agents with "
-                 "--command-key)", f"# current {keys['current']['id']}",
-                 keys["current"]["public"]]
+        lines = [
+            "# fleetcmd command-signing public keys (give this file to agents with --command-key)",
+            f"# current {keys['current']['id']}",
+            keys["current"]["public"],
+        ]
         if keys["next"] is not None:
             lines += [f"# next {keys['next']['id']}", keys["next"]["public"]]
         for old in retired or []:
-            lines += [f"# retired {cs.key_id(old.public_key())} (delete its key file once "
-                      "the commands it signed have expired)",
-                      cs.public_base64(old.public_key())]
+            lines += [
+                f"# retired {cs.key_id(old.public_key())} (delete its key file once "
+                "the commands it signed have expired)",
+                cs.public_base64(old.public_key()),
+            ]
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("\n".join(lines) + "\n")
         os.chmod(tmp, 0o644)
@@ -180,8 +203,7 @@ def record_key(store: SqlStore, signer: CommandSigner) -> str | None:
             return None
         if theirs is not None and mine.get("endorsed_by") != theirs:
             return str(theirs)
-        tx.put_document(*RECORD, {"id": mine["id"], "public": mine["public"],
-                                  "since": time.time()})
+        tx.put_document(*RECORD, {"id": mine["id"], "public": mine["public"], "since": time.time()})
     return None
 
 
@@ -207,8 +229,9 @@ def make_next(key_path: Path) -> str:
         raise FileExistsError(f"{nxt} exists already: promote it first")
     key = Ed25519PrivateKey.generate()
     write_private(nxt, key)
-    CommandSigner(load_private(key_path), key).write_public(key_path.with_name(PUBLIC_FILE),
-                                                            _retired(key_path))
+    CommandSigner(load_private(key_path), key).write_public(
+        key_path.with_name(PUBLIC_FILE), _retired(key_path)
+    )
     return cs.key_id(key.public_key())
 
 
@@ -222,8 +245,7 @@ def promote(key_path: Path) -> tuple[str, str]:
     new = load_private(nxt)
     old_id = cs.key_id(old.public_key())
     pub = cs.public_base64(new.public_key())
-    endorsement = {"by": old_id, "public": pub,
-                   "sig": cs.sign(old, cs.endorsement_statement(pub))}
+    endorsement = {"by": old_id, "public": pub, "sig": cs.sign(old, cs.endorsement_statement(pub))}
     key_path.with_name(ENDORSEMENT_FILE).write_text(json.dumps(endorsement) + "\n")
     os.replace(key_path, key_path.with_name(f"command-signing.{old_id}.retired.key"))
     os.replace(nxt, key_path)

@@ -64,8 +64,12 @@ class User:
     generation: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "roles": list(self.roles), "disabled": self.disabled,
-                "generation": self.generation}
+        return {
+            "name": self.name,
+            "roles": list(self.roles),
+            "disabled": self.disabled,
+            "generation": self.generation,
+        }
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,9 @@ class Scope:
         return self._any(_ANY_GROUP)
 
     def agent(self, agent_id: str, groups: Iterable[str]) -> bool:
-        return (self._any(f"agent:id:{agent_id}")
-                or any(self._any(f"agent:group:{g}") for g in groups))
+        return self._any(f"agent:id:{agent_id}") or any(
+            self._any(f"agent:group:{g}") for g in groups
+        )
 
     def agents_of_group(self, group: str) -> bool:
         """Every agent of `group` is in scope by its membership alone."""
@@ -109,12 +114,16 @@ class Scope:
         return self._any(f"group:id:{name}")
 
     def agent_ids(self) -> list[str]:
-        return [p.removeprefix("agent:id:") for p in self.patterns
-                if p.startswith("agent:id:") and not _wild(p)]
+        return [
+            p.removeprefix("agent:id:")
+            for p in self.patterns
+            if p.startswith("agent:id:") and not _wild(p)
+        ]
 
     def group_patterns(self) -> list[str]:
-        return [p.removeprefix("agent:group:") for p in self.patterns
-                if p.startswith("agent:group:")]
+        return [
+            p.removeprefix("agent:group:") for p in self.patterns if p.startswith("agent:group:")
+        ]
 
 
 def _wild(pattern: str) -> bool:
@@ -146,10 +155,13 @@ class RbacCache:
                 if not isinstance(body, dict) or not name:
                     continue
                 if kind == "users" and isinstance(body.get("password_hash"), str):
-                    users[name] = User(name, body["password_hash"],
-                                       tuple(str(r) for r in body.get("roles", [])),
-                                       bool(body.get("disabled", False)),
-                                       int(body.get("generation", 0)))
+                    users[name] = User(
+                        name,
+                        body["password_hash"],
+                        tuple(str(r) for r in body.get("roles", [])),
+                        bool(body.get("disabled", False)),
+                        int(body.get("generation", 0)),
+                    )
                 elif kind == "roles" and name not in BUILTIN_ROLES:
                     roles[name] = parse_policies(body.get("policies"))
                     descriptions[name] = str(body.get("description", ""))
@@ -181,8 +193,9 @@ class RbacCache:
 
     def scope(self, user: User, action: str) -> Scope | None:
         """Where `action` is granted to `user`, or None if nowhere."""
-        patterns = tuple(r for pol in self.policies(user) if pol.grants(action)
-                         for r in pol.resources)
+        patterns = tuple(
+            r for pol in self.policies(user) if pol.grants(action) for r in pol.resources
+        )
         return Scope(patterns) if patterns else None
 
     def allowed(self, user: User, action: str, resource: str) -> bool:
@@ -229,10 +242,16 @@ async def ensure_admin(indexer: IndexerClient, data_dir: Path) -> str | None:
         if exc.status != 404:
             raise
     password = secrets.token_urlsafe(18)
-    await indexer.put(f"/indexes/rbac/users/{ADMIN}",
-                      {"password_hash": await asyncio.to_thread(hash_password, password),
-                       "roles": ["administrator"], "disabled": False, "generation": 0,
-                       "created_at": time.time()})
+    await indexer.put(
+        f"/indexes/rbac/users/{ADMIN}",
+        {
+            "password_hash": await asyncio.to_thread(hash_password, password),
+            "roles": ["administrator"],
+            "disabled": False,
+            "generation": 0,
+            "created_at": time.time(),
+        },
+    )
     path = data_dir / "admin.password"
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

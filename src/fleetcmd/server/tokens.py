@@ -26,13 +26,18 @@ class TokenIssuer:
         # decoding it each time cost a tenth of the server's CPU under load.
         self._verified: dict[str, tuple[str, str, int]] = {}
 
-    def issue(self, subject: str, audience: str, generation: int | None = None,
-              proof: str | None = None) -> str:
+    def issue(
+        self, subject: str, audience: str, generation: int | None = None, proof: str | None = None
+    ) -> str:
         """`generation`: a person's token generation (see `rbac`); bumping it revokes.
         `proof`: the person's user proof from the indexer, forwarded with their tasks."""
         now = int(time.time())
-        claims: dict[str, Any] = {"sub": subject, "aud": audience, "iat": now,
-                                  "exp": now + int(self.ttl)}
+        claims: dict[str, Any] = {
+            "sub": subject,
+            "aud": audience,
+            "iat": now,
+            "exp": now + int(self.ttl),
+        }
         if generation is not None:
             claims["gen"] = generation
         if proof is not None:
@@ -43,8 +48,12 @@ class TokenIssuer:
         """All the claims of a valid token (people's tokens: the generation too)."""
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, self._key, algorithms=["HS256"], audience=audience,
-                options={"require": ["sub", "exp", "aud"]})
+                token,
+                self._key,
+                algorithms=["HS256"],
+                audience=audience,
+                options={"require": ["sub", "exp", "aud"]},
+            )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token expired; authenticate again") from None
         except jwt.PyJWTError:

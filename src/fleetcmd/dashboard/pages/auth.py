@@ -32,18 +32,31 @@ router = APIRouter()
 
 def _next(target: str | None) -> str:
     """Only a dashboard path may follow a login (no open redirect)."""
-    if target and target.startswith("/app/") and not target.startswith("//") \
-            and "\\" not in target and "/app/login" not in target:
+    if (
+        target
+        and target.startswith("/app/")
+        and not target.startswith("//")
+        and "\\" not in target
+        and "/app/login" not in target
+    ):
         return target
     return "/app/"
 
 
-def _login_page(request: Request, error: str = "", name: str = "", status: int = 200,
-                target: str | None = None) -> Response:
+def _login_page(
+    request: Request, error: str = "", name: str = "", status: int = 200, target: str | None = None
+) -> Response:
     sid = session_id(request) or new_session_id()
-    response = page(request, "login.html", None, status, error=error, name=name,
-                    csrf=csrf_for(state(request), sid),
-                    next=_next(target or request.query_params.get("next")))
+    response = page(
+        request,
+        "login.html",
+        None,
+        status,
+        error=error,
+        name=name,
+        csrf=csrf_for(state(request), sid),
+        next=_next(target or request.query_params.get("next")),
+    )
     if session_id(request) is None:
         set_cookie(request, response, SESSION_COOKIE, sid, None)
     return response
@@ -66,18 +79,25 @@ async def login(request: Request) -> Response:
     try:
         check_post(request, form)
     except Denied:
-        return _login_page(request, "The login form expired; try again.", name, 403,
-                           form.get("next"))
+        return _login_page(
+            request, "The login form expired; try again.", name, 403, form.get("next")
+        )
     if not name:
         return _login_page(request, "Bad user name or password.", name, 401, form.get("next"))
     try:
-        outcome = await login_user(state(request), request, name, form.get("password", ""),
-                                   "dashboard")
+        outcome = await login_user(
+            state(request), request, name, form.get("password", ""), "dashboard"
+        )
     except BadCredentials:
         return _login_page(request, "Bad user name or password.", name, 401, form.get("next"))
     if not isinstance(outcome, LoggedIn):
-        response = _login_page(request, f"Too many failed logins; try again in "
-                                        f"{math.ceil(outcome)} s.", name, 429, form.get("next"))
+        response = _login_page(
+            request,
+            f"Too many failed logins; try again in {math.ceil(outcome)} s.",
+            name,
+            429,
+            form.get("next"),
+        )
         response.headers["Retry-After"] = str(math.ceil(outcome))
         return response
     response = redirect(request, _next(form.get("next")))

@@ -42,13 +42,20 @@ async def list_tasks(request: Request, v: Viewing) -> Response:
     pager = Pager.of(request, 50, 200)
     filters = {k: q.get(k) or None for k in ("type", "status", "user", "source")}
     since, until = _epoch(q.get("since")), _epoch(q.get("until"))
-    data = await v.st.indexer.get("/tasks", **filters, since=since, until=until,
-                                  cursor=pager.cursor, limit=pager.size)
-    return page(request, "tasks.html", v, tasks=await v.reader("task:read").tasks(data["items"]),
-                pager=pager,
-                next=pager.next(data["next_cursor"]), prev=pager.previous(),
-                filters={**filters, "since": q.get("since", ""), "until": q.get("until", "")},
-                types=sorted(CATALOG))
+    data = await v.st.indexer.get(
+        "/tasks", **filters, since=since, until=until, cursor=pager.cursor, limit=pager.size
+    )
+    return page(
+        request,
+        "tasks.html",
+        v,
+        tasks=await v.reader("task:read").tasks(data["items"]),
+        pager=pager,
+        next=pager.next(data["next_cursor"]),
+        prev=pager.previous(),
+        filters={**filters, "since": q.get("since", ""), "until": q.get("until", "")},
+        types=sorted(CATALOG),
+    )
 
 
 async def _tree(v: Viewing, task: dict[str, Any]) -> dict[str, Any]:
@@ -61,14 +68,19 @@ async def _tree(v: Viewing, task: dict[str, Any]) -> dict[str, Any]:
     first["items"] = await v.reader("command:read").commands(first["items"])
     roots = [c for c in first["items"] if c["parent_id"] is None]
     expanded = [c for c in roots if c["expanded"]]
-    details = await asyncio.gather(*(v.st.indexer.get(f"/commands/{c['id']}")
-                                     for c in expanded[:10]))
+    details = await asyncio.gather(
+        *(v.st.indexer.get(f"/commands/{c['id']}") for c in expanded[:10])
+    )
     counts = {d["id"]: d.get("counts", {}) for d in details}
     flat = spec is not None and spec.expansion is Expansion.BY_TASK_MANAGER
-    return {"roots": roots if not flat else [], "counts": counts, "flat": flat,
-            "more_roots": bool(first["next_cursor"]) and not expanded and not flat,
-            "expansion": spec.expansion.value if spec else "unknown",
-            "receiver": spec.receiver.value if spec else "unknown"}
+    return {
+        "roots": roots if not flat else [],
+        "counts": counts,
+        "flat": flat,
+        "more_roots": bool(first["next_cursor"]) and not expanded and not flat,
+        "expansion": spec.expansion.value if spec else "unknown",
+        "receiver": spec.receiver.value if spec else "unknown",
+    }
 
 
 @router.get("/tasks/{task_id}")
@@ -76,23 +88,36 @@ async def task_detail(task_id: int, request: Request, v: Viewing) -> Response:
     v.require("task:read")
     q = request.query_params
     pager = Pager.of(request, 50, 500)
-    filters = {"status": q.get("status") or None, "target_id": q.get("target_id") or None,
-               "parent_id": int(q["parent_id"]) if q.get("parent_id", "").isdigit() else None}
+    filters = {
+        "status": q.get("status") or None,
+        "target_id": q.get("target_id") or None,
+        "parent_id": int(q["parent_id"]) if q.get("parent_id", "").isdigit() else None,
+    }
     task = await v.st.indexer.get(f"/tasks/{task_id}")
     if not await v.reader("task:read").task(task):
         v.deny("task:read", f"task {task_id}")
     tree, commands, rollout = await asyncio.gather(
         _tree(v, task),
-        v.st.indexer.get("/commands", task_id=task_id, **filters, cursor=pager.cursor,
-                         limit=pager.size),
-        _rollout(v, task_id))
-    return page(request, "task.html", v, task=task, tree=tree, rollout=rollout,
-                commands=await v.reader("command:read").commands(commands["items"]),
-                pager=pager,
-                next=pager.next(commands["next_cursor"]), prev=pager.previous(),
-                filters=filters,
-                parents=",".join(str(i) for i in tree["counts"]),
-                created=request.query_params.get("created"))
+        v.st.indexer.get(
+            "/commands", task_id=task_id, **filters, cursor=pager.cursor, limit=pager.size
+        ),
+        _rollout(v, task_id),
+    )
+    return page(
+        request,
+        "task.html",
+        v,
+        task=task,
+        tree=tree,
+        rollout=rollout,
+        commands=await v.reader("command:read").commands(commands["items"]),
+        pager=pager,
+        next=pager.next(commands["next_cursor"]),
+        prev=pager.previous(),
+        filters=filters,
+        parents=",".join(str(i) for i in tree["counts"]),
+        created=request.query_params.get("created"),
+    )
 
 
 async def _rollout(v: Viewing, task_id: int) -> dict[str, Any] | None:
@@ -107,22 +132,37 @@ async def _rollout(v: Viewing, task_id: int) -> dict[str, Any] | None:
 
 
 @router.post("/tasks/{task_id}/rollout/{action}")
-async def control_rollout(task_id: int, action: Literal["pause", "resume", "abort", "rollback"],
-                          request: Request, v: Viewing) -> Response:
+async def control_rollout(
+    task_id: int,
+    action: Literal["pause", "resume", "abort", "rollback"],
+    request: Request,
+    v: Viewing,
+) -> Response:
     """The rollout buttons: applied and audited by the indexer; a refusal is audited here."""
     form = await read_form(request)
     v.require("rollout:control")
     if not await v.reader("rollout:control").task(await v.st.indexer.get(f"/tasks/{task_id}")):
         v.deny("rollout:control", f"task {task_id}")
-    payload = {"user": v.name, "proof": user_proof(request), "source": "dashboard",
-               "reason": form.get("reason", "")[:1000],
-               "address": audit.client_address(request), "node": v.st.options.node_id}
+    payload = {
+        "user": v.name,
+        "proof": user_proof(request),
+        "source": "dashboard",
+        "reason": form.get("reason", "")[:1000],
+        "address": audit.client_address(request),
+        "node": v.st.options.node_id,
+    }
     try:
         await v.st.indexer.post(f"/tasks/{task_id}/rollout/{action}", payload, retries=0)
     except IndexerError as exc:
-        await audit.record(v.st, f"rollout.{action}", actor=v.name, outcome=audit.FAILURE,
-                           request=request, target=f"task:{task_id}",
-                           details={"status": exc.status, "message": exc.body.get("message")})
+        await audit.record(
+            v.st,
+            f"rollout.{action}",
+            actor=v.name,
+            outcome=audit.FAILURE,
+            request=request,
+            target=f"task:{task_id}",
+            details={"status": exc.status, "message": exc.body.get("message")},
+        )
         raise
     return redirect(request, f"/app/tasks/{task_id}?rollout={action}")
 
@@ -131,8 +171,7 @@ async def control_rollout(task_id: int, action: Literal["pause", "resume", "abor
 async def task_stream(task_id: int, request: Request, v: Viewing) -> Response:
     """Server-sent events: progress of one task (and of the parents shown in its tree)."""
     v.require("task:read")
-    parents = [int(p) for p in request.query_params.get("parents", "").split(",")
-               if p.isdigit()]
+    parents = [int(p) for p in request.query_params.get("parents", "").split(",") if p.isdigit()]
     if not await v.reader("task:read").task(await v.st.indexer.get(f"/tasks/{task_id}")):
         v.deny("task:read", f"task {task_id}")
     return event_stream(task_events(v.st, task_id, lambda: v.st.closed(request), parents))

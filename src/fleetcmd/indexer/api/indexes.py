@@ -38,9 +38,11 @@ CONTENT_INDEXES = (
 )
 RBAC = "rbac"
 FIRST_ADMIN = "users/admin"
-RBAC_WRITES = ("the rbac index changes only through rbac-change tasks filed with a user proof "
-               "(the Management API's /security routes); the node credential may only create "
-               "the first 'users/admin'")
+RBAC_WRITES = (
+    "the rbac index changes only through rbac-change tasks filed with a user proof "
+    "(the Management API's /security routes); the node credential may only create "
+    "the first 'users/admin'"
+)
 # The audit trail is not a document index: records are appended and read through /audit only.
 ENROLLMENT_REQUEST = r"^[A-Za-z0-9_-]{16,128}$"
 DOC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$")
@@ -148,7 +150,8 @@ async def agent_summary(st: Auth) -> dict[str, Any]:
 
 @router.get("/agents/removed")
 async def removed_agents(
-    st: Auth, since: Annotated[float, Query(ge=0)] = 0.0,
+    st: Auth,
+    since: Annotated[float, Query(ge=0)] = 0.0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
 ) -> dict[str, Any]:
     """Agents removed since `since` (epoch seconds): servers revoke their tokens."""
@@ -210,8 +213,10 @@ def _applicable(config: dict[str, Any]) -> dict[str, Any]:
     """A configuration agents may apply: never the marker of one stored too deep (which a
     reader by hash is shown)."""
     if isinstance(config, Unreadable):
-        raise TooDeep(f"configuration nested deeper than {MAX_DEPTH} levels (stored before "
-                      "that limit); file a new group-configuration-change")
+        raise TooDeep(
+            f"configuration nested deeper than {MAX_DEPTH} levels (stored before "
+            "that limit); file a new group-configuration-change"
+        )
     return config
 
 

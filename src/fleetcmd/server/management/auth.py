@@ -53,23 +53,35 @@ class LoggedIn:
         return st.tokens.issue(self.user.name, USER, self.user.generation, self.proof)
 
 
-async def login(st: ServerState, request: Request, name: str, password: str,
-                via: str) -> LoggedIn | float:
+async def login(
+    st: ServerState, request: Request, name: str, password: str, via: str
+) -> LoggedIn | float:
     """Check a login, throttled and audited: the user and its proof, or the seconds to wait
     (throttled), or `BadCredentials`. Shared by the API and the dashboard's login form."""
     address = audit.client_address(request)
     wait = st.logins.retry_after(name, address)
     if wait > 0:
-        await audit.record(st, "user.login", actor=name, outcome=audit.THROTTLED,
-                           request=request, details={"via": via,
-                                                     "retry_after": math.ceil(wait)})
+        await audit.record(
+            st,
+            "user.login",
+            actor=name,
+            outcome=audit.THROTTLED,
+            request=request,
+            details={"via": via, "retry_after": math.ceil(wait)},
+        )
         return wait
     user = await st.rbac.verify(name, password)
     proof = None if user is None else await _proof(st, name, password)
     if user is None or proof is None:
         st.logins.failed(name, address)
-        await audit.record(st, "user.login", actor=name, outcome=audit.FAILURE,
-                           request=request, details={"via": via})
+        await audit.record(
+            st,
+            "user.login",
+            actor=name,
+            outcome=audit.FAILURE,
+            request=request,
+            details={"via": via},
+        )
         raise BadCredentials("bad user name or password")
     st.logins.succeeded(name)
     await audit.record(st, "user.login", actor=name, request=request, details={"via": via})
@@ -81,8 +93,9 @@ async def _proof(st: ServerState, name: str, password: str) -> str | None:
     another node a moment ago)."""
     try:
         # Issuing a proof changes nothing, so a lost answer may be asked again.
-        data = await st.indexer.post("/user-proofs", {"user": name, "password": password},
-                                     retries=1, idempotent=True)
+        data = await st.indexer.post(
+            "/user-proofs", {"user": name, "password": password}, retries=1, idempotent=True
+        )
     except IndexerError as exc:
         if exc.status == 401:
             return None
@@ -92,14 +105,20 @@ async def _proof(st: ServerState, name: str, password: str) -> str | None:
 
 def too_many(wait: float) -> JSONResponse:
     seconds = math.ceil(wait)
-    return JSONResponse({"error": "too_many_requests",
-                         "message": f"too many failed logins; retry in {seconds} s"},
-                        status_code=429, headers={"Retry-After": str(seconds)})
+    return JSONResponse(
+        {"error": "too_many_requests", "message": f"too many failed logins; retry in {seconds} s"},
+        status_code=429,
+        headers={"Retry-After": str(seconds)},
+    )
 
 
-@router.post("/security/user/authenticate",
-             responses={401: {"description": "bad credentials"},
-                        429: {"description": "too many failed logins: wait `Retry-After`"}})
+@router.post(
+    "/security/user/authenticate",
+    responses={
+        401: {"description": "bad credentials"},
+        429: {"description": "too many failed logins: wait `Retry-After`"},
+    },
+)
 async def authenticate(request: Request, st: State) -> Any:
     name, password = _basic(request)
     outcome = await login(st, request, name, password, "api")
@@ -122,8 +141,9 @@ def token_user(st: ServerState, token: str, request: Request | None = None) -> U
     if user.disabled:
         raise Unauthorized(f"user '{name}' is disabled")
     if claims.get("gen", 0) != user.generation:
-        raise Unauthorized("token revoked (the user's roles or password changed); "
-                           "authenticate again")
+        raise Unauthorized(
+            "token revoked (the user's roles or password changed); authenticate again"
+        )
     return user
 
 
@@ -146,21 +166,40 @@ def user_proof(request: Request) -> str:
     """The caller's user proof, forwarded to the indexer with what it files for them."""
     proof = getattr(request.state, "user_proof", None)
     if not isinstance(proof, str) or not proof:
-        raise Unauthorized("this token carries no user proof (it predates them); authenticate "
-                           "again")
+        raise Unauthorized(
+            "this token carries no user proof (it predates them); authenticate again"
+        )
     return proof
 
 
-async def deny(st: ServerState, request: Request, user: User, action: str,
-               target: str | None = None, why: str | None = None, **details: Any) -> None:
+async def deny(
+    st: ServerState,
+    request: Request,
+    user: User,
+    action: str,
+    target: str | None = None,
+    why: str | None = None,
+    **details: Any,
+) -> None:
     """Raise 403 `forbidden`; a refused change (not a read) joins the audit trail."""
     if request.method not in ("GET", "HEAD"):
-        await audit.record(st, _audit_action(action), actor=user.name,
-                           outcome=audit.DENIED, request=request, target=target,
-                           details={"permission": action, **details})
-    raise Forbidden(f"user '{user.name}' may not {action}"
-                    + (f" on {target}" if target else "") + (f": {why}" if why else ""),
-                    action=action, roles=list(user.roles), **details)
+        await audit.record(
+            st,
+            _audit_action(action),
+            actor=user.name,
+            outcome=audit.DENIED,
+            request=request,
+            target=target,
+            details={"permission": action, **details},
+        )
+    raise Forbidden(
+        f"user '{user.name}' may not {action}"
+        + (f" on {target}" if target else "")
+        + (f": {why}" if why else ""),
+        action=action,
+        roles=list(user.roles),
+        **details,
+    )
 
 
 def _audit_action(permission: str) -> str:
