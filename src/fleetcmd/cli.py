@@ -124,18 +124,28 @@ def indexer(
             indexer_state.stop()  # open long-polls answer now, so the stop takes milliseconds
             super().handle_exit(sig, frame)
 
-    limits = serving.Limits(header_timeout=header_timeout, body_timeout=body_timeout,
-                            max_connections=max_connections)
+    limits = serving.Limits(
+        header_timeout=header_timeout, body_timeout=body_timeout, max_connections=max_connections
+    )
     # Server nodes keep their connections for 5 s; the indexer keeps them longer, so that a
     # node never reuses one the indexer is closing (a write lost that way is not repeated).
-    _Server(serving.config(app_, host, port, limits, timeout_keep_alive=75,
-                           timeout_graceful_shutdown=3,
-                           ssl_certfile=str(tls_cert) if tls_cert else None,
-                           ssl_keyfile=str(tls_key) if tls_key else None)).run()
+    _Server(
+        serving.config(
+            app_,
+            host,
+            port,
+            limits,
+            timeout_keep_alive=75,
+            timeout_graceful_shutdown=3,
+            ssl_certfile=str(tls_cert) if tls_cert else None,
+            ssl_keyfile=str(tls_key) if tls_key else None,
+        )
+    ).run()
 
 
-command_key_app = typer.Typer(help="Rotate the indexer's command-signing key.",
-                              no_args_is_help=True)
+command_key_app = typer.Typer(
+    help="Rotate the indexer's command-signing key.", no_args_is_help=True
+)
 app.add_typer(command_key_app, name="command-key")
 
 
@@ -205,8 +215,10 @@ LogDir = Annotated[
 
 Profile = Annotated[
     str | None,
-    typer.Option(help="Sample the server and indexer with py-spy during the measured phase; "
-                 "collapsed stacks go to this folder."),
+    typer.Option(
+        help="Sample the server and indexer with py-spy during the measured phase; "
+        "collapsed stacks go to this folder."
+    ),
 ]
 
 
@@ -241,8 +253,10 @@ def bench_delivery(
 def bench_storm(
     agents: Annotated[int, typer.Option(help="Simulated agents.")] = 10_000,
     store: Annotated[str | None, typer.Option(help="sqlite (default) or postgresql://…")] = None,
-    kill_at: Annotated[float, typer.Option(
-        help="Fraction of the task's results recorded when the server is killed.")] = 0.5,
+    kill_at: Annotated[
+        float,
+        typer.Option(help="Fraction of the task's results recorded when the server is killed."),
+    ] = 0.5,
     log_dir: LogDir = None,
 ) -> None:
     """A server killed and restarted under N agents with a task in flight: seconds until all

@@ -34,8 +34,10 @@ def invalid_request(errors: Sequence[Any], where: str = "") -> dict[str, Any]:
     fields (e.g. "query") when the errors come from validating one part of the request."""
     fields = [
         {
-            "field": ".".join([where] * bool(where) + [str(x) for x in e.get("loc", ())
-                                                       if x != "body"]) or "body",
+            "field": ".".join(
+                [where] * bool(where) + [str(x) for x in e.get("loc", ()) if x != "body"]
+            )
+            or "body",
             "error": e.get("msg", "invalid"),
         }
         for e in errors
@@ -49,8 +51,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(FleetError)
     async def _fleet(_: Request, exc: FleetError) -> JSONResponse:
-        return JSONResponse(exc.to_json(), status_code=exc.http_status,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            exc.to_json(), status_code=exc.http_status, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -147,8 +150,11 @@ def carries_json(scope: Scope) -> bool:
     if headers.get(b"content-length") == b"0":
         return False
     kind = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
-    return not kind or kind == b"application/json" or (
-        kind.startswith(b"application/") and kind.endswith(b"+json"))
+    return (
+        not kind
+        or kind == b"application/json"
+        or (kind.startswith(b"application/") and kind.endswith(b"+json"))
+    )
 
 
 async def read_body(receive: Receive, limit: int) -> bytes | None:
@@ -176,14 +182,18 @@ class _TooLarge(BaseException):
 
 async def too_large(send: Send, limit: int) -> None:
     """Answer 413: the request body is over `limit` bytes."""
-    await _answer(send, 413, {"error": "payload_too_large",
-                              "message": f"request body over {limit} bytes"})
+    await _answer(
+        send, 413, {"error": "payload_too_large", "message": f"request body over {limit} bytes"}
+    )
 
 
 async def too_deep(send: Send, depth: int) -> None:
     """Answer 422: the JSON document nests deeper than `depth` levels."""
-    await _answer(send, 422, TooDeep(f"JSON document nested deeper than {depth} levels",
-                                     limit=depth).to_json())
+    await _answer(
+        send,
+        422,
+        TooDeep(f"JSON document nested deeper than {depth} levels", limit=depth).to_json(),
+    )
 
 
 async def _answer(send: Send, status: int, doc: dict[str, Any]) -> None:

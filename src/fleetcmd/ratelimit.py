@@ -13,8 +13,7 @@ from fleetcmd.errors import TooManyRequests
 
 
 class RateLimiter:
-    def __init__(self, name: str, rate: float, burst: float, max_addresses: int = 100_000
-                 ) -> None:
+    def __init__(self, name: str, rate: float, burst: float, max_addresses: int = 100_000) -> None:
         self.name = name
         self.rate = rate
         self.burst = max(1.0, burst)
@@ -46,5 +45,6 @@ class RateLimiter:
         """Raise TooManyRequests (429 with Retry-After) when `address` is over its rate."""
         wait = self.retry_after(address)
         if wait is not None:
-            raise TooManyRequests(f"too many {self.name} requests from {address}; retry in "
-                                  f"{wait:.1f}s", wait)
+            raise TooManyRequests(
+                f"too many {self.name} requests from {address}; retry in {wait:.1f}s", wait
+            )

@@ -27,8 +27,9 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
@@ -67,11 +68,19 @@ def make_dev_certs(directory: Path, hosts: list[str], days: int = 365) -> dict[s
             .not_valid_after(now + dt.timedelta(days=max(days, 1) * 2))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
-                x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                              content_commitment=False, key_encipherment=False,
-                              data_encipherment=False, key_agreement=False,
-                              encipher_only=False, decipher_only=False),
-                critical=True)
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
             .sign(ca_key, hashes.SHA256())
         )
         _write(ca_key_path, _key_pem(ca_key), 0o600)
@@ -93,5 +102,9 @@ def make_dev_certs(directory: Path, hosts: list[str], days: int = 365) -> dict[s
     server_cert, server_key = directory / "server.pem", directory / "server-key.pem"
     _write(server_key, _key_pem(key), 0o600)
     _write(server_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    return {"CA": ca_cert_path, "CA key": ca_key_path, "certificate": server_cert,
-            "key": server_key}
+    return {
+        "CA": ca_cert_path,
+        "CA key": ca_key_path,
+        "certificate": server_cert,
+        "key": server_key,
+    }

@@ -33,16 +33,24 @@ def sent() -> Sent:
 def ctx(tmp_path: Path, sent: Sent) -> Context:
     d = StateDir(tmp_path / "state").create()
     sca, ar = Sca(d, sent.events.extend), ActiveResponse(d)
-    inv = Inventory(sent.inventories.append, collect=lambda: [{"name": "bash",
-                                                                "version": "5.2",
-                                                                "source": "dpkg"}])
+    inv = Inventory(
+        sent.inventories.append,
+        collect=lambda: [{"name": "bash", "version": "5.2", "source": "dpkg"}],
+    )
 
     def fetch(groups: list[str]) -> dict:
         sent.fetched.append(groups)
         return {"groups": groups, "config": sent.configs[",".join(groups)]}
 
-    return Context(d, AgentState(name="a1"), Modules([sca, ar, inv, Logs("info")]), sca, ar,
-                   fetch, inventory=inv)
+    return Context(
+        d,
+        AgentState(name="a1"),
+        Modules([sca, ar, inv, Logs("info")]),
+        sca,
+        ar,
+        fetch,
+        inventory=inv,
+    )
 
 
 @pytest.fixture

@@ -86,8 +86,9 @@ class FakeComms:
     def merged(self, groups: list[str]) -> dict[str, Any]:
         return merge(self.group_configs.get(g, {}) for g in groups)
 
-    def sign(self, agent_id: str, command: dict[str, Any], expires_in: float = 3600.0
-             ) -> dict[str, Any]:
+    def sign(
+        self, agent_id: str, command: dict[str, Any], expires_in: float = 3600.0
+    ) -> dict[str, Any]:
         """Aim the command at `agent_id` (unless aimed already) and sign it, as the indexer."""
         if command["target"].get("id") == "?":
             command["target"] = {"type": "agent", "id": agent_id}
@@ -102,14 +103,23 @@ class FakeComms:
             self.mailbox.setdefault(agent_id, []).append(command)
             self.cond.notify_all()
 
-    def command(self, cid: int, name: str, args: dict[str, Any], timeout: float = 30
-                ) -> dict[str, Any]:
-        return {"id": cid, "task_id": 1, "parent_id": None, "source": "test", "user": "t",
-                "target": {"type": "agent", "id": "?"},
-                "action": {"name": name, "version": 1, "args": args}, "timeout": timeout}
+    def command(
+        self, cid: int, name: str, args: dict[str, Any], timeout: float = 30
+    ) -> dict[str, Any]:
+        return {
+            "id": cid,
+            "task_id": 1,
+            "parent_id": None,
+            "source": "test",
+            "user": "t",
+            "target": {"type": "agent", "id": "?"},
+            "action": {"name": name, "version": 1, "args": args},
+            "timeout": timeout,
+        }
 
-    def config_command(self, cid: int, groups: list[str], attach: bool = True,
-                       name: str = "set-groups") -> dict[str, Any]:
+    def config_command(
+        self, cid: int, groups: list[str], attach: bool = True, name: str = "set-groups"
+    ) -> dict[str, Any]:
         merged = self.merged(groups)
         args: dict[str, Any] = {"groups": groups, "config_hash": config_hash(merged)}
         if attach:
@@ -125,8 +135,9 @@ class FakeComms:
             return None
         return entry[0]
 
-    def handle(self, method: str, path: str, query: dict[str, list[str]], body: Any,
-               token: str | None) -> tuple[int, Any]:
+    def handle(
+        self, method: str, path: str, query: dict[str, list[str]], body: Any, token: str | None
+    ) -> tuple[int, Any]:
         self.calls.append(f"{method} {path}")
         if method == "POST" and path == "/agents/enroll":
             self.enroll_bodies.append(body)
@@ -138,10 +149,15 @@ class FakeComms:
                 return 409, {"error": "conflict", "message": "name taken"}
             aid = secrets.token_hex(4)
             secret = secrets.token_urlsafe(16)
-            self.agents[aid] = {"name": body["name"], "secret": secret, "removed": False,
-                                "groups": list(body.get("groups") or ["default"])}
-            return 201, {"data": {"id": aid, "secret": secret,
-                                  "command_keys": self.signer.public_keys()}}
+            self.agents[aid] = {
+                "name": body["name"],
+                "secret": secret,
+                "removed": False,
+                "groups": list(body.get("groups") or ["default"]),
+            }
+            return 201, {
+                "data": {"id": aid, "secret": secret, "command_keys": self.signer.public_keys()}
+            }
         if method == "POST" and path == "/agents/authenticate":
             a = self.agents.get(body.get("id", ""))
             if a is None or a["secret"] != body.get("secret"):
@@ -159,9 +175,17 @@ class FakeComms:
             return 403, {"error": "agent_removed", "message": "agent removed"}
         if method == "GET" and path == "/agents/init":
             merged = self.merged(agent["groups"])
-            return 200, {"data": {"id": aid, "name": agent["name"], "groups": agent["groups"],
-                                  "config": merged, "config_hash": config_hash(merged),
-                                  "version": 1, "command_keys": self.signer.public_keys()}}
+            return 200, {
+                "data": {
+                    "id": aid,
+                    "name": agent["name"],
+                    "groups": agent["groups"],
+                    "config": merged,
+                    "config_hash": config_hash(merged),
+                    "version": 1,
+                    "command_keys": self.signer.public_keys(),
+                }
+            }
         if method == "POST" and path == "/agents/state":
             agent["config_hash"] = body.get("config_hash")
             return 200, {"data": {"config_hash": agent["config_hash"]}}
@@ -172,8 +196,12 @@ class FakeComms:
             deadline = time.monotonic() + wait
             generation = self.generation
             with self.cond:
-                while not self.mailbox.get(aid) and time.monotonic() < deadline \
-                        and self._server is not None and self.generation == generation:
+                while (
+                    not self.mailbox.get(aid)
+                    and time.monotonic() < deadline
+                    and self._server is not None
+                    and self.generation == generation
+                ):
                     self.cond.wait(max(0.0, deadline - time.monotonic()))
                 if self.generation != generation:
                     return 503, {"error": "unavailable", "message": "server restarted"}
@@ -184,8 +212,7 @@ class FakeComms:
                 self.failed_acks.extend(body["ids"])
                 return 503, {"error": "unavailable", "message": "indexer unreachable"}
             self.acked.extend(body["ids"])
-            return 200, {"data": {"acked": [i for i in body["ids"]
-                                            if i not in self.unconfirmed]}}
+            return 200, {"data": {"acked": [i for i in body["ids"] if i not in self.unconfirmed]}}
         if method == "POST" and path == "/agents/results":
             if self.refuse_results:
                 return 503, {"error": "unavailable", "message": "indexer unreachable"}
@@ -194,8 +221,9 @@ class FakeComms:
             self.all_results.extend(body["results"])
             for r in body["results"]:
                 k = str(r["id"])
-                out.append({"id": r["id"],
-                            "outcome": "duplicate" if k in self.results else "recorded"})
+                out.append(
+                    {"id": r["id"], "outcome": "duplicate" if k in self.results else "recorded"}
+                )
                 self.results.setdefault(k, r)
             return 200, {"data": {"results": out}}
         if method == "GET" and path == "/agents/configuration":
@@ -203,8 +231,9 @@ class FakeComms:
             if groups != agent["groups"]:
                 return 403, {"error": "forbidden", "message": "not your groups"}
             merged = self.merged(groups)
-            return 200, {"data": {"groups": groups, "config": merged,
-                                  "config_hash": config_hash(merged)}}
+            return 200, {
+                "data": {"groups": groups, "config": merged, "config_hash": config_hash(merged)}
+            }
         if method == "POST" and path == "/agents/inventory":
             agent["inventory"] = body.get("packages", [])
             agent["inventories"] = agent.get("inventories", 0) + 1
@@ -216,8 +245,9 @@ class FakeComms:
             policy = self.sca.get(path.rsplit("/", 1)[1])
             if policy is None:
                 return 404, {"error": "not_found", "message": "no such policy"}
-            return 200, {"data": {"policy_id": policy["id"], "version": policy["version"],
-                                  "policy": policy}}
+            return 200, {
+                "data": {"policy_id": policy["id"], "version": policy["version"], "policy": policy}
+            }
         return 404, {"error": "not_found", "message": f"{method} {path}"}
 
 
@@ -249,8 +279,12 @@ def _handler(fake: FakeComms) -> type[BaseHTTPRequestHandler]:
             auth = self.headers.get("Authorization", "")
             token = auth[7:] if auth.startswith("Bearer ") else None
             pkg = parts.path.removeprefix("/agents/packages/")
-            if method == "GET" and pkg != parts.path and fake.agent_of(token) \
-                    and pkg in fake.packages:
+            if (
+                method == "GET"
+                and pkg != parts.path
+                and fake.agent_of(token)
+                and pkg in fake.packages
+            ):
                 fake.calls.append(f"GET {parts.path}")
                 data, headers = fake.packages[pkg]
                 self.send_response(200)

@@ -14,10 +14,8 @@ from fleetcmd.agent.handlers import TIMED_OUT, Context, execute
 from fleetcmd.content.sample import SAMPLE_SOURCE
 
 
-def command(name: str, args: dict[str, Any], cid: int = 1, timeout: float = 30
-            ) -> dict[str, Any]:
-    return {"id": cid, "action": {"name": name, "version": 1, "args": args},
-            "timeout": timeout}
+def command(name: str, args: dict[str, Any], cid: int = 1, timeout: float = 30) -> dict[str, Any]:
+    return {"id": cid, "action": {"name": name, "version": 1, "args": args}, "timeout": timeout}
 
 
 def sample(name: str) -> dict[str, Any]:
@@ -25,14 +23,20 @@ def sample(name: str) -> dict[str, Any]:
 
 
 def configure(ctx: Context, name: str, definition: dict[str, Any]) -> None:
-    r = execute(ctx, command("ar-config", {"group": "web", "name": name,
-                                           "definition": definition, "enabled": True}))
+    r = execute(
+        ctx,
+        command(
+            "ar-config", {"group": "web", "name": name, "definition": definition, "enabled": True}
+        ),
+    )
     assert r.status == "success", r.message
 
 
 def run(ctx: Context, name: str, arguments: Any, cid: int = 2) -> Any:
-    return execute(ctx, command("ar-execute", {"name": name, "arguments": arguments,
-                                               "reason": "rule 100101"}, cid))
+    return execute(
+        ctx,
+        command("ar-execute", {"name": name, "arguments": arguments, "reason": "rule 100101"}, cid),
+    )
 
 
 def script(ctx: Context, exe: str, body: str) -> Path:
@@ -78,13 +82,25 @@ def test_an_unknown_definition_is_refused(ctx: Context) -> None:
 @pytest.mark.req("C11")
 @pytest.mark.parametrize("executable", ["../../../bin/sh", "/bin/sh", "sub/dir", ".."])
 def test_an_executable_outside_the_bin_folder_is_refused(ctx: Context, executable: str) -> None:
-    r = execute(ctx, command("ar-config", {"group": "web", "name": "evil", "enabled": True,
-                                           "definition": {**sample("block-ip"), "name": "evil",
-                                                          "executable": executable}}))
+    r = execute(
+        ctx,
+        command(
+            "ar-config",
+            {
+                "group": "web",
+                "name": "evil",
+                "enabled": True,
+                "definition": {**sample("block-ip"), "name": "evil", "executable": executable},
+            },
+        ),
+    )
     assert r.status == "failure" and "bare file name" in r.message
     # and one stored behind the agent's back is refused at execution too
-    ctx.state_dir.put_content(ctx.state_dir.ar_dir, "evil",
-                              {**sample("block-ip"), "name": "evil", "executable": executable})
+    ctx.state_dir.put_content(
+        ctx.state_dir.ar_dir,
+        "evil",
+        {**sample("block-ip"), "name": "evil", "executable": executable},
+    )
     r = run(ctx, "evil", ["203.0.113.7"])
     assert r.status == "failure" and "bare file name" in r.message
 
@@ -107,9 +123,17 @@ def test_links_and_files_writable_by_others_are_refused(ctx: Context, tmp_path: 
 
 
 @pytest.mark.req("C11")
-@pytest.mark.parametrize("arguments", [
-    ["203.0.113.7; rm -rf /"], ["$(reboot)"], ["203.0.113.7", "extra"], ["-f"], [7], "1.2.3.4",
-])
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["203.0.113.7; rm -rf /"],
+        ["$(reboot)"],
+        ["203.0.113.7", "extra"],
+        ["-f"],
+        [7],
+        "1.2.3.4",
+    ],
+)
 def test_arguments_must_match_the_allowed_patterns(ctx: Context, arguments: Any) -> None:
     configure(ctx, "block-ip", sample("block-ip"))
     r = run(ctx, "block-ip", arguments)
@@ -127,8 +151,18 @@ def test_a_missing_argument_is_refused(ctx: Context) -> None:
 @pytest.mark.req("C11")
 def test_a_response_past_its_timeout_is_killed(ctx: Context) -> None:
     script(ctx, "slow", "echo started; sleep 30")
-    configure(ctx, "slow", {"name": "slow", "version": "1", "executable": "slow",
-                            "arguments": [], "allowed_arguments": [], "timeout": 0.5})
+    configure(
+        ctx,
+        "slow",
+        {
+            "name": "slow",
+            "version": "1",
+            "executable": "slow",
+            "arguments": [],
+            "allowed_arguments": [],
+            "timeout": 0.5,
+        },
+    )
     r = run(ctx, "slow", [])
     assert r.status == "failure" and r.code == TIMED_OUT and "timed out" in r.message
     assert r.data["timed_out"] is True and r.data["exit_code"] is None
@@ -137,8 +171,7 @@ def test_a_response_past_its_timeout_is_killed(ctx: Context) -> None:
 
 def test_exit_code_and_capped_output_are_reported(ctx: Context) -> None:
     script(ctx, "noisy", "head -c 200000 /dev/zero | tr '\\0' x; echo oops >&2; exit 3")
-    configure(ctx, "noisy", {"name": "noisy", "version": "1", "executable": "noisy",
-                             "timeout": 10})
+    configure(ctx, "noisy", {"name": "noisy", "version": "1", "executable": "noisy", "timeout": 10})
     r = run(ctx, "noisy", [])
     assert r.status == "failure" and "exited with code 3" in r.message
     assert r.data["exit_code"] == 3 and r.data["truncated"] is True
@@ -149,8 +182,17 @@ def test_the_response_gets_a_minimal_environment_and_no_shell(ctx: Context) -> N
     os.environ["FLEETCMD_SECRET_FOR_TEST"] = "leak"
     try:
         script(ctx, "env", 'env; echo "args:$1"')
-        configure(ctx, "env", {"name": "env", "version": "1", "executable": "env",
-                               "arguments": ["{0}"], "allowed_arguments": [".*"]})
+        configure(
+            ctx,
+            "env",
+            {
+                "name": "env",
+                "version": "1",
+                "executable": "env",
+                "arguments": ["{0}"],
+                "allowed_arguments": [".*"],
+            },
+        )
         r = run(ctx, "env", ["$(id) `id` ; id"])
     finally:
         del os.environ["FLEETCMD_SECRET_FOR_TEST"]
@@ -176,22 +218,29 @@ def test_disabling_active_response_removes_definitions_and_scripts(ctx: Context)
     assert list(ctx.state_dir.ar_bin_dir.iterdir()) == []
     # enabled again: the bundled scripts come back, the definitions come with ar-config
     ctx.modules.apply({"active_response": {"enabled": True}})
-    assert sorted(p.name for p in ctx.state_dir.ar_bin_dir.iterdir()) == ["block-ip",
-                                                                          "disable-account"]
+    assert sorted(p.name for p in ctx.state_dir.ar_bin_dir.iterdir()) == [
+        "block-ip",
+        "disable-account",
+    ]
 
 
 @pytest.mark.req("C10")
 def test_invalid_definitions_are_refused_and_removal_works(ctx: Context) -> None:
-    for bad, why in [({"executable": "x", "arguments": ["{1}"], "allowed_arguments": ["a"]},
-                      "template uses {1}"),
-                     ({"executable": "x", "allowed_arguments": ["("]}, "bad pattern"),
-                     ({"executable": "x", "timeout": 3600}, "timeout"),
-                     ({"executable": "x", "name": "other"}, "says name")]:
+    for bad, why in [
+        (
+            {"executable": "x", "arguments": ["{1}"], "allowed_arguments": ["a"]},
+            "template uses {1}",
+        ),
+        ({"executable": "x", "allowed_arguments": ["("]}, "bad pattern"),
+        ({"executable": "x", "timeout": 3600}, "timeout"),
+        ({"executable": "x", "name": "other"}, "says name"),
+    ]:
         r = execute(ctx, command("ar-config", {"group": "g", "name": "x", "definition": bad}))
         assert r.status == "failure" and why in r.message, (bad, r.message)
     assert ctx.active_response.definitions() == []
     configure(ctx, "block-ip", sample("block-ip"))
-    r = execute(ctx, command("ar-config", {"group": "g", "name": "block-ip", "enabled": False},
-                             cid=9))
+    r = execute(
+        ctx, command("ar-config", {"group": "g", "name": "block-ip", "enabled": False}, cid=9)
+    )
     assert r.status == "success" and r.data["existed"] is True
     assert ctx.active_response.definitions() == []

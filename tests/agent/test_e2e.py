@@ -26,8 +26,12 @@ def status(state_dir: Path) -> dict[str, Any]:
 
 
 def status_cli(state_dir: Path) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "fleetcmd.cli", "agent-status", "--state-dir",
-                          str(state_dir)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "fleetcmd.cli", "agent-status", "--state-dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return dict(json.loads(out.stdout))
 
 
@@ -53,9 +57,22 @@ class Fleet:
     def agent(self, name: str, *extra: str) -> tuple[Role, Path]:
         assert self.server is not None
         state = self.tmp / name
-        role = Role(name, ["agent", "--server", self.server.comms, "--enrollment-key",
-                           ENROLLMENT_KEY, "--name", name, "--state-dir", str(state), *extra],
-                    self.tmp).start()
+        role = Role(
+            name,
+            [
+                "agent",
+                "--server",
+                self.server.comms,
+                "--enrollment-key",
+                ENROLLMENT_KEY,
+                "--name",
+                name,
+                "--state-dir",
+                str(state),
+                *extra,
+            ],
+            self.tmp,
+        ).start()
         self.roles.append(role)
         wait_until(lambda: state.is_dir() and status(state)["id"], 30, what=f"{name} enrolled")
         return role, state
@@ -82,8 +99,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         f.stop()
 
 
-def run_task(c: httpx.Client, type_: str, params: dict[str, Any], **extra: Any
-             ) -> dict[str, Any]:
+def run_task(c: httpx.Client, type_: str, params: dict[str, Any], **extra: Any) -> dict[str, Any]:
     r = c.post("/tasks", json={"type": type_, "params": params, **extra})
     assert r.status_code == 202, r.text
     return task_final(c, r.json()["data"]["id"], timeout=90)
@@ -96,11 +112,27 @@ def commands_of(c: httpx.Client, task: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # A small real policy: one check passes on any host, one fails.
-POLICY = {"id": "cis-1", "version": "1", "name": "e2e", "checks": [
-    {"id": "1", "title": "root folder", "condition": "all", "remediation": "-",
-     "rules": [{"type": "dir_exists", "path": "/"}]},
-    {"id": "2", "title": "no such file", "condition": "all", "remediation": "-",
-     "rules": [{"type": "file_exists", "path": "/nonexistent/fleetcmd-e2e"}]}]}
+POLICY = {
+    "id": "cis-1",
+    "version": "1",
+    "name": "e2e",
+    "checks": [
+        {
+            "id": "1",
+            "title": "root folder",
+            "condition": "all",
+            "remediation": "-",
+            "rules": [{"type": "dir_exists", "path": "/"}],
+        },
+        {
+            "id": "2",
+            "title": "no such file",
+            "condition": "all",
+            "remediation": "-",
+            "rules": [{"type": "file_exists", "path": "/nonexistent/fleetcmd-e2e"}],
+        },
+    ],
+}
 
 
 @pytest.mark.req("R1", "R2", "R5", "R7", "C1", "C2", "C5", "C6", "C14")
@@ -120,8 +152,9 @@ def test_agents_apply_commands_end_to_end(fleet: Fleet) -> None:
             assert st["groups"] == ["web"] and st["config_hash"] == config_hash(web)
 
         # C6: an SCA policy for the group is stored by every agent
-        t = run_task(c, "sca-policy-change", {"group": "web", "policy_id": "cis-1",
-                                              "policy": POLICY})
+        t = run_task(
+            c, "sca-policy-change", {"group": "web", "policy_id": "cis-1", "policy": POLICY}
+        )
         assert t["counts"] == {"success": 2}, t
         assert status(s1)["sca_policies"] == ["cis-1"]
         # ...evaluated at once, its summary in the result and kept in the agent's state
@@ -159,8 +192,10 @@ def test_agents_apply_commands_end_to_end(fleet: Fleet) -> None:
 
 @pytest.mark.req("R1", "R3")
 def test_a_configuration_too_large_to_attach_is_fetched(fleet: Fleet) -> None:
-    big = {"events": {"rules": ["x" * 100 for _ in range(1000)]},  # > 64 KiB attach limit
-           "active_response": {"enabled": False}}
+    big = {
+        "events": {"rules": ["x" * 100 for _ in range(1000)]},  # > 64 KiB attach limit
+        "active_response": {"enabled": False},
+    }
     with fleet.client() as c:
         run_task(c, "group-configuration-change", {"group": "big", "configuration": {}})
         role, s1 = fleet.agent("agent-e2e-4")

@@ -16,21 +16,39 @@ from fleetcmd.model.config import config_hash
 from .conftest import Sent
 
 # The smallest valid policy and response definition (docs/content.md).
-POLICY = {"id": "cis-1", "version": "1", "name": "t", "checks": [
-    {"id": "1", "title": "root exists", "condition": "all",
-     "rules": [{"type": "dir_exists", "path": "/"}]}]}
-DEFINITION = {"name": "block-ip", "version": "1", "executable": "block-ip",
-              "arguments": ["add", "{0}"], "allowed_arguments": [r"[0-9.]+"], "timeout": 10}
+POLICY = {
+    "id": "cis-1",
+    "version": "1",
+    "name": "t",
+    "checks": [
+        {
+            "id": "1",
+            "title": "root exists",
+            "condition": "all",
+            "rules": [{"type": "dir_exists", "path": "/"}],
+        }
+    ],
+}
+DEFINITION = {
+    "name": "block-ip",
+    "version": "1",
+    "executable": "block-ip",
+    "arguments": ["add", "{0}"],
+    "allowed_arguments": [r"[0-9.]+"],
+    "timeout": 10,
+}
 
 
 def command(name: str, args: dict, cid: int = 1, timeout: float = 10) -> dict:
-    return {"id": cid, "action": {"name": name, "version": 1, "args": args},
-            "timeout": timeout}
+    return {"id": cid, "action": {"name": name, "version": 1, "args": args}, "timeout": timeout}
 
 
 def set_groups(groups: list[str], config: dict, cid: int = 1, **extra: object) -> dict:
-    return command("set-groups", {"groups": groups, "config": config,
-                                  "config_hash": config_hash(config), **extra}, cid)
+    return command(
+        "set-groups",
+        {"groups": groups, "config": config, "config_hash": config_hash(config), **extra},
+        cid,
+    )
 
 
 @pytest.mark.req("R2")
@@ -59,16 +77,25 @@ def test_an_invalid_configuration_applies_nothing(ctx: Context) -> None:
     r = execute(ctx, set_groups(["web"], {"sca": {"enabled": "no"}, "log_level": "debug"}))
     assert r.status == "failure" and "sca.enabled" in r.message
     assert ctx.applied.groups == [] and ctx.modules.by_section["log_level"].describe() == {
-        "level": "info"}
+        "level": "info"
+    }
 
 
 @pytest.mark.req("R1")
 def test_config_ref_is_fetched_from_the_server(ctx: Context, sent: Sent) -> None:
     config = {"inventory": {"enabled": False}}
     sent.configs["a,b"] = config
-    r = execute(ctx, command("set-groups", {
-        "groups": ["a", "b"], "config_ref": {"groups": ["a", "b"], "hash": config_hash(config)},
-        "config_hash": config_hash(config)}))
+    r = execute(
+        ctx,
+        command(
+            "set-groups",
+            {
+                "groups": ["a", "b"],
+                "config_ref": {"groups": ["a", "b"], "hash": config_hash(config)},
+                "config_hash": config_hash(config),
+            },
+        ),
+    )
     assert r.status == "success", r.message
     assert sent.fetched == [["a", "b"]]
     assert ctx.modules.by_section["inventory"].describe()["enabled"] is False
@@ -76,29 +103,50 @@ def test_config_ref_is_fetched_from_the_server(ctx: Context, sent: Sent) -> None
 
 @pytest.mark.req("R5")
 def test_disabling_sca_removes_stored_policies(ctx: Context) -> None:
-    assert execute(ctx, command("sca-policy", {"policy_id": "cis-1", "policy": POLICY,
-                                               "delete": False})).status == "success"
+    assert (
+        execute(
+            ctx, command("sca-policy", {"policy_id": "cis-1", "policy": POLICY, "delete": False})
+        ).status
+        == "success"
+    )
     assert (ctx.state_dir.sca_dir / "cis-1.json").exists()
     r = execute(ctx, set_groups(["web"], {"sca": {"enabled": False}}, cid=2))
     assert r.status == "success"
     assert ctx.sca.policies() == []
     assert any("removed policies cis-1" in c for c in r.data["changes"])
     # and new policies are refused while SCA is disabled
-    r = execute(ctx, command("sca-policy", {"policy_id": "cis-2",
-                                            "policy": {**POLICY, "id": "cis-2"}}, cid=3))
+    r = execute(
+        ctx,
+        command("sca-policy", {"policy_id": "cis-2", "policy": {**POLICY, "id": "cis-2"}}, cid=3),
+    )
     assert r.status == "failure" and "disabled" in r.message
     assert ctx.sca.policies() == []
 
 
 @pytest.mark.req("R5")
 def test_disabling_active_response_removes_definitions(ctx: Context) -> None:
-    r = execute(ctx, command("ar-config", {"group": "web", "name": "block-ip",
-                                           "definition": DEFINITION, "enabled": True}))
+    r = execute(
+        ctx,
+        command(
+            "ar-config",
+            {"group": "web", "name": "block-ip", "definition": DEFINITION, "enabled": True},
+        ),
+    )
     assert r.status == "success" and ctx.active_response.definitions() == ["block-ip"]
-    execute(ctx, command("apply-group-config", {
-        "group": "web", "version": 2, "groups": ["web"],
-        "config": {"active_response": {"enabled": False}},
-        "config_hash": config_hash({"active_response": {"enabled": False}})}, cid=2))
+    execute(
+        ctx,
+        command(
+            "apply-group-config",
+            {
+                "group": "web",
+                "version": 2,
+                "groups": ["web"],
+                "config": {"active_response": {"enabled": False}},
+                "config_hash": config_hash({"active_response": {"enabled": False}}),
+            },
+            cid=2,
+        ),
+    )
     assert ctx.active_response.definitions() == []
 
 
@@ -113,9 +161,19 @@ def test_hot_apply_keeps_the_same_process(ctx: Context) -> None:
 
 
 def test_apply_group_config_refuses_a_group_it_is_not_in(ctx: Context) -> None:
-    r = execute(ctx, command("apply-group-config", {
-        "group": "db", "version": 1, "groups": ["web"], "config": {},
-        "config_hash": config_hash({})}))
+    r = execute(
+        ctx,
+        command(
+            "apply-group-config",
+            {
+                "group": "db",
+                "version": 1,
+                "groups": ["web"],
+                "config": {},
+                "config_hash": config_hash({}),
+            },
+        ),
+    )
     assert r.status == "failure" and "'db'" in r.message
 
 
@@ -145,8 +203,7 @@ def test_unknown_action_fails(ctx: Context) -> None:
     assert r.status == "failure" and "unknown" in r.message
 
 
-def test_execution_has_the_command_timeout(ctx: Context, monkeypatch: pytest.MonkeyPatch
-                                           ) -> None:
+def test_execution_has_the_command_timeout(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(handlers.HANDLERS, "rename", lambda c, a: time.sleep(2) or {})
     start = time.monotonic()
     r = execute(ctx, command("rename", {"name": "x"}, timeout=0.2))
@@ -166,10 +223,13 @@ def test_dpkg_inventory_lists_installed_packages_only(tmp_path) -> None:  # type
     from fleetcmd.agent.modules.inventory import dpkg_packages
 
     status = tmp_path / "status"
-    status.write_text("Package: bash\nStatus: install ok installed\nVersion: 5.2-1\n\n"
-                      "Package: gone\nStatus: deinstall ok config-files\nVersion: 1.0\n\n"
-                      "Package: curl\nStatus: install ok installed\nVersion: 8.5\n")
+    status.write_text(
+        "Package: bash\nStatus: install ok installed\nVersion: 5.2-1\n\n"
+        "Package: gone\nStatus: deinstall ok config-files\nVersion: 1.0\n\n"
+        "Package: curl\nStatus: install ok installed\nVersion: 8.5\n"
+    )
     assert dpkg_packages(status) == [
         {"name": "bash", "version": "5.2-1", "source": "dpkg"},
-        {"name": "curl", "version": "8.5", "source": "dpkg"}]
+        {"name": "curl", "version": "8.5", "source": "dpkg"},
+    ]
     assert dpkg_packages(tmp_path / "missing") == []

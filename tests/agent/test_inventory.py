@@ -21,16 +21,19 @@ def command(name: str, args: dict[str, Any], cid: int = 1) -> dict[str, Any]:
 
 
 def test_dpkg_query_output_keeps_installed_packages_only() -> None:
-    output = ("installed\tbash\t5.2.15-2+b7\n"
-              "config-files\told-thing\t1.0\n"
-              "installed\tlibc6:amd64\t2.36-9+deb12u4\n"
-              "not-installed\tghost\t\n"
-              "garbage line\n"
-              "installed\topenssl\t3.0.13-1~deb12u1\n")
+    output = (
+        "installed\tbash\t5.2.15-2+b7\n"
+        "config-files\told-thing\t1.0\n"
+        "installed\tlibc6:amd64\t2.36-9+deb12u4\n"
+        "not-installed\tghost\t\n"
+        "garbage line\n"
+        "installed\topenssl\t3.0.13-1~deb12u1\n"
+    )
     assert parse_dpkg_query(output) == [
         {"name": "bash", "version": "5.2.15-2+b7", "source": "dpkg"},
         {"name": "libc6:amd64", "version": "2.36-9+deb12u4", "source": "dpkg"},
-        {"name": "openssl", "version": "3.0.13-1~deb12u1", "source": "dpkg"}]
+        {"name": "openssl", "version": "3.0.13-1~deb12u1", "source": "dpkg"},
+    ]
 
 
 @pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="no dpkg on this host")
@@ -75,8 +78,9 @@ def test_vulnerability_rescan_fails_when_the_server_does_not_take_it(ctx: Contex
     assert r.status == "failure" and "inventory not sent" in r.message
 
 
-def test_vulnerability_rescan_is_refused_while_inventory_is_disabled(ctx: Context,
-                                                                     sent: Sent) -> None:
+def test_vulnerability_rescan_is_refused_while_inventory_is_disabled(
+    ctx: Context, sent: Sent
+) -> None:
     ctx.modules.apply({"inventory": {"enabled": False}})
     r = execute(ctx, command("vulnerability-rescan", {}))
     assert r.status == "failure" and "disabled" in r.message and sent.inventories == []

@@ -69,7 +69,8 @@ def test_outbox_replaces_a_result_for_the_same_id(tmp_path: Path) -> None:
 
 
 def test_outbox_is_bounded_and_drops_the_oldest_with_a_warning(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     o = Outbox(tmp_path / "agent.db", limit=3)
     with caplog.at_level(logging.WARNING, "fleetcmd.agent.outbox"):
         for i in range(5):

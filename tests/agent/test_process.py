@@ -23,20 +23,39 @@ BASELINE = yaml.safe_load((SAMPLE_SOURCE / "sca" / "debian12-baseline.yaml").rea
 
 
 def agent_role(fake: FakeComms, tmp_path: Path, name: str = "p1") -> Role:
-    return Role(f"agent-{name}", ["agent", "--server", fake.url, "--enrollment-key", KEY,
-                                  "--name", name, "--state-dir", str(tmp_path / name)],
-                tmp_path)
+    return Role(
+        f"agent-{name}",
+        [
+            "agent",
+            "--server",
+            fake.url,
+            "--enrollment-key",
+            KEY,
+            "--name",
+            name,
+            "--state-dir",
+            str(tmp_path / name),
+        ],
+        tmp_path,
+    )
 
 
 def status(tmp_path: Path, name: str = "p1") -> dict:
-    out = subprocess.run([sys.executable, "-m", "fleetcmd.cli", "agent-status", "--state-dir",
-                          str(tmp_path / name)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "fleetcmd.cli", "agent-status", "--state-dir", str(tmp_path / name)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
 def enrolled(fake: FakeComms) -> str:
-    wait_until(lambda: fake.agents and "GET /agents/init" in fake.calls, 20,
-               what="agent enrolled and initialized")
+    wait_until(
+        lambda: fake.agents and "GET /agents/init" in fake.calls,
+        20,
+        what="agent enrolled and initialized",
+    )
     return next(iter(fake.agents))
 
 
@@ -112,13 +131,14 @@ def test_idle_agent_footprint(fake: FakeComms, tmp_path: Path) -> None:
         aid = enrolled(fake)
         # with its modules at work: inventory sent at start, a policy stored and evaluated
         wait_until(lambda: fake.agents[aid].get("inventories"), 30, what="inventory sent")
-        fake.queue(aid, fake.command(1, "sca-policy", {"policy_id": "debian12-baseline",
-                                                       "policy": BASELINE}))
+        fake.queue(
+            aid,
+            fake.command(1, "sca-policy", {"policy_id": "debian12-baseline", "policy": BASELINE}),
+        )
         wait_until(lambda: "1" in fake.results, 30, what="policy evaluated")
         assert fake.results["1"]["status"] == "success", fake.results["1"]
         time.sleep(1.0)
-        rss_kb = int(Path(f"/proc/{role.pid}/status").read_text()
-                     .split("VmRSS:")[1].split()[0])
+        rss_kb = int(Path(f"/proc/{role.pid}/status").read_text().split("VmRSS:")[1].split()[0])
         print(f"idle agent RSS: {rss_kb / 1024:.1f} MB")
         assert rss_kb < 40 * 1024
     finally:
@@ -128,9 +148,10 @@ def test_idle_agent_footprint(fake: FakeComms, tmp_path: Path) -> None:
 def test_the_agent_process_imports_no_heavy_libraries() -> None:
     """The footprint budget: modules import their heavy helpers only when used (PyYAML for a
     YAML policy, cryptography during an upgrade)."""
-    code = ("import sys, fleetcmd.agent.__main__, fleetcmd.agent.runner; "
-            "print(sorted(m for m in ('pydantic', 'httpx', 'fastapi', 'rich', 'cryptography', "
-            "'yaml', 'typer') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys, fleetcmd.agent.__main__, fleetcmd.agent.runner; "
+        "print(sorted(m for m in ('pydantic', 'httpx', 'fastapi', 'rich', 'cryptography', "
+        "'yaml', 'typer') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -21,9 +21,15 @@ class Running:
     """An Agent run in a thread of the test process."""
 
     def __init__(self, fake: FakeComms, state_dir: Path, **options: object) -> None:
-        given: dict[str, object] = {"server": fake.url, "enrollment_key": KEY, "name": "a1",
-                                    "state_dir": str(state_dir), "wait": 1.0,
-                                    "backoff_cap": 0.3, **options}
+        given: dict[str, object] = {
+            "server": fake.url,
+            "enrollment_key": KEY,
+            "name": "a1",
+            "state_dir": str(state_dir),
+            "wait": 1.0,
+            "backoff_cap": 0.3,
+            **options,
+        }
         self.agent = Agent(AgentOptions(**given))  # type: ignore[arg-type]
         self.code: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -62,8 +68,15 @@ def test_start_up_enrolls_then_applies_the_current_assignment(fake: FakeComms, s
     aid = r.agent.id
     assert fake.agents[aid]["name"] == "a1"
     wait_until(lambda: "GET /agents/init" in fake.calls, 5, what="init")
-    applied = wait_until(lambda: (s := status_of(r.agent.dir.root))["config_hash"] == config_hash(
-        fake.group_configs["default"]) and s, 5, what="configuration applied")
+    applied = wait_until(
+        lambda: (
+            (s := status_of(r.agent.dir.root))["config_hash"]
+            == config_hash(fake.group_configs["default"])
+            and s
+        ),
+        5,
+        what="configuration applied",
+    )
     assert applied["groups"] == ["default"] and applied["id"] == aid
     assert applied["pid"] is not None
 
@@ -103,15 +116,19 @@ def test_results_survive_a_server_outage(fake: FakeComms, start) -> None:
     fake.stop()
     # results produced while the server is away stay in the outbox
     r.agent.outbox.put(  # type: ignore[union-attr]
-        r.agent.journal.get(20).result)  # type: ignore[union-attr]
+        r.agent.journal.get(20).result
+    )  # type: ignore[union-attr]
     fake.results.clear()
     back = FakeComms(port=port)
     back.agents, back.group_configs = fake.agents, fake.group_configs
     back.start()
     try:
         wait_until(lambda: "20" in back.results, 10, what="result after the outage")
-        wait_until(lambda: r.agent.outbox.size() == 0, 5,  # type: ignore[union-attr]
-                   what="outbox emptied")
+        wait_until(
+            lambda: r.agent.outbox.size() == 0,
+            5,  # type: ignore[union-attr]
+            what="outbox emptied",
+        )
     finally:
         back.stop()
 
@@ -119,8 +136,7 @@ def test_results_survive_a_server_outage(fake: FakeComms, start) -> None:
 def test_an_expired_token_is_renewed(fake: FakeComms, start) -> None:
     fake.token_ttl = 0.5  # renewed at half its life: each 1 s long-poll needs a new one
     r = start()
-    wait_until(lambda: fake.calls.count("POST /agents/authenticate") >= 3, 5,
-               what="token renewals")
+    wait_until(lambda: fake.calls.count("POST /agents/authenticate") >= 3, 5, what="token renewals")
     fake.queue(r.agent.id, fake.command(30, "rename", {"name": "y"}))
     wait_until(lambda: "30" in fake.results, 5, what="result")
 
@@ -152,8 +168,7 @@ def test_a_removed_agent_forgets_its_credentials(fake: FakeComms, start) -> None
     assert r.code == 0 and not r.agent.dir.credentials_path.exists()
 
 
-def test_interrupted_command_is_answered_not_rerun(fake: FakeComms, start, tmp_path: Path
-                                                   ) -> None:
+def test_interrupted_command_is_answered_not_rerun(fake: FakeComms, start, tmp_path: Path) -> None:
     r = start()
     aid = r.agent.id
     r.stop()
@@ -171,8 +186,7 @@ def test_interrupted_command_is_answered_not_rerun(fake: FakeComms, start, tmp_p
     assert status_of(r2.agent.dir.root)["name"] != "never"
 
 
-def test_a_command_whose_delivery_is_not_confirmed_never_runs(fake: FakeComms, start
-                                                              ) -> None:
+def test_a_command_whose_delivery_is_not_confirmed_never_runs(fake: FakeComms, start) -> None:
     """Issue 14.1: the ack's answer is the agent's licence to run. A command the server does
     not confirm (it went final first) or whose ack failed is journaled `offered`, not run;
     offered again and confirmed, it runs once."""
@@ -209,8 +223,11 @@ def test_a_command_whose_delivery_is_not_confirmed_never_runs(fake: FakeComms, s
 def test_bad_enrollment_key_is_fatal(fake: FakeComms, tmp_path: Path) -> None:
     from fleetcmd.agent.runner import FatalStartError
 
-    a = Agent(AgentOptions(server=fake.url, enrollment_key="wrong", name="a1",
-                           state_dir=str(tmp_path / "s")))
+    a = Agent(
+        AgentOptions(
+            server=fake.url, enrollment_key="wrong", name="a1", state_dir=str(tmp_path / "s")
+        )
+    )
     with pytest.raises(FatalStartError, match="bad enrollment key"):
         a.run()
 
@@ -225,8 +242,7 @@ def test_enrollment_outlives_transient_errors(fake: FakeComms, start) -> None:
     assert len({(b["request_id"], b["request_secret"]) for b in fake.enroll_bodies}) == 1
 
 
-def test_the_enrollment_key_can_come_from_a_file(fake: FakeComms, start, tmp_path: Path
-                                                 ) -> None:
+def test_the_enrollment_key_can_come_from_a_file(fake: FakeComms, start, tmp_path: Path) -> None:
     key_file = tmp_path / "enrollment.key"
     key_file.write_text(KEY + "\n")
     r = start(enrollment_key="", enrollment_key_file=str(key_file))

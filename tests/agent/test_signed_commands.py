@@ -44,8 +44,9 @@ def running(fake: FakeComms, tmp_path: Path):
         print(role.log()[-3000:])
 
 
-def test_a_real_agent_refuses_what_the_indexer_did_not_sign(fake: FakeComms, tmp_path: Path,
-                                                            running: tuple[Role, str]) -> None:
+def test_a_real_agent_refuses_what_the_indexer_did_not_sign(
+    fake: FakeComms, tmp_path: Path, running: tuple[Role, str]
+) -> None:
     _, aid = running
     fake.queue(aid, fake.command(1, "rename", {"name": "signed"}))
     assert result_of(fake, 1)["status"] == "success"
@@ -87,7 +88,8 @@ def test_a_real_agent_refuses_what_the_indexer_did_not_sign(fake: FakeComms, tmp
 
 
 def test_a_replayed_command_is_refused_even_after_the_journal_forgot_it(
-        fake: FakeComms, tmp_path: Path) -> None:
+    fake: FakeComms, tmp_path: Path
+) -> None:
     role = agent_role(fake, tmp_path).start()
     try:
         aid = enrolled(fake)
@@ -99,8 +101,11 @@ def test_a_replayed_command_is_refused_even_after_the_journal_forgot_it(
 
         # Delivered again while the journal knows the id: answered from it, not re-run.
         fake.queue(aid, copy.deepcopy(captured))
-        wait_until(lambda: sum(1 for r in fake.all_results if r["id"] == 10) == 2, 20,
-                   what="recorded result re-sent")
+        wait_until(
+            lambda: sum(1 for r in fake.all_results if r["id"] == 10) == 2,
+            20,
+            what="recorded result re-sent",
+        )
         assert status(tmp_path)["name"] == "second"
 
         # The journal is lost (a restored backup, a wiped database row): the nonce still
@@ -123,15 +128,20 @@ def test_a_replayed_command_is_refused_even_after_the_journal_forgot_it(
         print(role.log()[-3000:])
 
 
-def test_rotation_next_key_learned_then_promoted(fake: FakeComms, tmp_path: Path,
-                                                 running: tuple[Role, str]) -> None:
+def test_rotation_next_key_learned_then_promoted(
+    fake: FakeComms, tmp_path: Path, running: tuple[Role, str]
+) -> None:
     _, aid = running
     old = fake.signer.current
     new = Ed25519PrivateKey.generate()
     # Promoted while this agent never saw it as "next": the retired key's endorsement does.
-    fake.signer = CommandSigner(new, endorsement={
-        "by": cs.key_id(old.public_key()),
-        "sig": cs.sign(old, cs.endorsement_statement(cs.public_base64(new.public_key())))})
+    fake.signer = CommandSigner(
+        new,
+        endorsement={
+            "by": cs.key_id(old.public_key()),
+            "sig": cs.sign(old, cs.endorsement_statement(cs.public_base64(new.public_key()))),
+        },
+    )
     # The agent meets a key id it does not know, asks for the keys, finds it endorsed.
     fake.queue(aid, fake.command(20, "rename", {"name": "rotated"}))
     assert result_of(fake, 20)["status"] == "success"
@@ -141,17 +151,26 @@ def test_rotation_next_key_learned_then_promoted(fake: FakeComms, tmp_path: Path
     assert "GET /agents/command-keys" in fake.calls
     # A key nobody trusted endorses is still refused.
     rogue = Ed25519PrivateKey.generate()
-    fake.signer = CommandSigner(rogue, endorsement={
-        "by": cs.key_id(rogue.public_key()),
-        "sig": cs.sign(rogue, cs.endorsement_statement(cs.public_base64(rogue.public_key())))})
+    fake.signer = CommandSigner(
+        rogue,
+        endorsement={
+            "by": cs.key_id(rogue.public_key()),
+            "sig": cs.sign(rogue, cs.endorsement_statement(cs.public_base64(rogue.public_key()))),
+        },
+    )
     fake.queue(aid, fake.command(21, "rename", {"name": "rogue"}))
     refused(fake, 21, cs.BAD_SIGNATURE)
     assert status(tmp_path)["name"] == "rotated"
 
 
 def _cmd(cid: int, aid: str = "a1") -> dict:
-    return {"id": cid, "task_id": 1, "target": {"type": "agent", "id": aid},
-            "action": {"name": "rename", "version": 1, "args": {"name": "x"}}, "timeout": 30}
+    return {
+        "id": cid,
+        "task_id": 1,
+        "target": {"type": "agent", "id": aid},
+        "action": {"name": "rename", "version": 1, "args": {"name": "x"}},
+        "timeout": 30,
+    }
 
 
 def test_key_files_rotation_and_explicit_keys(tmp_path: Path) -> None:

@@ -44,9 +44,11 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     d = tmp_path_factory.mktemp("packages")
-    return {"good": build_package(d, NEW).read_bytes(),
-            "crash": build_package(d, "0.1.2", "crash").read_bytes(),
-            "hang": build_package(d, "0.1.3", "hang").read_bytes()}
+    return {
+        "good": build_package(d, NEW).read_bytes(),
+        "crash": build_package(d, "0.1.2", "crash").read_bytes(),
+        "hang": build_package(d, "0.1.3", "hang").read_bytes(),
+    }
 
 
 class StubComms:
@@ -55,8 +57,9 @@ class StubComms:
     def __init__(self, data: bytes, headers: dict[str, str]) -> None:
         self.data, self.headers, self.paths = data, headers, []
 
-    def download(self, path: str, out: BinaryIO, max_bytes: int, timeout: float = 60.0
-                 ) -> dict[str, str]:
+    def download(
+        self, path: str, out: BinaryIO, max_bytes: int, timeout: float = 60.0
+    ) -> dict[str, str]:
         self.paths.append(path)
         out.write(self.data)
         return {k.lower(): v for k, v in self.headers.items()}
@@ -68,23 +71,34 @@ def served(key: Path, data: bytes, version: str = NEW, **override: str) -> StubC
 
 
 def upgrade_command(version: str = NEW, cid: int = 7) -> dict[str, Any]:
-    return {"id": cid, "action": {"name": "upgrade", "version": 1,
-                                  "args": {"version": version, "package": "fleetcmd"}},
-            "timeout": 120}
+    return {
+        "id": cid,
+        "action": {
+            "name": "upgrade",
+            "version": 1,
+            "args": {"version": version, "package": "fleetcmd"},
+        },
+        "timeout": 120,
+    }
 
 
 def nothing_switched(state: StateDir) -> bool:
     v = Versions(state)
-    installed = [p.name for p in state.versions_dir.iterdir()] if state.versions_dir.exists() \
-        else []
-    return v.marker() is None and v.current() is None and \
-        not [n for n in installed if n not in (".lock",)]
+    installed = (
+        [p.name for p in state.versions_dir.iterdir()] if state.versions_dir.exists() else []
+    )
+    return (
+        v.marker() is None
+        and v.current() is None
+        and not [n for n in installed if n not in (".lock",)]
+    )
 
 
 # -- in process: checks before anything is switched ------------------------------------------------
 @pytest.mark.req("C3")
-def test_a_verified_package_is_installed_side_by_side(ctx: Context, keys: Any,
-                                                      packages: dict[str, bytes]) -> None:
+def test_a_verified_package_is_installed_side_by_side(
+    ctx: Context, keys: Any, packages: dict[str, bytes]
+) -> None:
     key, pub, _ = keys
     ctx.comms = served(key, packages["good"])
     ctx.trust_keys = [str(pub)]
@@ -101,11 +115,12 @@ def test_a_verified_package_is_installed_side_by_side(ctx: Context, keys: Any,
 
 
 @pytest.mark.req("C3")
-@pytest.mark.parametrize("tamper", ["bytes", "sha_header", "signature", "other_key", "version",
-                                    "no_signature"])
-def test_a_tampered_package_is_refused_and_nothing_changes(ctx: Context, keys: Any,
-                                                           packages: dict[str, bytes],
-                                                           tamper: str) -> None:
+@pytest.mark.parametrize(
+    "tamper", ["bytes", "sha_header", "signature", "other_key", "version", "no_signature"]
+)
+def test_a_tampered_package_is_refused_and_nothing_changes(
+    ctx: Context, keys: Any, packages: dict[str, bytes], tamper: str
+) -> None:
     key, pub, other = keys
     data = packages["good"]
     comms = served(key, data)
@@ -116,7 +131,8 @@ def test_a_tampered_package_is_refused_and_nothing_changes(ctx: Context, keys: A
         comms.data = data + b"x"
     elif tamper == "signature":
         comms.headers["X-Package-Signature"] = served(key, data, version="9.9.9").headers[
-            "X-Package-Signature"]
+            "X-Package-Signature"
+        ]
     elif tamper == "other_key":
         ctx.trust_keys = [str(other)]
     elif tamper == "no_signature":
@@ -128,9 +144,9 @@ def test_a_tampered_package_is_refused_and_nothing_changes(ctx: Context, keys: A
     assert ctx.restart is None and nothing_switched(ctx.state_dir)
 
 
-def test_a_package_that_is_not_the_version_it_claims_is_refused(ctx: Context, keys: Any,
-                                                                packages: dict[str, bytes],
-                                                                tmp_path: Path) -> None:
+def test_a_package_that_is_not_the_version_it_claims_is_refused(
+    ctx: Context, keys: Any, packages: dict[str, bytes], tmp_path: Path
+) -> None:
     key, pub, _ = keys
     # correctly signed as 0.1.5, but the archive is fleetcmd-0.1.1
     ctx.comms, ctx.trust_keys = served(key, packages["good"], version="0.1.5"), [str(pub)]
@@ -139,8 +155,10 @@ def test_a_package_that_is_not_the_version_it_claims_is_refused(ctx: Context, ke
     # the right folder name, but the code inside says another version
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w:gz") as tar:
-        for name, text in [("src/fleetcmd/__init__.py", '__version__ = "0.1.1"\n'),
-                           ("src/fleetcmd/agent/__main__.py", "")]:
+        for name, text in [
+            ("src/fleetcmd/__init__.py", '__version__ = "0.1.1"\n'),
+            ("src/fleetcmd/agent/__main__.py", ""),
+        ]:
             info = tarfile.TarInfo(f"fleetcmd-0.1.5/{name}")
             info.size = len(text)
             tar.addfile(info, io.BytesIO(text.encode()))
@@ -152,8 +170,9 @@ def test_a_package_that_is_not_the_version_it_claims_is_refused(ctx: Context, ke
 
 
 @pytest.mark.req("C3")
-def test_without_a_trusted_key_upgrades_are_refused(ctx: Context, keys: Any,
-                                                    packages: dict[str, bytes]) -> None:
+def test_without_a_trusted_key_upgrades_are_refused(
+    ctx: Context, keys: Any, packages: dict[str, bytes]
+) -> None:
     ctx.comms = served(keys[0], packages["good"])
     r = execute(ctx, upgrade_command())
     assert r.status == "failure" and "trusts no package signing key" in r.message
@@ -186,17 +205,23 @@ def entry(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.T
     return info
 
 
-@pytest.mark.parametrize(("entries", "why"), [
-    ([entry("/etc/passwd")], "absolute"),
-    ([entry("fleetcmd-0.1.1/../../evil")], "climbs out"),
-    ([entry("other-1.0/src/x.py")], "not under fleetcmd-0.1.1/"),
-    ([entry("fleetcmd-0.1.1/src/link", tarfile.SYMTYPE, "/etc/passwd")], "not a regular file"),
-    ([entry("fleetcmd-0.1.1/src/hard", tarfile.LNKTYPE, "fleetcmd-0.1.1/x")],
-     "not a regular file"),
-    ([entry("fleetcmd-0.1.1/dev", tarfile.CHRTYPE)], "not a regular file"),
-])
-def test_unsafe_archives_are_refused(tmp_path: Path, entries: list[tarfile.TarInfo],
-                                     why: str) -> None:
+@pytest.mark.parametrize(
+    ("entries", "why"),
+    [
+        ([entry("/etc/passwd")], "absolute"),
+        ([entry("fleetcmd-0.1.1/../../evil")], "climbs out"),
+        ([entry("other-1.0/src/x.py")], "not under fleetcmd-0.1.1/"),
+        ([entry("fleetcmd-0.1.1/src/link", tarfile.SYMTYPE, "/etc/passwd")], "not a regular file"),
+        (
+            [entry("fleetcmd-0.1.1/src/hard", tarfile.LNKTYPE, "fleetcmd-0.1.1/x")],
+            "not a regular file",
+        ),
+        ([entry("fleetcmd-0.1.1/dev", tarfile.CHRTYPE)], "not a regular file"),
+    ],
+)
+def test_unsafe_archives_are_refused(
+    tmp_path: Path, entries: list[tarfile.TarInfo], why: str
+) -> None:
     archive = tarball(entries)
     try:
         with pytest.raises(UpgradeRefused, match=why):
@@ -255,27 +280,52 @@ class Upgradable:
 
     def __init__(self, fake: FakeComms, tmp: Path, pub: Path, deadline: float = 30) -> None:
         self.fake, self.state = fake, tmp / "agent"
-        self.role = Role("agent-up", ["agent", "--server", fake.url, "--enrollment-key", KEY,
-                                      "--name", "up-1", "--state-dir", str(self.state),
-                                      "--trust-key", str(pub), "--upgrade-deadline",
-                                      str(deadline)], tmp)
+        self.role = Role(
+            "agent-up",
+            [
+                "agent",
+                "--server",
+                fake.url,
+                "--enrollment-key",
+                KEY,
+                "--name",
+                "up-1",
+                "--state-dir",
+                str(self.state),
+                "--trust-key",
+                str(pub),
+                "--upgrade-deadline",
+                str(deadline),
+            ],
+            tmp,
+        )
 
     def start(self) -> Upgradable:
         self.role.start()
-        wait_until(lambda: self.fake.agents and "GET /agents/init" in self.fake.calls, 30,
-                   what="agent enrolled")
+        wait_until(
+            lambda: self.fake.agents and "GET /agents/init" in self.fake.calls,
+            30,
+            what="agent enrolled",
+        )
         self.id = next(iter(self.fake.agents))
         return self
 
     def status(self) -> dict[str, Any]:
-        out = subprocess.run([sys.executable, "-m", "fleetcmd.cli", "agent-status",
-                              "--state-dir", str(self.state)], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "fleetcmd.cli", "agent-status", "--state-dir", str(self.state)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return dict(json.loads(out.stdout))
 
     def result(self, cid: int, timeout: float = 60) -> dict[str, Any]:
-        wait_until(lambda: str(cid) in self.fake.results, timeout, interval=0.2,
-                   what=f"result of command {cid}")
+        wait_until(
+            lambda: str(cid) in self.fake.results,
+            timeout,
+            interval=0.2,
+            what=f"result of command {cid}",
+        )
         return self.fake.results[str(cid)]
 
     def stop(self) -> None:
@@ -283,8 +333,7 @@ class Upgradable:
         self.role.stop()
         if pid is not None and pid != self.role.pid:  # a version the watchdog started
             os.kill(pid, signal.SIGTERM)
-            wait_until(lambda: StateDir(self.state).running_pid() is None, 15,
-                       what="agent stopped")
+            wait_until(lambda: StateDir(self.state).running_pid() is None, 15, what="agent stopped")
         print(self.role.log()[-6000:])
 
 
@@ -299,8 +348,10 @@ def agent(fake: FakeComms, tmp_path: Path, keys: Any) -> Iterator[Upgradable]:
 
 def offer(fake: FakeComms, key: Path, version: str, data: bytes) -> None:
     sha, sig = sign_package(key, "fleetcmd", version, data)
-    fake.packages[f"fleetcmd-{version}"] = (data, {"X-Package-Sha256": sha,
-                                                   "X-Package-Signature": sig})
+    fake.packages[f"fleetcmd-{version}"] = (
+        data,
+        {"X-Package-Sha256": sha, "X-Package-Signature": sig},
+    )
 
 
 def environ(pid: int) -> dict[str, str]:
@@ -309,14 +360,16 @@ def environ(pid: int) -> dict[str, str]:
 
 
 @pytest.mark.req("C3")
-def test_upgrade_restarts_into_the_new_version(agent: Upgradable, keys: Any,
-                                               packages: dict[str, bytes]) -> None:
+def test_upgrade_restarts_into_the_new_version(
+    agent: Upgradable, keys: Any, packages: dict[str, bytes]
+) -> None:
     agent.start()
     before = agent.status()
     assert before["version"] == OLD
     offer(agent.fake, keys[0], NEW, packages["good"])
-    agent.fake.queue(agent.id, agent.fake.command(10, "upgrade", {"version": NEW,
-                                                                   "package": "fleetcmd"}, 120))
+    agent.fake.queue(
+        agent.id, agent.fake.command(10, "upgrade", {"version": NEW, "package": "fleetcmd"}, 120)
+    )
     r = agent.result(10)
     assert r["status"] == "success", r
     assert r["data"] == {"version": NEW, "previous": OLD}
@@ -329,7 +382,8 @@ def test_upgrade_restarts_into_the_new_version(agent: Upgradable, keys: Any,
     pid = st["pid"]
     assert pid == before["pid"] == agent.role.pid
     assert environ(pid)["PYTHONPATH"].split(os.pathsep)[0] == str(
-        agent.state.resolve() / "versions" / NEW / "src")
+        agent.state.resolve() / "versions" / NEW / "src"
+    )
     # and it keeps working
     agent.fake.queue(agent.id, agent.fake.command(11, "rename", {"name": "up-2"}))
     assert agent.result(11)["status"] == "success"
@@ -341,16 +395,19 @@ def test_upgrade_restarts_into_the_new_version(agent: Upgradable, keys: Any,
 
 
 @pytest.mark.req("C3")
-def test_a_tampered_package_is_refused_by_the_running_agent(agent: Upgradable, keys: Any,
-                                                            packages: dict[str, bytes]) -> None:
+def test_a_tampered_package_is_refused_by_the_running_agent(
+    agent: Upgradable, keys: Any, packages: dict[str, bytes]
+) -> None:
     agent.start()
     pid = agent.status()["pid"]
     data = packages["good"]
     sha, sig = sign_package(keys[0], "fleetcmd", NEW, data)
     tampered = bytearray(data)
     tampered[len(tampered) // 2] ^= 0xFF
-    agent.fake.packages[f"fleetcmd-{NEW}"] = (bytes(tampered), {"X-Package-Sha256": sha,
-                                                                "X-Package-Signature": sig})
+    agent.fake.packages[f"fleetcmd-{NEW}"] = (
+        bytes(tampered),
+        {"X-Package-Sha256": sha, "X-Package-Signature": sig},
+    )
     agent.fake.queue(agent.id, agent.fake.command(20, "upgrade", {"version": NEW}, 120))
     r = agent.result(20)
     assert r["status"] == "failure" and "upgrade refused, nothing changed" in r["message"]
@@ -360,8 +417,9 @@ def test_a_tampered_package_is_refused_by_the_running_agent(agent: Upgradable, k
 
 
 @pytest.mark.req("C3")
-def test_a_version_that_dies_at_start_is_rolled_back(agent: Upgradable, keys: Any,
-                                                     packages: dict[str, bytes]) -> None:
+def test_a_version_that_dies_at_start_is_rolled_back(
+    agent: Upgradable, keys: Any, packages: dict[str, bytes]
+) -> None:
     agent.start()
     old_pid = agent.status()["pid"]
     offer(agent.fake, keys[0], "0.1.2", packages["crash"])
@@ -383,7 +441,8 @@ def test_a_version_that_dies_at_start_is_rolled_back(agent: Upgradable, keys: An
 
 @pytest.mark.req("C3")
 def test_a_version_that_never_checks_in_is_rolled_back_at_the_deadline(
-        fake: FakeComms, tmp_path: Path, keys: Any, packages: dict[str, bytes]) -> None:
+    fake: FakeComms, tmp_path: Path, keys: Any, packages: dict[str, bytes]
+) -> None:
     agent = Upgradable(fake, tmp_path, keys[1], deadline=6).start()
     try:
         offer(fake, keys[0], "0.1.3", packages["hang"])

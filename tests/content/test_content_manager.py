@@ -56,8 +56,9 @@ def doc(c: httpx.Client, index: str, doc_id: str) -> Any:
 
 def refusal(c: httpx.Client, target: str) -> Any:
     """The details of the newest `content.refuse` audit record about `target`."""
-    r = c.get("/audit", params={"actor": "content-manager", "action": "content.refuse",
-                                "target": target})
+    r = c.get(
+        "/audit", params={"actor": "content-manager", "action": "content.refuse", "target": target}
+    )
     r.raise_for_status()
     [first, *_] = r.json()["data"]["items"]
     assert first["outcome"] == "refused"

@@ -87,7 +87,8 @@ def test_a_restarted_node_takes_back_what_its_previous_run_held(store: SqlStore)
     task_id = fan_out(store, 6)
     old = store.claim("node-a#1111", ClaimFilter("agent"), 4, lease=600)
     assert store.mark("node-a#1111", [c.id for c in old[:2]], "sent") == sorted(
-        c.id for c in old[:2])
+        c.id for c in old[:2]
+    )
     mine = store.claim("node-a#2222", ClaimFilter("agent"), 1, lease=600)
     other = store.claim("node-ab#3333", ClaimFilter("agent"), 1, lease=600)  # a longer name
     assert store.release_previous("node-a#2222") == 4  # claimed and sent, both back
@@ -375,10 +376,21 @@ def test_audit_is_append_only_with_filters_and_pages(store: SqlStore) -> None:
     base = time.time()
     rows = [
         {"actor": "alice", "action": "user.login", "outcome": "success", "at": base},
-        {"actor": "bob", "action": "user.login", "outcome": "failure", "at": base + 1,
-         "address": "10.0.0.7"},
-        {"actor": "alice", "action": "task.create", "outcome": "success", "at": base + 2,
-         "target": "task:1", "details": {"type": "rbac-change"}},
+        {
+            "actor": "bob",
+            "action": "user.login",
+            "outcome": "failure",
+            "at": base + 1,
+            "address": "10.0.0.7",
+        },
+        {
+            "actor": "alice",
+            "action": "task.create",
+            "outcome": "success",
+            "at": base + 2,
+            "target": "task:1",
+            "details": {"type": "rbac-change"},
+        },
         {"actor": "alice", "action": "task.cancel", "outcome": "denied", "at": base + 3},
     ]
     ids = store.append_audit(rows)
@@ -389,9 +401,13 @@ def test_audit_is_append_only_with_filters_and_pages(store: SqlStore) -> None:
     assert [r["actor"] for r in store.list_audit(outcome="failure").items] == ["bob"]
     assert store.list_audit(actor="bob").items[0]["address"] == "10.0.0.7"
     assert [r["action"] for r in store.list_audit(action="task.*").items] == [
-        "task.cancel", "task.create"]
+        "task.cancel",
+        "task.create",
+    ]
     assert [r["id"] for r in store.list_audit(since=base + 1, until=base + 3).items] == [
-        ids[2], ids[1]]
+        ids[2],
+        ids[1],
+    ]
     first = store.list_audit(limit=3)
     assert len(first.items) == 3 and first.next_cursor is not None
     rest = store.list_audit(limit=3, cursor=first.next_cursor)

@@ -141,8 +141,9 @@ def test_sqlite_upkeep_has_nothing_to_vacuum(tmp_path: Path) -> None:
     with store_url_for("sqlite", tmp_path) as url:
         store = open_store(url)
         try:
-            store.register_agents([{"id": f"a{i}", "name": f"h{i}", "groups": ["g"]}
-                                   for i in range(50)])
+            store.register_agents(
+                [{"id": f"a{i}", "name": f"h{i}", "groups": ["g"]} for i in range(50)]
+            )
             report = store.upkeep()
             assert report.skipped and not report.actions and report.autovacuum is None
             with store.reading() as tx:

@@ -78,8 +78,11 @@ def shot(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Any, str], Path]
     """Screenshot a page. With FLEETCMD_SCREENSHOTS=1 the pictures go to docs/img (used
     by docs/dashboard.md); otherwise to a scratch folder, so a test run leaves the
     checkout untouched."""
-    folder = SHOTS if os.environ.get("FLEETCMD_SCREENSHOTS") == "1" else (
-        tmp_path_factory.getbasetemp() / "screenshots")
+    folder = (
+        SHOTS
+        if os.environ.get("FLEETCMD_SCREENSHOTS") == "1"
+        else (tmp_path_factory.getbasetemp() / "screenshots")
+    )
 
     def take(page: Any, name: str, full_page: bool = True) -> Path:
         folder.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,9 @@ def expect(locator: Any) -> Any:
     return pw_expect(locator)
 
 
-def test_login_refuses_bad_password_and_sets_strict_cookies(browser: Any, fleet: DashFleet,
-                                                            shot: Shot) -> None:
+def test_login_refuses_bad_password_and_sets_strict_cookies(
+    browser: Any, fleet: DashFleet, shot: Shot
+) -> None:
     context = browser.new_context(base_url=fleet.url, viewport={"width": 1000, "height": 700})
     page = context.new_page()
     page.goto("/app/tasks")
@@ -53,8 +54,12 @@ def test_login_refuses_bad_password_and_sets_strict_cookies(browser: Any, fleet:
 
 
 def test_overview_shows_the_fleet(admin: Any, fleet: DashFleet, shot: Shot) -> None:
-    fleet.register([{"id": f"ghost{i:07d}", "name": f"ghost-{i}", "groups": ["linux"],
-                     "version": "0.9.0"} for i in range(3)])
+    fleet.register(
+        [
+            {"id": f"ghost{i:07d}", "name": f"ghost-{i}", "groups": ["linux"], "version": "0.9.0"}
+            for i in range(3)
+        ]
+    )
     admin.goto("/app/")
     expect(admin.get_by_test_id("agents-total")).to_have_text("5")
     expect(admin.get_by_test_id("agents-active")).to_have_text("2")
@@ -62,8 +67,9 @@ def test_overview_shows_the_fleet(admin: Any, fleet: DashFleet, shot: Shot) -> N
     shot(admin, "overview")
 
 
-def test_group_assignment_from_the_form_reaches_100_percent_live(admin: Any, fleet: DashFleet,
-                                                                 shot: Shot) -> None:
+def test_group_assignment_from_the_form_reaches_100_percent_live(
+    admin: Any, fleet: DashFleet, shot: Shot
+) -> None:
     """One real agent answers at once; an httpx-played one answers when the test says so,
     while the page is open: the bar must reach 100% without a reload."""
     real = fleet.agents["edge-1"]
@@ -93,14 +99,18 @@ def test_group_assignment_from_the_form_reaches_100_percent_live(admin: Any, fle
     task = fleet.api.get(f"/tasks/{task_id}").json()["data"]
     assert task["source"] == "dashboard" and task["user"] == "admin"
     assert {k: task["params"][k] for k in ("mode", "groups", "agents")} == {
-        "mode": "set", "groups": ["web", "linux"], "agents": [real, slow.id]}
+        "mode": "set",
+        "groups": ["web", "linux"],
+        "agents": [real, slow.id],
+    }
     agent = fleet.api.get(f"/agents/{real}").json()["data"]
     assert agent["groups"] == ["web", "linux"]
 
 
 def test_a_commands_result_opens(admin: Any, fleet: DashFleet, shot: Shot) -> None:
-    tasks = fleet.api.get("/tasks", params={"type": "group-assignment-change",
-                                            "status": "success"}).json()["data"]["items"]
+    tasks = fleet.api.get(
+        "/tasks", params={"type": "group-assignment-change", "status": "success"}
+    ).json()["data"]["items"]
     admin.goto(f"/app/tasks/{tasks[0]['id']}")
     admin.fill("input[name=target_id]", fleet.agents["edge-1"])
     admin.select_option("select[name=status]", "success")
@@ -118,8 +128,7 @@ def test_a_commands_result_opens(admin: Any, fleet: DashFleet, shot: Shot) -> No
     expect(admin.get_by_test_id("command-result")).to_contain_text("Expanded into 2 child")
 
 
-def test_cancel_a_task_stuck_on_an_offline_agent(admin: Any, fleet: DashFleet,
-                                                 shot: Shot) -> None:
+def test_cancel_a_task_stuck_on_an_offline_agent(admin: Any, fleet: DashFleet, shot: Shot) -> None:
     admin.goto("/app/tasks/new/group-assignment-change")
     admin.select_option("select[name=operation]", "add")
     admin.fill("textarea[name=agents]", "ghost0000001")
@@ -138,8 +147,7 @@ def test_cancel_a_task_stuck_on_an_offline_agent(admin: Any, fleet: DashFleet,
     shot(admin, "cancelled")
 
 
-def test_validation_errors_next_to_their_fields(admin: Any, fleet: DashFleet,
-                                                shot: Shot) -> None:
+def test_validation_errors_next_to_their_fields(admin: Any, fleet: DashFleet, shot: Shot) -> None:
     admin.goto("/app/tasks/new/group-configuration-change")
     # In the browser: the JSON editor refuses to post broken JSON.
     admin.fill("input[name=group]", "web")
@@ -218,13 +226,19 @@ def test_agents_and_groups(admin: Any, fleet: DashFleet, shot: Shot) -> None:
     shot(admin, "tasks")
 
 
-def test_readonly_sees_no_create_buttons_and_is_refused(reader: Any, fleet: DashFleet,
-                                                        shot: Shot) -> None:
+def test_readonly_sees_no_create_buttons_and_is_refused(
+    reader: Any, fleet: DashFleet, shot: Shot
+) -> None:
     reader.goto("/app/")
     expect(reader.get_by_test_id("user")).to_have_text("reader")
     expect(reader.get_by_test_id("new-task")).to_have_count(0)
-    running = fleet.api.post("/tasks", json={"type": "group-assignment-change", "params": {
-        "agents": ["ghost0000002"], "groups": ["web"], "mode": "add"}}).json()["data"]
+    running = fleet.api.post(
+        "/tasks",
+        json={
+            "type": "group-assignment-change",
+            "params": {"agents": ["ghost0000002"], "groups": ["web"], "mode": "add"},
+        },
+    ).json()["data"]
     reader.goto(f"/app/tasks/{running['id']}")
     expect(reader.get_by_test_id("counts")).to_be_visible()
     expect(reader.get_by_test_id("cancel-task")).to_have_count(0)
@@ -233,29 +247,35 @@ def test_readonly_sees_no_create_buttons_and_is_refused(reader: Any, fleet: Dash
     # Posting anyway, with a valid CSRF token of the reader's own session: 403 from RBAC.
     reader.goto("/app/")
     csrf = reader.locator("#logout-form input[name=csrf_token]").input_value()
-    refused = reader.request.post("/app/tasks/new/rbac-change",
-                                  form={"csrf_token": csrf, "reason": "sneaky"})
+    refused = reader.request.post(
+        "/app/tasks/new/rbac-change", form={"csrf_token": csrf, "reason": "sneaky"}
+    )
     assert refused.status == 403 and "may not task:create" in refused.text()
-    refused = reader.request.post(f"/app/tasks/{running['id']}/cancel",
-                                  form={"csrf_token": csrf})
+    refused = reader.request.post(f"/app/tasks/{running['id']}/cancel", form={"csrf_token": csrf})
     assert refused.status == 403 and "may not task:cancel" in refused.text()
     assert fleet.api.get(f"/tasks/{running['id']}").json()["data"]["status"] != "cancelled"
     fleet.api.post(f"/tasks/{running['id']}/cancel")
 
 
 def test_posts_need_the_sessions_csrf_token(admin: Any, fleet: DashFleet, shot: Shot) -> None:
-    running = fleet.api.post("/tasks", json={"type": "group-assignment-change", "params": {
-        "agents": ["ghost0000000"], "groups": ["web"], "mode": "add"}}).json()["data"]
+    running = fleet.api.post(
+        "/tasks",
+        json={
+            "type": "group-assignment-change",
+            "params": {"agents": ["ghost0000000"], "groups": ["web"], "mode": "add"},
+        },
+    ).json()["data"]
     admin.goto("/app/")
     expect(admin.get_by_test_id("running-tasks")).to_contain_text(f"#{running['id']}")
     shot(admin, "overview")  # after the other tests: tasks running, groups with members
     for form in ({}, {"csrf_token": "0" * 64}):
         r = admin.request.post(f"/app/tasks/{running['id']}/cancel", form=form)
         assert r.status == 403 and "did not come from this dashboard" in r.text()
-    r = admin.request.post(f"/app/tasks/{running['id']}/cancel",
-                           headers={"Origin": "http://evil.example"},
-                           form={"csrf_token": admin.locator(
-                               "#logout-form input[name=csrf_token]").input_value()})
+    r = admin.request.post(
+        f"/app/tasks/{running['id']}/cancel",
+        headers={"Origin": "http://evil.example"},
+        form={"csrf_token": admin.locator("#logout-form input[name=csrf_token]").input_value()},
+    )
     assert r.status == 403 and "cross-site" in r.text()
     fleet.api.post(f"/tasks/{running['id']}/cancel")
 
@@ -265,8 +285,9 @@ def test_task_events_on_the_management_api(fleet: DashFleet) -> None:
     task = fleet.api.post("/tasks", json={"type": "rbac-change", "params": {}}).json()["data"]
     headers = dict(fleet.api.headers)
     events: list[str] = []
-    with httpx.stream("GET", f"{fleet.url}/tasks/{task['id']}/events", headers=headers,
-                      timeout=30) as r:
+    with httpx.stream(
+        "GET", f"{fleet.url}/tasks/{task['id']}/events", headers=headers, timeout=30
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():

@@ -24,10 +24,18 @@ FILLED = {
     "agent-upgrade": {"selector": "group", "group": "web", "version": "1.2.0"},
     "sca-policy-change": {"operation": "delete", "group": "web", "policy_id": "cis"},
     "vulnerability-rescan": {"selector": "all", "reason": "new feed"},
-    "active-response-configuration": {"operation": "set", "group": "web", "name": "block",
-                                      "definition": '{"command": "block"}'},
-    "active-response-execution": {"name": "block", "arguments": "10.0.0.1\n--fast",
-                                  "selector": "agents", "agents": "a1"},
+    "active-response-configuration": {
+        "operation": "set",
+        "group": "web",
+        "name": "block",
+        "definition": '{"command": "block"}',
+    },
+    "active-response-execution": {
+        "name": "block",
+        "arguments": "10.0.0.1\n--fast",
+        "selector": "agents",
+        "agents": "a1",
+    },
     "ruleset-update": {"version": "7", "rules": '[{"id": 1}]'},
     "server-config-change": {"settings": '{"log_level": "debug"}'},
     "rbac-change": {"reason": "new user"},
@@ -54,7 +62,8 @@ def test_form_specific_checks() -> None:
         FORMS["ruleset-update"].build({"version": "1", "rules": "{}"})
     assert exc.value.errors == {"rules": "must be a JSON array"}
     assert FORMS["group-assignment-change"].build(
-        {"operation": "delete", "delete_group": "old", "confirm": "yes"}) == {"delete_group": "old"}
+        {"operation": "delete", "delete_group": "old", "confirm": "yes"}
+    ) == {"delete_group": "old"}
 
 
 def _api_error(task_type: str, params: dict[str, object]) -> dict[str, object]:
@@ -63,17 +72,26 @@ def _api_error(task_type: str, params: dict[str, object]) -> dict[str, object]:
     return exc.value.to_json()
 
 
-@pytest.mark.parametrize(("task_type", "values", "field"), [
-    ("group-configuration-change", {"group": "bad name", "configuration": "{}"}, "group"),
-    ("agent-upgrade", {"selector": "agents", "agents": "", "version": "1"}, "selector"),
-    ("agent-upgrade", {"selector": "all", "version": ""}, "version"),
-    ("active-response-execution", {"name": "x", "selector": "group", "group": "bad name"},
-     "group"),
-    ("active-response-configuration", {"operation": "set", "group": "web", "name": "bad name",
-                                       "definition": "{}"}, "name"),
-    ("group-assignment-change", {"operation": "set", "groups": "web"}, "agents"),
-    ("agent-rename", {"agent": "a1", "name": "no/slash"}, "name"),
-])
+@pytest.mark.parametrize(
+    ("task_type", "values", "field"),
+    [
+        ("group-configuration-change", {"group": "bad name", "configuration": "{}"}, "group"),
+        ("agent-upgrade", {"selector": "agents", "agents": "", "version": "1"}, "selector"),
+        ("agent-upgrade", {"selector": "all", "version": ""}, "version"),
+        (
+            "active-response-execution",
+            {"name": "x", "selector": "group", "group": "bad name"},
+            "group",
+        ),
+        (
+            "active-response-configuration",
+            {"operation": "set", "group": "web", "name": "bad name", "definition": "{}"},
+            "name",
+        ),
+        ("group-assignment-change", {"operation": "set", "groups": "web"}, "agents"),
+        ("agent-rename", {"agent": "a1", "name": "no/slash"}, "name"),
+    ],
+)
 def test_api_errors_land_on_fields(task_type: str, values: dict[str, str], field: str) -> None:
     form = FORMS[task_type]
     body = _api_error(task_type, form.build(values))
@@ -84,17 +102,21 @@ def test_api_errors_land_on_fields(task_type: str, values: dict[str, str], field
 def test_unknown_agents_and_groups_and_other_refusals() -> None:
     form = FORMS["group-assignment-change"]
     values = {"operation": "set", "agents": "a1", "groups": "web, nope"}
-    body = {"error": "invalid_params", "message": "...",
-            "details": {"unknown_group": "nope"}}
+    body = {"error": "invalid_params", "message": "...", "details": {"unknown_group": "nope"}}
     assert map_api_errors(form, body, values) == ({"groups": "group 'nope' does not exist"}, [])
     body = {"error": "invalid_params", "message": "...", "details": {"unknown_agents": ["a1"]}}
     assert map_api_errors(form, body, values)[0] == {"agents": "unknown agent(s): a1"}
     conflict = {"error": "conflict", "message": "name 'x' is taken"}
     assert map_api_errors(FORMS["agent-rename"], conflict, {}) == ({}, ["name 'x' is taken"])
-    taken = {"error": "conflict", "message": "...",
-             "details": {"name_taken": "web-2", "agent": "a2"}}
+    taken = {
+        "error": "conflict",
+        "message": "...",
+        "details": {"name_taken": "web-2", "agent": "a2"},
+    }
     assert map_api_errors(FORMS["agent-rename"], taken, {}) == (
-        {"name": "name 'web-2' is already used by agent a2"}, [])
+        {"name": "name 'web-2' is already used by agent a2"},
+        [],
+    )
 
 
 def test_pager_walks_forward_and_back() -> None:

@@ -19,15 +19,28 @@ def expect(locator: Any) -> Any:
     return pw_expect(locator)
 
 
-def test_rollout_card_shows_waves_and_its_buttons_steer_it(admin: Any, fleet: DashFleet,
-                                                           shot: Shot) -> None:
+def test_rollout_card_shows_waves_and_its_buttons_steer_it(
+    admin: Any, fleet: DashFleet, shot: Shot
+) -> None:
     # Six agents that never connect: their commands wait (offline) without holding a wave.
-    fleet.register([{"id": f"roll{i:07d}", "name": f"roll-{i}", "groups": ["rollouts"],
-                     "version": "1.0.0"} for i in range(6)])
-    r = fleet.api.post("/tasks", json={
-        "type": "agent-upgrade", "params": {"group": "rollouts", "version": "2.0.0"},
-        "rollout": {"canary": {"count": 1}, "waves": {"size": "40%", "pause": 600},
-                    "error_threshold": {"percent": 10}}})
+    fleet.register(
+        [
+            {"id": f"roll{i:07d}", "name": f"roll-{i}", "groups": ["rollouts"], "version": "1.0.0"}
+            for i in range(6)
+        ]
+    )
+    r = fleet.api.post(
+        "/tasks",
+        json={
+            "type": "agent-upgrade",
+            "params": {"group": "rollouts", "version": "2.0.0"},
+            "rollout": {
+                "canary": {"count": 1},
+                "waves": {"size": "40%", "pause": 600},
+                "error_threshold": {"percent": 10},
+            },
+        },
+    )
     assert r.status_code == 202, r.text
     task_id = r.json()["data"]["id"]
 
@@ -66,8 +79,9 @@ def test_rollout_card_shows_waves_and_its_buttons_steer_it(admin: Any, fleet: Da
     expect(admin.locator("[data-live-status] .badge")).to_have_text("cancelled")
 
     with fleet.indexer.client() as c:
-        audit = c.get("/audit", params={"target": f"task:{task_id}",
-                                        "action": "rollout.*"}).json()["data"]["items"]
+        audit = c.get("/audit", params={"target": f"task:{task_id}", "action": "rollout.*"}).json()[
+            "data"
+        ]["items"]
     assert [(a["action"], a["actor"], a["details"]["source"]) for a in reversed(audit)] == [
         ("rollout.pause", "admin", "dashboard"),
         ("rollout.resume", "admin", "dashboard"),
@@ -77,9 +91,14 @@ def test_rollout_card_shows_waves_and_its_buttons_steer_it(admin: Any, fleet: Da
 
 def test_a_reader_sees_the_rollout_but_no_buttons(reader: Any, fleet: DashFleet) -> None:
     fleet.register([{"id": "readr0000001", "name": "readr-1", "groups": ["readers"]}])
-    r = fleet.api.post("/tasks", json={
-        "type": "agent-upgrade", "params": {"group": "readers", "version": "2.0.0"},
-        "rollout": {"waves": {"size": 1}}})
+    r = fleet.api.post(
+        "/tasks",
+        json={
+            "type": "agent-upgrade",
+            "params": {"group": "readers", "version": "2.0.0"},
+            "rollout": {"waves": {"size": 1}},
+        },
+    )
     assert r.status_code == 202, r.text
     reader.goto(f"/app/tasks/{r.json()['data']['id']}")
     expect(reader.get_by_test_id("rollout-state")).to_have_text("running")

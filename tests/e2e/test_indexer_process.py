@@ -270,22 +270,40 @@ def test_blobs_are_addressed_by_their_sha256(indexer: Indexer) -> None:
 
 def test_audit_trail_is_append_only_over_http(indexer: Indexer) -> None:
     with indexer.client() as c:
-        r = c.post("/audit", json={"records": [
-            {"actor": "alice", "action": "user.login", "outcome": "success",
-             "address": "127.0.0.1", "details": {"via": "test"}}]})
+        r = c.post(
+            "/audit",
+            json={
+                "records": [
+                    {
+                        "actor": "alice",
+                        "action": "user.login",
+                        "outcome": "success",
+                        "address": "127.0.0.1",
+                        "details": {"via": "test"},
+                    }
+                ]
+            },
+        )
         assert r.status_code == 201, r.text
         [rid] = r.json()["data"]["ids"]
         page = c.get("/audit", params={"actor": "alice"}).json()["data"]
         assert [x["id"] for x in page["items"]] == [rid]
         # No route changes or deletes a record; the old document index is gone.
-        for method, path in (("PUT", f"/audit/{rid}"), ("DELETE", f"/audit/{rid}"),
-                             ("PATCH", "/audit"), ("DELETE", "/audit")):
+        for method, path in (
+            ("PUT", f"/audit/{rid}"),
+            ("DELETE", f"/audit/{rid}"),
+            ("PATCH", "/audit"),
+            ("DELETE", "/audit"),
+        ):
             assert c.request(method, path, json={}).status_code in (404, 405), (method, path)
         for method in ("PUT", "DELETE"):
             r = c.request(method, "/indexes/audit/x", json={"outcome": "success"})
             assert r.status_code == 422 and "unknown index" in r.json()["message"]
-        bad = c.post("/audit", json={"records": [{"actor": "a", "action": "Bad Action",
-                                                  "outcome": "success"}]})
+        bad = c.post(
+            "/audit",
+            json={"records": [{"actor": "a", "action": "Bad Action", "outcome": "success"}]},
+        )
         assert bad.status_code == 422 and bad.json()["error"]
-        assert c.get("/audit", params={"actor": "alice"}).json()["data"]["items"][0][
-            "details"] == {"via": "test"}
+        assert c.get("/audit", params={"actor": "alice"}).json()["data"]["items"][0]["details"] == {
+            "via": "test"
+        }

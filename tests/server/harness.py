@@ -17,8 +17,13 @@ JWT_KEY = "test-jwt-key-shared-by-server-nodes"
 
 
 class Server(Role):
-    def __init__(self, indexer: Indexer, data_dir: Path, node_id: str | None = None,
-                 extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        indexer: Indexer,
+        data_dir: Path,
+        node_id: str | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
         self.comms_port = free_port()
         self.management_port = free_port()
         self.node_id = node_id or f"server-test-{self.comms_port}"
@@ -26,13 +31,31 @@ class Server(Role):
         self.api = f"http://127.0.0.1:{self.management_port}"
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        super().__init__(self.node_id, [
-            "server", "--indexer", indexer.url, "--data-dir", str(data_dir),
-            "--node-id", self.node_id, "--comms-port", str(self.comms_port),
-            "--management-port", str(self.management_port), "--log-level", "info",
-            *(extra or [])], data_dir,
-            env={"FLEETCMD_TOKEN": indexer.token, "FLEETCMD_ENROLLMENT_KEY": ENROLLMENT_KEY,
-                 "FLEETCMD_JWT_KEY": JWT_KEY})
+        super().__init__(
+            self.node_id,
+            [
+                "server",
+                "--indexer",
+                indexer.url,
+                "--data-dir",
+                str(data_dir),
+                "--node-id",
+                self.node_id,
+                "--comms-port",
+                str(self.comms_port),
+                "--management-port",
+                str(self.management_port),
+                "--log-level",
+                "info",
+                *(extra or []),
+            ],
+            data_dir,
+            env={
+                "FLEETCMD_TOKEN": indexer.token,
+                "FLEETCMD_ENROLLMENT_KEY": ENROLLMENT_KEY,
+                "FLEETCMD_JWT_KEY": JWT_KEY,
+            },
+        )
 
     def start(self) -> Server:
         super().start()
@@ -49,8 +72,9 @@ class Server(Role):
 def login(api: str, user: str, password: str) -> httpx.Client:
     r = httpx.post(f"{api}/security/user/authenticate", auth=(user, password), timeout=10)
     assert r.status_code == 200, r.text
-    return httpx.Client(base_url=api, timeout=30,
-                        headers={"Authorization": f"Bearer {r.json()['data']['token']}"})
+    return httpx.Client(
+        base_url=api, timeout=30, headers={"Authorization": f"Bearer {r.json()['data']['token']}"}
+    )
 
 
 def dashboard_page(api: httpx.Client, path: str) -> httpx.Response:
@@ -68,8 +92,7 @@ class FakeAgent:
         self.comms = comms
         self.name = name
         self.http = httpx.Client(base_url=comms, timeout=70)
-        body: dict[str, Any] = {"enrollment_key": ENROLLMENT_KEY, "name": name,
-                                "version": "1.0.0"}
+        body: dict[str, Any] = {"enrollment_key": ENROLLMENT_KEY, "name": name, "version": "1.0.0"}
         if groups is not None:
             body["groups"] = groups
         r = self.http.post("/agents/enroll", json=body)
@@ -114,8 +137,9 @@ class FakeAgent:
             data = {"groups": args.get("groups"), "config_hash": args.get("config_hash")}
             if c["action"]["name"] == "delete":
                 data = {"deleted": True}
-            results.append({"id": c["id"], "status": "success", "code": 0, "message": "ok",
-                            "data": data})
+            results.append(
+                {"id": c["id"], "status": "success", "code": 0, "message": "ok", "data": data}
+            )
         outcomes = self.report(results)
         assert all(o["outcome"] in ("recorded", "duplicate") for o in outcomes), outcomes
         return commands

@@ -25,8 +25,9 @@ STORES = ["sqlite", "postgres"]
 
 
 @contextmanager
-def system(kind: str, tmp: Path, servers: int = 1, server_extra: list[str] | None = None
-           ) -> Iterator[tuple[Indexer, list[Server]]]:
+def system(
+    kind: str, tmp: Path, servers: int = 1, server_extra: list[str] | None = None
+) -> Iterator[tuple[Indexer, list[Server]]]:
     with store_url_for(kind, tmp) as url:
         idx = Indexer(url, tmp / "indexer").start()
         nodes: list[Server] = []
@@ -41,21 +42,45 @@ def system(kind: str, tmp: Path, servers: int = 1, server_extra: list[str] | Non
 
 
 def enroll(comms: str, key: str, name: str) -> httpx.Response:
-    return httpx.post(f"{comms}/agents/enroll", json={"enrollment_key": key, "name": name,
-                                                      "version": "1.0.0"}, timeout=10)
+    return httpx.post(
+        f"{comms}/agents/enroll",
+        json={"enrollment_key": key, "name": name, "version": "1.0.0"},
+        timeout=10,
+    )
 
 
 def agent_role(srv: Server, tmp: Path, name: str, *extra: str) -> tuple[Role, Path]:
     state = tmp / name
-    role = Role(name, ["agent", "--server", srv.comms, "--enrollment-key", ENROLLMENT_KEY,
-                       "--name", name, "--state-dir", str(state), *extra], tmp).start()
+    role = Role(
+        name,
+        [
+            "agent",
+            "--server",
+            srv.comms,
+            "--enrollment-key",
+            ENROLLMENT_KEY,
+            "--name",
+            name,
+            "--state-dir",
+            str(state),
+            *extra,
+        ],
+        tmp,
+    ).start()
     return role, state
 
 
 def credentials(state: Path) -> dict[str, str]:
-    return dict(wait_until(lambda: (state / "credentials.json").exists()
-                           and json.loads((state / "credentials.json").read_text()), 30,
-                           what="agent enrolled"))
+    return dict(
+        wait_until(
+            lambda: (
+                (state / "credentials.json").exists()
+                and json.loads((state / "credentials.json").read_text())
+            ),
+            30,
+            what="agent enrolled",
+        )
+    )
 
 
 @pytest.mark.parametrize("kind", STORES)
@@ -89,38 +114,52 @@ def test_enrollment_keys_rotate_revoke_expire(kind: str, tmp_path: Path) -> None
         assert enroll(srv.comms, k2["key"], "old-in-grace").status_code == 201
         assert enroll(srv.comms, k3["key"], "rotated").status_code == 201
         # Without grace the old key stops at once.
-        k4 = api.post(f"/security/enrollment-keys/{k3['id']}/rotate", json={"grace": 0}
-                      ).json()["data"]
+        k4 = api.post(f"/security/enrollment-keys/{k3['id']}/rotate", json={"grace": 0}).json()[
+            "data"
+        ]
         assert enroll(srv.comms, k3["key"], "too-late").status_code == 401
         assert enroll(srv.comms, k4["key"], "newest").status_code == 201
 
         short = api.post("/security/enrollment-keys", json={"expires_in": 0.5}).json()["data"]
-        expired = wait_until(lambda: (r := enroll(srv.comms, short["key"], "short")
-                                      ).status_code == 401 and r, 10, what="key expiry")
+        expired = wait_until(
+            lambda: (r := enroll(srv.comms, short["key"], "short")).status_code == 401 and r,
+            10,
+            what="key expiry",
+        )
         assert "expired" in expired.json()["message"]
 
-        states = {k["id"]: k["state"] for k in
-                  api.get("/security/enrollment-keys").json()["data"]["items"]}
+        states = {
+            k["id"]: k["state"]
+            for k in api.get("/security/enrollment-keys").json()["data"]["items"]
+        }
         assert states[k1["id"]] == "revoked" and states[k3["id"]] == "revoked"
         assert states[k4["id"]] == "active" and states[short["id"]] == "expired"
-        bad = [api.post("/security/enrollment-keys", json={"expires_in": -1}),
-               api.post("/security/enrollment-keys", json={"nope": 1}),
-               api.delete("/security/enrollment-keys/no-such-key"),
-               api.delete("/security/enrollment-keys/..%2F..%2Fetc")]
+        bad = [
+            api.post("/security/enrollment-keys", json={"expires_in": -1}),
+            api.post("/security/enrollment-keys", json={"nope": 1}),
+            api.delete("/security/enrollment-keys/no-such-key"),
+            api.delete("/security/enrollment-keys/..%2F..%2Fetc"),
+        ]
         assert [b.status_code for b in bad[:3]] == [422, 422, 404]
         assert bad[3].status_code in (404, 422)  # never reaches a file or document
         assert all(b.json()["error"] for b in bad)
 
         trail = idx.client().get("/audit", params={"actor": "admin"}).json()["data"]["items"]
         done = [(r["action"], r["target"]) for r in trail if r["action"].startswith("enroll")]
-        assert {("enrollment-key.create", k1["id"]), ("enrollment-key.revoke", k1["id"]),
-                ("enrollment-key.rotate", k2["id"]), ("enrollment-key.rotate", k3["id"])
-                } <= set(done)
-        assert all(r["address"] == "127.0.0.1" for r in trail
-                   if r["action"].startswith("enrollment-key."))
-        refusals = idx.client().get("/audit", params={"action": "agent.enroll",
-                                                      "outcome": "failure"}
-                                    ).json()["data"]["items"]
+        assert {
+            ("enrollment-key.create", k1["id"]),
+            ("enrollment-key.revoke", k1["id"]),
+            ("enrollment-key.rotate", k2["id"]),
+            ("enrollment-key.rotate", k3["id"]),
+        } <= set(done)
+        assert all(
+            r["address"] == "127.0.0.1" for r in trail if r["action"].startswith("enrollment-key.")
+        )
+        refusals = (
+            idx.client()
+            .get("/audit", params={"action": "agent.enroll", "outcome": "failure"})
+            .json()["data"]["items"]
+        )
         assert {r["details"]["name"] for r in refusals} >= {"after-revoke", "too-late"}
 
         # The key `fleetcmd up` and the tests start with can be revoked too, and stays so.
@@ -139,8 +178,11 @@ def test_a_deleted_agents_token_is_refused_on_every_node(kind: str, tmp_path: Pa
         role, state = agent_role(a, tmp_path, "doomed")
         creds = credentials(state)
         api = a.admin()
-        wait_until(lambda: api.get(f"/agents/{creds['id']}").json()["data"]["status"]
-                   == "active", 30, what="agent connected")
+        wait_until(
+            lambda: api.get(f"/agents/{creds['id']}").json()["data"]["status"] == "active",
+            30,
+            what="agent connected",
+        )
         # A token of the same agent from the other node, taken while it was enrolled.
         tok = httpx.post(f"{b.comms}/agents/authenticate", json=creds).json()["data"]["token"]
         other = httpx.Client(base_url=b.comms, headers={"Authorization": f"Bearer {tok}"})
@@ -151,14 +193,18 @@ def test_a_deleted_agents_token_is_refused_on_every_node(kind: str, tmp_path: Pa
         assert role.proc is not None and role.proc.wait(30) == 0
         assert not (state / "credentials.json").exists()
         # The node that did not handle the deletion refuses the token too.
-        r = wait_until(lambda: (r := other.get("/agents/init")).status_code == 403 and r, 15,
-                       what="token refused on the other node")
+        r = wait_until(
+            lambda: (r := other.get("/agents/init")).status_code == 403 and r,
+            15,
+            what="token refused on the other node",
+        )
         assert r.json()["error"] == "agent_removed"
         for srv in (a, b):
             r = httpx.post(f"{srv.comms}/agents/authenticate", json=creds)
             assert r.status_code == 403 and r.json()["error"] == "agent_removed"
-        [gone] = idx.client().get("/audit", params={"action": "agent.remove"}
-                                  ).json()["data"]["items"]
+        [gone] = (
+            idx.client().get("/audit", params={"action": "agent.remove"}).json()["data"]["items"]
+        )
         assert gone["target"] == creds["id"] and gone["node"] == a.node_id
         print(role.log()[-2000:])
 
@@ -166,15 +212,21 @@ def test_a_deleted_agents_token_is_refused_on_every_node(kind: str, tmp_path: Pa
 # Rate limits live in the server's memory; the store plays no part: one store is enough.
 @pytest.mark.parametrize("kind", ["sqlite"])
 def test_rate_limits_answer_429_and_the_agent_waits(kind: str, tmp_path: Path) -> None:
-    with system(kind, tmp_path, server_extra=["--enroll-rate", "0.2", "--auth-rate", "0.5"]
-                ) as (_, [srv]):
+    with system(kind, tmp_path, server_extra=["--enroll-rate", "0.2", "--auth-rate", "0.5"]) as (
+        _,
+        [srv],
+    ):
         codes = [enroll(srv.comms, "wrong", f"x{i}").status_code for i in range(6)]
         assert codes == [401] * 5 + [429], codes
         r = enroll(srv.comms, ENROLLMENT_KEY, "limited")
         assert r.status_code == 429 and r.json()["error"] == "rate_limited"
         assert int(r.headers["retry-after"]) >= 1 and r.json()["message"]
-        auth = [httpx.post(f"{srv.comms}/agents/authenticate",
-                           json={"id": "nobody", "secret": "s"}).status_code for _ in range(6)]
+        auth = [
+            httpx.post(
+                f"{srv.comms}/agents/authenticate", json={"id": "nobody", "secret": "s"}
+            ).status_code
+            for _ in range(6)
+        ]
         assert auth == [401] * 5 + [429], auth
         # A real agent told to wait does, then enrolls.
         role, state = agent_role(srv, tmp_path, "patient")
@@ -203,19 +255,24 @@ def _raw(url: str, head: bytes, body: bytes = b"") -> tuple[int, dict[str, Any]]
 @pytest.mark.parametrize("kind", STORES)
 def test_oversized_bodies_get_413_on_all_three_apis(kind: str, tmp_path: Path) -> None:
     with system(kind, tmp_path) as (idx, [srv]):
-        for url, path in ((idx.url, "/tasks"), (srv.api, "/tasks"),
-                          (srv.comms, "/agents/enroll")):
-            head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {10**10}\r\n\r\n").encode()
+        for url, path in ((idx.url, "/tasks"), (srv.api, "/tasks"), (srv.comms, "/agents/enroll")):
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {10**10}\r\n\r\n"
+            ).encode()
             status, body = _raw(url, head)
             assert status == 413 and body["error"] == "payload_too_large", (url, body)
+
         # Without a length (chunked): refused once the stream passes the limit.
         def chunks() -> Iterator[bytes]:
             for _ in range(40):
                 yield b" " * 65536
 
-        r = httpx.post(f"{srv.comms}/agents/enroll", content=chunks(),
-                       headers={"content-type": "application/json"})
+        r = httpx.post(
+            f"{srv.comms}/agents/enroll",
+            content=chunks(),
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
 
 
@@ -230,23 +287,32 @@ def test_a_real_agent_refuses_commands_not_signed_by_its_key(kind: str, tmp_path
         assert (idx.data_dir / "command-keys.pub").read_text().count(keys["current"]["public"])
         assert oct((idx.data_dir / "command-signing.key").stat().st_mode & 0o777) == "0o600"
         good, good_state = agent_role(srv, tmp_path, "pinned")
-        given, given_state = agent_role(srv, tmp_path, "explicit", "--command-key",
-                                        str(idx.data_dir / "command-keys.pub"))
-        wrong, wrong_state = agent_role(srv, tmp_path, "misconfigured", "--command-key",
-                                        str(elsewhere))
+        given, given_state = agent_role(
+            srv, tmp_path, "explicit", "--command-key", str(idx.data_dir / "command-keys.pub")
+        )
+        wrong, wrong_state = agent_role(
+            srv, tmp_path, "misconfigured", "--command-key", str(elsewhere)
+        )
         try:
             ids = [credentials(s)["id"] for s in (good_state, given_state, wrong_state)]
             api = srv.admin()
             for aid in ids:
-                wait_until(lambda aid=aid: api.get(f"/agents/{aid}").json()["data"]["status"]
-                           == "active", 30, what="agent connected")
+                wait_until(
+                    lambda aid=aid: api.get(f"/agents/{aid}").json()["data"]["status"] == "active",
+                    30,
+                    what="agent connected",
+                )
             results = {}
             for aid in ids:
                 task = file_task(api, "agent-rename", {"agent": aid, "name": f"r-{aid}"})
                 task_final(api, task["id"], timeout=60)
-                [cmd] = [c for c in api.get("/commands", params={"task_id": task["id"]}
-                                            ).json()["data"]["items"]
-                         if c["target"]["type"] == "agent"]
+                [cmd] = [
+                    c
+                    for c in api.get("/commands", params={"task_id": task["id"]}).json()["data"][
+                        "items"
+                    ]
+                    if c["target"]["type"] == "agent"
+                ]
                 results[aid] = cmd
             assert results[ids[0]]["status"] == "success"
             assert results[ids[1]]["status"] == "success"
@@ -266,27 +332,59 @@ def test_a_real_agent_refuses_commands_not_signed_by_its_key(kind: str, tmp_path
 @pytest.mark.parametrize("kind", ["sqlite"])
 def test_all_three_apis_over_tls_with_a_real_agent(kind: str, tmp_path: Path) -> None:
     certs = tmp_path / "certs"
-    out = subprocess.run([*FLEETCMD, "certs", str(certs)], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [*FLEETCMD, "certs", str(certs)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     ca = str(certs / "ca.pem")
     tls = ["--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server-key.pem")]
     with store_url_for(kind, tmp_path) as url:
         port, comms, mgmt = free_port(), free_port(), free_port()
-        idx = Role("indexer-tls", ["indexer", "--port", str(port), "--store", url,
-                                   "--data-dir", str(tmp_path / "indexer"), *tls], tmp_path,
-                   env={"FLEETCMD_TOKEN": "tls-node-token"}).start()
-        srv = Role("server-tls", ["server", "--indexer", f"https://127.0.0.1:{port}",
-                                  "--data-dir", str(tmp_path / "server"), "--comms-port",
-                                  str(comms), "--management-port", str(mgmt), "--ca", ca,
-                                  *tls], tmp_path,
-                   env={"FLEETCMD_TOKEN": "tls-node-token",
-                        "FLEETCMD_ENROLLMENT_KEY": ENROLLMENT_KEY,
-                        "FLEETCMD_JWT_KEY": JWT_KEY}).start()
+        idx = Role(
+            "indexer-tls",
+            [
+                "indexer",
+                "--port",
+                str(port),
+                "--store",
+                url,
+                "--data-dir",
+                str(tmp_path / "indexer"),
+                *tls,
+            ],
+            tmp_path,
+            env={"FLEETCMD_TOKEN": "tls-node-token"},
+        ).start()
+        srv = Role(
+            "server-tls",
+            [
+                "server",
+                "--indexer",
+                f"https://127.0.0.1:{port}",
+                "--data-dir",
+                str(tmp_path / "server"),
+                "--comms-port",
+                str(comms),
+                "--management-port",
+                str(mgmt),
+                "--ca",
+                ca,
+                *tls,
+            ],
+            tmp_path,
+            env={
+                "FLEETCMD_TOKEN": "tls-node-token",
+                "FLEETCMD_ENROLLMENT_KEY": ENROLLMENT_KEY,
+                "FLEETCMD_JWT_KEY": JWT_KEY,
+            },
+        ).start()
         agent = None
         try:
-            for u in (f"https://127.0.0.1:{port}/health", f"https://127.0.0.1:{comms}/health",
-                      f"https://localhost:{mgmt}/health"):
+            for u in (
+                f"https://127.0.0.1:{port}/health",
+                f"https://127.0.0.1:{comms}/health",
+                f"https://localhost:{mgmt}/health",
+            ):
                 wait_until(lambda u=u: _ok(u, ca), 30, what=u)
             # Plain HTTP is not served, and an unknown CA is refused by clients.
             with pytest.raises(httpx.HTTPError):
@@ -294,21 +392,48 @@ def test_all_three_apis_over_tls_with_a_real_agent(kind: str, tmp_path: Path) ->
             with pytest.raises(httpx.ConnectError):
                 httpx.get(f"https://127.0.0.1:{comms}/health", timeout=3)
             state = tmp_path / "tls-agent"
-            agent = Role("tls-agent", ["agent", "--server", f"https://127.0.0.1:{comms}",
-                                       "--enrollment-key", ENROLLMENT_KEY, "--name", "tls-1",
-                                       "--state-dir", str(state), "--ca", ca], tmp_path).start()
+            agent = Role(
+                "tls-agent",
+                [
+                    "agent",
+                    "--server",
+                    f"https://127.0.0.1:{comms}",
+                    "--enrollment-key",
+                    ENROLLMENT_KEY,
+                    "--name",
+                    "tls-1",
+                    "--state-dir",
+                    str(state),
+                    "--ca",
+                    ca,
+                ],
+                tmp_path,
+            ).start()
             aid = credentials(state)["id"]
             password = (tmp_path / "server" / "admin.password").read_text().strip()
-            tok = httpx.post(f"https://127.0.0.1:{mgmt}/security/user/authenticate",
-                             auth=("admin", password), verify=_ctx(ca)).json()["data"]["token"]
-            api = httpx.Client(base_url=f"https://127.0.0.1:{mgmt}", verify=_ctx(ca), timeout=30,
-                               headers={"Authorization": f"Bearer {tok}"})
-            wait_until(lambda: api.get(f"/agents/{aid}").json()["data"]["status"] == "active",
-                       30, what="agent connected over TLS")
+            tok = httpx.post(
+                f"https://127.0.0.1:{mgmt}/security/user/authenticate",
+                auth=("admin", password),
+                verify=_ctx(ca),
+            ).json()["data"]["token"]
+            api = httpx.Client(
+                base_url=f"https://127.0.0.1:{mgmt}",
+                verify=_ctx(ca),
+                timeout=30,
+                headers={"Authorization": f"Bearer {tok}"},
+            )
+            wait_until(
+                lambda: api.get(f"/agents/{aid}").json()["data"]["status"] == "active",
+                30,
+                what="agent connected over TLS",
+            )
             task = file_task(api, "agent-rename", {"agent": aid, "name": "tls-renamed"})
             assert task_final(api, task["id"], timeout=60)["status"] == "success"
-            wait_until(lambda: json.loads((state / "state.json").read_text())["name"]
-                       == "tls-renamed", 10, what="renamed over TLS")
+            wait_until(
+                lambda: json.loads((state / "state.json").read_text())["name"] == "tls-renamed",
+                10,
+                what="renamed over TLS",
+            )
         finally:
             for r in (agent, srv, idx):
                 if r is not None:
@@ -333,11 +458,25 @@ def test_fleetcmd_up_binds_loopback_and_keeps_secrets_out_of_logs(tmp_path: Path
     data = tmp_path / "up"
     ports = {"indexer": free_port(), "management": free_port(), "comms": free_port()}
     proc = subprocess.Popen(
-        [*FLEETCMD, "up", "--agents", "1", "--data-dir", str(data), "--no-content",
-         "--indexer-port", str(ports["indexer"]), "--management-port",
-         str(ports["management"]), "--comms-port", str(ports["comms"])],
-        stdout=open(tmp_path / "up.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-        start_new_session=True)
+        [
+            *FLEETCMD,
+            "up",
+            "--agents",
+            "1",
+            "--data-dir",
+            str(data),
+            "--no-content",
+            "--indexer-port",
+            str(ports["indexer"]),
+            "--management-port",
+            str(ports["management"]),
+            "--comms-port",
+            str(ports["comms"]),
+        ],
+        stdout=open(tmp_path / "up.log", "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         api_url = f"http://127.0.0.1:{ports['management']}"
         wait_until(lambda: _ok(f"{api_url}/health"), 90, what="fleetcmd up")
@@ -346,15 +485,20 @@ def test_fleetcmd_up_binds_loopback_and_keeps_secrets_out_of_logs(tmp_path: Path
         password = (data / "admin.password").read_text().strip()
         r = httpx.post(f"{api_url}/security/user/authenticate", auth=("admin", password))
         user_token = r.json()["data"]["token"]
-        api = httpx.Client(base_url=api_url, timeout=30,
-                           headers={"Authorization": f"Bearer {user_token}"})
-        wait_until(lambda: api.get(f"/agents/{creds['id']}").json()["data"]["status"]
-                   == "active", 60, what="local agent connected")
+        api = httpx.Client(
+            base_url=api_url, timeout=30, headers={"Authorization": f"Bearer {user_token}"}
+        )
+        wait_until(
+            lambda: api.get(f"/agents/{creds['id']}").json()["data"]["status"] == "active",
+            60,
+            what="local agent connected",
+        )
         task = file_task(api, "agent-rename", {"agent": creds["id"], "name": "renamed-up"})
         assert task_final(api, task["id"], timeout=60)["status"] == "success"
         new_key = api.post("/security/enrollment-keys", json={}).json()["data"]["key"]
-        agent_token = httpx.post(f"http://127.0.0.1:{ports['comms']}/agents/authenticate",
-                                 json=creds).json()["data"]["token"]
+        agent_token = httpx.post(
+            f"http://127.0.0.1:{ports['comms']}/agents/authenticate", json=creds
+        ).json()["data"]["token"]
         # Loopback only: the ports are not bound on any other address.
         assert all(_bound_only_on_loopback(p) for p in ports.values())
         # Agents were given the indexer's public key file (no trust on first use).
@@ -372,7 +516,8 @@ def test_fleetcmd_up_binds_loopback_and_keeps_secrets_out_of_logs(tmp_path: Path
         "agent token": agent_token,
         "new enrollment key": new_key,
         "command-signing key": "".join(
-            (data / "command-signing.key").read_text().splitlines()[1:-1]),
+            (data / "command-signing.key").read_text().splitlines()[1:-1]
+        ),
     }
     logs = {p.name: p.read_text(errors="replace") for p in (data / "logs").glob("*.log")}
     logs["up.log"] = (tmp_path / "up.log").read_text(errors="replace")
@@ -401,8 +546,14 @@ def test_no_shell_anywhere() -> None:
     hits = []
     for path in src.rglob("*.py"):
         text = path.read_text()
-        for needle in ("shell=True", "os.system(", "os.popen(", "create_subprocess_shell",
-                       "subprocess.getoutput", "subprocess.getstatusoutput"):
+        for needle in (
+            "shell=True",
+            "os.system(",
+            "os.popen(",
+            "create_subprocess_shell",
+            "subprocess.getoutput",
+            "subprocess.getstatusoutput",
+        ):
             if needle in text:
                 hits.append(f"{path.relative_to(src)}: {needle}")
     assert hits == []
@@ -415,13 +566,17 @@ def test_command_key_rotation_with_real_agents(kind: str, tmp_path: Path) -> Non
     key, without being restarted or re-configured."""
     with system(kind, tmp_path) as (idx, [srv]):
         pinned, pinned_state = agent_role(srv, tmp_path, "rot-pinned")
-        filed, filed_state = agent_role(srv, tmp_path, "rot-file", "--command-key",
-                                        str(idx.data_dir / "command-keys.pub"))
+        filed, filed_state = agent_role(
+            srv, tmp_path, "rot-file", "--command-key", str(idx.data_dir / "command-keys.pub")
+        )
         api = srv.admin()
         ids = [credentials(s)["id"] for s in (pinned_state, filed_state)]
         for aid in ids:
-            wait_until(lambda aid=aid: api.get(f"/agents/{aid}").json()["data"]["status"]
-                       == "active", 30, what="agent connected")
+            wait_until(
+                lambda aid=aid: api.get(f"/agents/{aid}").json()["data"]["status"] == "active",
+                30,
+                what="agent connected",
+            )
 
         def rename_all(suffix: str) -> list[str]:
             out = []
@@ -434,9 +589,12 @@ def test_command_key_rotation_with_real_agents(kind: str, tmp_path: Path) -> Non
             old = httpx.get(f"{idx.url}/command-keys").json()["data"]["current"]["id"]
             assert rename_all("before") == ["success", "success"]
             for step in ("next", "promote"):
-                out = subprocess.run([*FLEETCMD, "command-key", step, "--data-dir",
-                                      str(idx.data_dir)], capture_output=True, text=True,
-                                     timeout=60)
+                out = subprocess.run(
+                    [*FLEETCMD, "command-key", step, "--data-dir", str(idx.data_dir)],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
                 assert out.returncode == 0, out.stderr
                 idx.kill(signal.SIGTERM)
                 idx.start()
@@ -453,8 +611,9 @@ def test_command_key_rotation_with_real_agents(kind: str, tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("kind", STORES)
-def test_indexers_of_one_store_with_different_command_keys_are_reported(kind: str,
-                                                                        tmp_path: Path) -> None:
+def test_indexers_of_one_store_with_different_command_keys_are_reported(
+    kind: str, tmp_path: Path
+) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from fleetcmd.indexer.signing import record_key
@@ -472,8 +631,13 @@ def test_indexers_of_one_store_with_different_command_keys_are_reported(kind: st
             assert record_key(store, stranger) == first.key_id
             new = Ed25519PrivateKey.generate()
             pub = cs.public_base64(new.public_key())
-            promoted = CommandSigner(new, endorsement={
-                "by": first.key_id, "sig": cs.sign(old, cs.endorsement_statement(pub))})
+            promoted = CommandSigner(
+                new,
+                endorsement={
+                    "by": first.key_id,
+                    "sig": cs.sign(old, cs.endorsement_statement(pub)),
+                },
+            )
             assert record_key(store, promoted) is None  # a promotion replaces the record
             assert record_key(store, first) == promoted.key_id
         finally:

@@ -19,8 +19,11 @@ from support import wait_until
 def test_group_configuration_change_reaches_three_agents(store_url: str, tmp_path: Path) -> None:
     with fleet(store_url, tmp_path) as (_, [srv]):
         api = srv.admin()
-        first = file_task(api, "group-configuration-change",
-                          {"group": "web", "configuration": {"log": {"level": "info"}}})
+        first = file_task(
+            api,
+            "group-configuration-change",
+            {"group": "web", "configuration": {"log": {"level": "info"}}},
+        )
         task_final(api, first["id"])
         agents = [FakeAgent(srv.comms, f"web-{i}", ["web"]) for i in range(3)]
         for a in agents:
@@ -28,8 +31,9 @@ def test_group_configuration_change_reaches_three_agents(store_url: str, tmp_pat
             assert a.poll(wait=0) == []  # connects: the agent is now active on this node
 
         config = {"log": {"level": "debug"}, "sca": {"enabled": False}}
-        task = file_task(api, "group-configuration-change",
-                         {"group": "web", "configuration": config})
+        task = file_task(
+            api, "group-configuration-change", {"group": "web", "configuration": config}
+        )
         got: dict[str, list[dict]] = {}
 
         def run(agent: FakeAgent) -> None:
@@ -62,15 +66,25 @@ def test_group_configuration_change_reaches_three_agents(store_url: str, tmp_pat
 def test_duplicate_results_are_idempotent(store_url: str, tmp_path: Path) -> None:
     with fleet(store_url, tmp_path) as (_, [srv]):
         api = srv.admin()
-        task_final(api, file_task(api, "group-configuration-change",
-                                  {"group": "db", "configuration": {"a": 1}})["id"])
+        task_final(
+            api,
+            file_task(
+                api, "group-configuration-change", {"group": "db", "configuration": {"a": 1}}
+            )["id"],
+        )
         agent = FakeAgent(srv.comms, "db-1", ["db"])
         agent.poll(wait=0)
-        task = file_task(api, "group-configuration-change",
-                         {"group": "db", "configuration": {"a": 2}})
+        task = file_task(
+            api, "group-configuration-change", {"group": "db", "configuration": {"a": 2}}
+        )
         [cmd] = agent.run_once(wait=20)
-        same = {"id": cmd["id"], "status": "success", "code": 0, "message": "ok",
-                "data": {"groups": ["db"], "config_hash": cmd["action"]["args"]["config_hash"]}}
+        same = {
+            "id": cmd["id"],
+            "status": "success",
+            "code": 0,
+            "message": "ok",
+            "data": {"groups": ["db"], "config_hash": cmd["action"]["args"]["config_hash"]},
+        }
         assert agent.report([same, same]) == [{"id": cmd["id"], "outcome": "duplicate"}] * 2
         late = {"id": cmd["id"], "status": "failure", "code": 1, "message": "late repeat"}
         [answer] = agent.report([late])
@@ -90,20 +104,32 @@ def test_duplicate_results_are_idempotent(store_url: str, tmp_path: Path) -> Non
 def test_command_waits_for_a_disconnected_agent(store_url: str, tmp_path: Path) -> None:
     with fleet(store_url, tmp_path) as (_, [srv]):
         api = srv.admin()
-        task_final(api, file_task(api, "group-configuration-change",
-                                  {"group": "edge", "configuration": {"v": 1}})["id"])
+        task_final(
+            api,
+            file_task(
+                api, "group-configuration-change", {"group": "edge", "configuration": {"v": 1}}
+            )["id"],
+        )
         agent = FakeAgent(srv.comms, "edge-1", ["edge"])
         agent.poll(wait=1)  # connected, poll window 1 s: silent for > 2 s means away
-        wait_until(lambda: api.get(f"/agents/{agent.id}").json()["data"]["status"] == "active",
-                   timeout=10, what="agent active")
-        wait_until(lambda: api.get(f"/agents/{agent.id}").json()["data"]["node"] == "",
-                   timeout=10, what="agent detached from the node after going away")
-        task = file_task(api, "group-configuration-change",
-                         {"group": "edge", "configuration": {"v": 2}})
+        wait_until(
+            lambda: api.get(f"/agents/{agent.id}").json()["data"]["status"] == "active",
+            timeout=10,
+            what="agent active",
+        )
+        wait_until(
+            lambda: api.get(f"/agents/{agent.id}").json()["data"]["node"] == "",
+            timeout=10,
+            what="agent detached from the node after going away",
+        )
+        task = file_task(
+            api, "group-configuration-change", {"group": "edge", "configuration": {"v": 2}}
+        )
 
         def child_status() -> str | None:
-            items = api.get("/commands", params={"task_id": task["id"],
-                                                 "target_type": "agent"}).json()["data"]["items"]
+            items = api.get(
+                "/commands", params={"task_id": task["id"], "target_type": "agent"}
+            ).json()["data"]["items"]
             return items[0]["status"] if items else None
 
         wait_until(lambda: child_status() == "pending", timeout=10, what="child written")
@@ -118,19 +144,25 @@ def test_command_waits_for_a_disconnected_agent(store_url: str, tmp_path: Path) 
 
 
 def test_a_server_killed_holding_commands_hands_them_on_when_it_restarts(
-        store_url: str, tmp_path: Path) -> None:
+    store_url: str, tmp_path: Path
+) -> None:
     """SIGKILL after a command was handed but before the ack: the restarted node (same node
     id, new incarnation) takes back its predecessor's lease at start instead of waiting out
     the 60-s lease, and the agent gets the command again (at-least-once; its journal makes
     the second hand harmless)."""
     with fleet(store_url, tmp_path) as (_, [srv]):
         api = srv.admin()
-        task_final(api, file_task(api, "group-configuration-change",
-                                  {"group": "crash", "configuration": {"v": 1}})["id"])
+        task_final(
+            api,
+            file_task(
+                api, "group-configuration-change", {"group": "crash", "configuration": {"v": 1}}
+            )["id"],
+        )
         agent = FakeAgent(srv.comms, "crash-1", ["crash"])
         agent.poll(wait=0.5)
-        task = file_task(api, "group-configuration-change",
-                         {"group": "crash", "configuration": {"v": 2}})
+        task = file_task(
+            api, "group-configuration-change", {"group": "crash", "configuration": {"v": 2}}
+        )
         [first] = agent.poll(wait=20)  # handed, never acked
         srv.kill(signal.SIGKILL)
         srv.start()

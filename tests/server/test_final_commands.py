@@ -18,15 +18,22 @@ def commands_of(api: httpx.Client, task_id: int) -> list[dict]:
 
 
 def test_expired_and_cancelled_commands_in_a_mailbox_are_never_handed_out(
-        store_url: str, tmp_path: Path) -> None:
+    store_url: str, tmp_path: Path
+) -> None:
     with fleet(store_url, tmp_path) as (_, [srv]):
         api = srv.admin()
         agent = FakeAgent(srv.comms, "quiet-1")
         # A long poll that ends empty: the server counts the agent connected for twice the
         # poll's wait after it, and mailboxes its new commands meanwhile.
         assert agent.poll(wait=6) == []
-        r = api.post("/tasks", json={"type": "vulnerability-rescan",
-                                     "params": {"agents": [agent.id]}, "expires_in": 2})
+        r = api.post(
+            "/tasks",
+            json={
+                "type": "vulnerability-rescan",
+                "params": {"agents": [agent.id]},
+                "expires_in": 2,
+            },
+        )
         assert r.status_code == 202, r.text
         expiring = r.json()["data"]
         cancelled = file_task(api, "vulnerability-rescan", {"agents": [agent.id]})
@@ -35,8 +42,11 @@ def test_expired_and_cancelled_commands_in_a_mailbox_are_never_handed_out(
             items = commands_of(api, task_id)
             return bool(items) and items[0]["sent_at"] is not None
 
-        wait_until(lambda: sent(expiring["id"]) and sent(cancelled["id"]), timeout=5,
-                   what="both commands in the server's mailbox (sent)")
+        wait_until(
+            lambda: sent(expiring["id"]) and sent(cancelled["id"]),
+            timeout=5,
+            what="both commands in the server's mailbox (sent)",
+        )
         assert api.post(f"/tasks/{cancelled['id']}/cancel").status_code in (200, 202)
         assert task_final(api, expiring["id"], timeout=10)["status"] == "expired"
         assert task_final(api, cancelled["id"], timeout=10)["status"] == "cancelled"
@@ -55,7 +65,8 @@ def test_expired_and_cancelled_commands_in_a_mailbox_are_never_handed_out(
 
 
 def test_an_ack_confirms_only_what_the_stream_records_delivered(
-        store_url: str, tmp_path: Path) -> None:
+    store_url: str, tmp_path: Path
+) -> None:
     with fleet(store_url, tmp_path) as (_, [srv]):
         api = srv.admin()
         agent = FakeAgent(srv.comms, "racer-1")
@@ -64,8 +75,9 @@ def test_an_ack_confirms_only_what_the_stream_records_delivered(
         [cmd] = agent.poll(wait=10)
         # Cancelled between the hand-out and the ack: the agent must not run it.
         assert api.post(f"/tasks/{task['id']}/cancel").status_code in (200, 202)
-        wait_until(lambda: commands_of(api, task["id"])[0]["status"] == "cancelled", 5,
-                   what="cancelled")
+        wait_until(
+            lambda: commands_of(api, task["id"])[0]["status"] == "cancelled", 5, what="cancelled"
+        )
         assert agent.ack([cmd["id"]]) == []
         # A live command is confirmed, and confirmed again on a repeated ack.
         task2 = file_task(api, "vulnerability-rescan", {"agents": [agent.id]})
@@ -78,13 +90,17 @@ def test_an_ack_confirms_only_what_the_stream_records_delivered(
 
 
 def test_commands_to_an_agent_deleted_while_offline_end_at_once(
-        store_url: str, tmp_path: Path) -> None:
+    store_url: str, tmp_path: Path
+) -> None:
     with fleet(store_url, tmp_path) as (_, [srv]):
         api = srv.admin()
         agent = FakeAgent(srv.comms, "gone-1")
         agent.poll(wait=1)  # connected, then silent: away after 2 s
-        wait_until(lambda: api.get(f"/agents/{agent.id}").json()["data"]["node"] == "",
-                   timeout=10, what="agent detached after going away")
+        wait_until(
+            lambda: api.get(f"/agents/{agent.id}").json()["data"]["node"] == "",
+            timeout=10,
+            what="agent detached after going away",
+        )
         rescan = file_task(api, "vulnerability-rescan", {"agents": [agent.id]})
         deletion = file_task(api, "agent-deletion", {"agent": agent.id})
         final = task_final(api, deletion["id"], timeout=10)
@@ -97,18 +113,27 @@ def test_commands_to_an_agent_deleted_while_offline_end_at_once(
         assert "agent was removed" in cmd["result"]["message"]
         # Back with its old token: refused as removed (once this node follows the
         # indexer's list of removed agents, within seconds), nothing is handed to it.
-        wait_until(lambda: agent.http.get("/agents/commands", params={"wait": 0}).status_code
-                   in (401, 403), timeout=15, what="the removed agent's token refused")
+        wait_until(
+            lambda: (
+                agent.http.get("/agents/commands", params={"wait": 0}).status_code in (401, 403)
+            ),
+            timeout=15,
+            what="the removed agent's token refused",
+        )
 
 
 def test_a_delete_command_whose_agent_goes_away_ends_without_churn(
-        store_url: str, tmp_path: Path) -> None:
+    store_url: str, tmp_path: Path
+) -> None:
     with fleet(store_url, tmp_path) as (_, [srv]):
         api = srv.admin()
         agent = FakeAgent(srv.comms, "leaving-1")
         agent.poll(wait=1)
-        wait_until(lambda: api.get(f"/agents/{agent.id}").json()["data"]["status"] == "active",
-                   timeout=10, what="agent active")
+        wait_until(
+            lambda: api.get(f"/agents/{agent.id}").json()["data"]["status"] == "active",
+            timeout=10,
+            what="agent active",
+        )
         deletion = file_task(api, "agent-deletion", {"agent": agent.id})
         # Claimed for the connected agent, which never polls again: released when it is
         # seen away, and then ended instead of being claimed and released every second.

@@ -88,8 +88,9 @@ def rollout(api: httpx.Client, task_id: int) -> dict[str, Any]:
     return dict(r.json()["data"])
 
 
-def wait_rollout(api: httpx.Client, task_id: int, what: str, check: Any,
-                 timeout: float = 60) -> dict[str, Any]:
+def wait_rollout(
+    api: httpx.Client, task_id: int, what: str, check: Any, timeout: float = 60
+) -> dict[str, Any]:
     def probe() -> dict[str, Any] | None:
         r = rollout(api, task_id)
         return r if r["waves"] and check(r) else None  # no waves until the task is expanded
@@ -99,51 +100,82 @@ def wait_rollout(api: httpx.Client, task_id: int, what: str, check: Any,
 
 def cli(srv: Server, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FLEETCMD_PASSWORD": (srv.data_dir / "admin.password").read_text().strip()}
-    return subprocess.run([*FLEETCMD, "rollout", *args, "--api", srv.api], env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [*FLEETCMD, "rollout", *args, "--api", srv.api],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
-def test_canary_waves_threshold_offline_resume_and_rollback(store_url: str,
-                                                            tmp_path: Path) -> None:
+def test_canary_waves_threshold_offline_resume_and_rollback(store_url: str, tmp_path: Path) -> None:
     with fleet(store_url, tmp_path) as (_, [srv]):
         api = srv.admin()
         old = {"log": {"level": "info"}}
         old_hash = config_hash(old)
-        task_final(api, file_task(api, "group-configuration-change",
-                                  {"group": "web", "configuration": old})["id"])
+        task_final(
+            api,
+            file_task(api, "group-configuration-change", {"group": "web", "configuration": old})[
+                "id"
+            ],
+        )
         with agents(srv.comms, 30) as fleet_:
             run_first_rollout(api, srv, fleet_, old, old_hash)
 
 
-def run_first_rollout(api: httpx.Client, srv: Server, fleet_: list[Agent], old: dict[str, Any],
-                  old_hash: str) -> None:
+def run_first_rollout(
+    api: httpx.Client, srv: Server, fleet_: list[Agent], old: dict[str, Any], old_hash: str
+) -> None:
     canary, wave1, wave2, wave3 = fleet_[:3], fleet_[3:12], fleet_[12:21], fleet_[21:]
     for a in wave2[:3]:
         a.fail = True  # 3 failures among at most 21 delivered: above 10% whatever the order
 
     new = {"log": {"level": "debug"}}
-    r = api.post("/tasks", json={
-        "type": "group-configuration-change",
-        "params": {"group": "web", "configuration": new},
-        "rollout": {"canary": {"count": 3}, "waves": {"size": 9},
-                    "error_threshold": {"percent": 10}, "on_trip": "pause"}})
+    r = api.post(
+        "/tasks",
+        json={
+            "type": "group-configuration-change",
+            "params": {"group": "web", "configuration": new},
+            "rollout": {
+                "canary": {"count": 3},
+                "waves": {"size": 9},
+                "error_threshold": {"percent": 10},
+                "on_trip": "pause",
+            },
+        },
+    )
     assert r.status_code == 202, r.text
     task_id = r.json()["data"]["id"]
 
     # The canary runs first, alone.
     wait_rollout(api, task_id, "canary done", lambda r: r["waves"][0]["succeeded"] == 3)
-    first_wave1 = min(c["delivered_at"] or "z" for a in wave1 for c in api.get(
-        "/commands", params={"task_id": task_id, "target_id": a.id}).json()["data"]["items"])
-    last_canary = max(c["completed_at"] for a in canary for c in api.get(
-        "/commands", params={"task_id": task_id, "target_id": a.id}).json()["data"]["items"])
+    first_wave1 = min(
+        c["delivered_at"] or "z"
+        for a in wave1
+        for c in api.get("/commands", params={"task_id": task_id, "target_id": a.id}).json()[
+            "data"
+        ]["items"]
+    )
+    last_canary = max(
+        c["completed_at"]
+        for a in canary
+        for c in api.get("/commands", params={"task_id": task_id, "target_id": a.id}).json()[
+            "data"
+        ]["items"]
+    )
     assert last_canary <= first_wave1
 
     # Two agents of the last wave stop during the rollout.
     for a in wave3[:2]:
         a.running.clear()
-    wait_until(lambda: all(api.get(f"/agents/{a.id}").json()["data"]["status"] ==
-                           "disconnected" for a in wave3[:2]), timeout=30,
-               what="stopped agents seen as disconnected")
+    wait_until(
+        lambda: all(
+            api.get(f"/agents/{a.id}").json()["data"]["status"] == "disconnected" for a in wave3[:2]
+        ),
+        timeout=30,
+        what="stopped agents seen as disconnected",
+    )
 
     # The threshold trips in wave 2: paused, and the last wave does not start.
     tripped = wait_rollout(api, task_id, "tripped", lambda r: r["state"] == "paused")
@@ -158,9 +190,12 @@ def run_first_rollout(api: httpx.Client, srv: Server, fleet_: list[Agent], old: 
     # count as errors, and wait for their command.
     out = cli(srv, "resume", str(task_id), "--reason", "known bad hosts")
     assert out.returncode == 0, out.stderr
-    waiting = wait_rollout(api, task_id, "last wave done but for the offline agents",
-                           lambda r: r["waves"][3]["succeeded"] == 7
-                           and r["waves"][3]["offline_waiting"] == 2)
+    waiting = wait_rollout(
+        api,
+        task_id,
+        "last wave done but for the offline agents",
+        lambda r: r["waves"][3]["succeeded"] == 7 and r["waves"][3]["offline_waiting"] == 2,
+    )
     assert waiting["state"] == "running"
     assert waiting["waves"][3]["offline_waiting"] == 2
     assert waiting["waves"][3]["failed"] == 0
@@ -192,31 +227,47 @@ def run_first_rollout(api: httpx.Client, srv: Server, fleet_: list[Agent], old: 
     assert api.post(f"/tasks/{task_id}/rollout/resume").status_code == 409
 
 
-def test_pause_abort_and_a_restart_of_the_indexer_mid_rollout(store_url: str,
-                                                               tmp_path: Path) -> None:
+def test_pause_abort_and_a_restart_of_the_indexer_mid_rollout(
+    store_url: str, tmp_path: Path
+) -> None:
     with fleet(store_url, tmp_path) as (idx, [srv]):
         api = srv.admin()
-        task_final(api, file_task(api, "group-configuration-change",
-                                  {"group": "web", "configuration": {"v": 1}})["id"])
+        task_final(
+            api,
+            file_task(
+                api, "group-configuration-change", {"group": "web", "configuration": {"v": 1}}
+            )["id"],
+        )
         with agents(srv.comms, 12):
             restart_mid_rollout(api, srv, idx, store_url, tmp_path)
 
 
-def restart_mid_rollout(api: httpx.Client, srv: Server, idx: Indexer, store_url: str,
-                    tmp_path: Path) -> None:
-    task = api.post("/tasks", json={
-        "type": "group-configuration-change",
-        "params": {"group": "web", "configuration": {"v": 2}},
-        "rollout": {"waves": {"size": 4, "pause": 2.0}}}).json()["data"]
-    wait_rollout(api, task["id"], "wave 0 settled",
-                 lambda r: r["waves"][0]["settled_at"] is not None)
+def restart_mid_rollout(
+    api: httpx.Client, srv: Server, idx: Indexer, store_url: str, tmp_path: Path
+) -> None:
+    task = api.post(
+        "/tasks",
+        json={
+            "type": "group-configuration-change",
+            "params": {"group": "web", "configuration": {"v": 2}},
+            "rollout": {"waves": {"size": 4, "pause": 2.0}},
+        },
+    ).json()["data"]
+    wait_rollout(
+        api, task["id"], "wave 0 settled", lambda r: r["waves"][0]["settled_at"] is not None
+    )
 
     # Killed during the pause between waves; started again on the same store and port.
     idx.kill()
     again = Indexer(store_url, tmp_path / "indexer", port=idx.port).start()
     try:
-        done = wait_rollout(api, task["id"], "completed after the restart",
-                            lambda r: r["state"] == "completed", timeout=90)
+        done = wait_rollout(
+            api,
+            task["id"],
+            "completed after the restart",
+            lambda r: r["state"] == "completed",
+            timeout=90,
+        )
         assert [w["succeeded"] for w in done["waves"]] == [4, 4, 4]
         starts = [w["started_at"] for w in done["waves"]]
         settles = [w["settled_at"] for w in done["waves"]]
@@ -225,12 +276,17 @@ def restart_mid_rollout(api: httpx.Client, srv: Server, idx: Indexer, store_url:
         assert task_final(api, task["id"])["counts"] == {"success": 12}
 
         # Pause and abort from the API (and the CLI), each audited.
-        t2 = api.post("/tasks", json={
-            "type": "group-configuration-change",
-            "params": {"group": "web", "configuration": {"v": 3}},
-            "rollout": {"waves": {"size": 4, "pause": 30}}}).json()["data"]
-        wait_rollout(api, t2["id"], "wave 0 settled",
-                     lambda r: r["waves"][0]["settled_at"] is not None)
+        t2 = api.post(
+            "/tasks",
+            json={
+                "type": "group-configuration-change",
+                "params": {"group": "web", "configuration": {"v": 3}},
+                "rollout": {"waves": {"size": 4, "pause": 30}},
+            },
+        ).json()["data"]
+        wait_rollout(
+            api, t2["id"], "wave 0 settled", lambda r: r["waves"][0]["settled_at"] is not None
+        )
         out = cli(srv, "pause", str(t2["id"]))
         assert out.returncode == 0 and "paused" in out.stdout, out.stderr
         assert api.post(f"/tasks/{t2['id']}/rollout/pause").status_code == 409
@@ -239,12 +295,15 @@ def restart_mid_rollout(api: httpx.Client, srv: Server, idx: Indexer, store_url:
         final = task_final(api, t2["id"])
         assert final["counts"] == {"success": 4, "cancelled": 8}
         with again.client() as c:
-            audit = c.get("/audit", params={"target": f"task:{t2['id']}",
-                                            "action": "rollout.*"}).json()["data"]
+            audit = c.get(
+                "/audit", params={"target": f"task:{t2['id']}", "action": "rollout.*"}
+            ).json()["data"]
         actions = [(a["action"], a["outcome"], a["actor"]) for a in audit["items"]]
-        assert actions[::-1] == [("rollout.pause", "success", "admin"),
-                                 ("rollout.pause", "failure", "admin"),
-                                 ("rollout.abort", "success", "admin")]
+        assert actions[::-1] == [
+            ("rollout.pause", "success", "admin"),
+            ("rollout.pause", "failure", "admin"),
+            ("rollout.abort", "success", "admin"),
+        ]
     finally:
         again.stop()
         print(f"----- {again.name} log (tail) -----\n{again.log()[-4000:]}")
@@ -253,9 +312,14 @@ def restart_mid_rollout(api: httpx.Client, srv: Server, idx: Indexer, store_url:
 def test_bad_rollout_requests_get_a_4xx_that_says_why(store_url: str, tmp_path: Path) -> None:
     with fleet(store_url, tmp_path) as (_, [srv]):
         api = srv.admin()
-        r = api.post("/tasks", json={"type": "agent-upgrade",
-                                     "params": {"all": True, "version": "2"},
-                                     "rollout": {"waves": {"size": "0%"}}})
+        r = api.post(
+            "/tasks",
+            json={
+                "type": "agent-upgrade",
+                "params": {"all": True, "version": "2"},
+                "rollout": {"waves": {"size": "0%"}},
+            },
+        )
         assert r.status_code == 422, r.text
         assert "waves.size" in r.json()["message"]
         assert api.get("/tasks/999/rollout").status_code == 404
@@ -271,26 +335,63 @@ def test_real_agents_apply_the_rollout_and_its_rollback(store_url: str, tmp_path
     with fleet(store_url, tmp_path) as (_, [srv]):
         api = srv.admin()
         old, new = {"log": {"level": "info"}}, {"log": {"level": "debug"}}
-        task_final(api, file_task(api, "group-configuration-change",
-                                  {"group": "web", "configuration": old})["id"])
+        task_final(
+            api,
+            file_task(api, "group-configuration-change", {"group": "web", "configuration": old})[
+                "id"
+            ],
+        )
         roles: list[Role] = []
         states = [tmp_path / f"real-{i}" for i in range(4)]
         try:
             for i, state in enumerate(states):
-                roles.append(Role(f"real-{i}", [
-                    "agent", "--server", srv.comms, "--enrollment-key", "test-enrollment-key",
-                    "--name", f"real-{i}", "--state-dir", str(state), "--groups", "web",
-                    "--log-level", "warning"], tmp_path).start())
-            ids = [wait_until(lambda s=s: s.is_dir() and status_of(s).get("id"), 30,
-                              what="agent enrolled") for s in states]
-            wait_until(lambda: all(api.get(f"/agents/{a}").json()["data"]["status"] == "active"
-                                   for a in ids), 30, what="agents active")
-            wait_until(lambda: all(status_of(s).get("config_hash") == config_hash(old)
-                                   for s in states), 30, what="agents on the old config")
-            r = api.post("/tasks", json={
-                "type": "group-configuration-change",
-                "params": {"group": "web", "configuration": new},
-                "rollout": {"canary": {"count": 1}, "waves": {"size": 2}}})
+                roles.append(
+                    Role(
+                        f"real-{i}",
+                        [
+                            "agent",
+                            "--server",
+                            srv.comms,
+                            "--enrollment-key",
+                            "test-enrollment-key",
+                            "--name",
+                            f"real-{i}",
+                            "--state-dir",
+                            str(state),
+                            "--groups",
+                            "web",
+                            "--log-level",
+                            "warning",
+                        ],
+                        tmp_path,
+                    ).start()
+                )
+            ids = [
+                wait_until(
+                    lambda s=s: s.is_dir() and status_of(s).get("id"), 30, what="agent enrolled"
+                )
+                for s in states
+            ]
+            wait_until(
+                lambda: all(
+                    api.get(f"/agents/{a}").json()["data"]["status"] == "active" for a in ids
+                ),
+                30,
+                what="agents active",
+            )
+            wait_until(
+                lambda: all(status_of(s).get("config_hash") == config_hash(old) for s in states),
+                30,
+                what="agents on the old config",
+            )
+            r = api.post(
+                "/tasks",
+                json={
+                    "type": "group-configuration-change",
+                    "params": {"group": "web", "configuration": new},
+                    "rollout": {"canary": {"count": 1}, "waves": {"size": 2}},
+                },
+            )
             assert r.status_code == 202, r.text
             task_id = r.json()["data"]["id"]
             done = wait_rollout(api, task_id, "completed", lambda r: r["state"] == "completed")
@@ -299,8 +400,11 @@ def test_real_agents_apply_the_rollout_and_its_rollback(store_url: str, tmp_path
             rb = api.post(f"/tasks/{task_id}/rollout/rollback").json()["data"]
             final = task_final(api, rb["rollback_task_id"])
             assert final["counts"] == {"success": 4}, final
-            wait_until(lambda: all(status_of(s)["config_hash"] == config_hash(old)
-                                   for s in states), 30, what="agents back on the old config")
+            wait_until(
+                lambda: all(status_of(s)["config_hash"] == config_hash(old) for s in states),
+                30,
+                what="agents back on the old config",
+            )
         finally:
             for role in roles:
                 role.stop()

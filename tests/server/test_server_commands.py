@@ -16,10 +16,19 @@ def test_two_servers_apply_server_config_change(store_url: str, tmp_path: Path) 
     with fleet(store_url, tmp_path, servers=2) as (idx, nodes):
         api = nodes[0].admin()
         with idx.client() as ic:
-            wait_until(lambda: {n["id"] for n in ic.get("/nodes").json()["data"]["items"]}
-                       >= {n.node_id for n in nodes}, timeout=15, what="both nodes registered")
-        task = file_task(api, "server-config-change",
-                         {"settings": {"log_level": "debug", "comms.max_poll_wait": 45}})
+            wait_until(
+                lambda: (
+                    {n["id"] for n in ic.get("/nodes").json()["data"]["items"]}
+                    >= {n.node_id for n in nodes}
+                ),
+                timeout=15,
+                what="both nodes registered",
+            )
+        task = file_task(
+            api,
+            "server-config-change",
+            {"settings": {"log_level": "debug", "comms.max_poll_wait": 45}},
+        )
         final = task_final(api, task["id"])
         assert final["status"] == "success", final
         items = api.get("/commands", params={"task_id": task["id"]}).json()["data"]["items"]
@@ -35,7 +44,8 @@ def test_two_servers_apply_server_config_change(store_url: str, tmp_path: Path) 
         late = Server(idx, tmp_path / "late").start()
         try:
             assert "live configuration loaded (2 setting(s) changed)" in wait_until(
-                lambda: ("live configuration" in late.log()) and late.log(), timeout=10)
+                lambda: ("live configuration" in late.log()) and late.log(), timeout=10
+            )
         finally:
             late.stop()
 
@@ -44,8 +54,9 @@ def rbac_change_reaches_every_node(api: httpx.Client, nodes: list[Server]) -> No
     """Row 15: a user made on one node is an rbac-change task with one command per node;
     each node refreshes its cache and reports it, so the user logs in on the other node, and
     a user disabled through the other node is refused on the first."""
-    made = api.post("/security/users", json={"name": "erin", "password": "erin-pw-12345",
-                                             "roles": ["readonly"]})
+    made = api.post(
+        "/security/users", json={"name": "erin", "password": "erin-pw-12345", "roles": ["readonly"]}
+    )
     assert made.status_code == 201, made.text
     [task] = api.get("/tasks", params={"type": "rbac-change", "limit": 1}).json()["data"]["items"]
     assert task_final(api, task["id"])["status"] == "success"
@@ -58,9 +69,16 @@ def rbac_change_reaches_every_node(api: httpx.Client, nodes: list[Server]) -> No
     assert erin.get("/tasks").status_code == 200
     other = nodes[1].admin((nodes[0].data_dir / "admin.password").read_text().strip())
     assert other.patch("/security/users/erin", json={"disabled": True}).status_code == 200
-    wait_until(lambda: httpx.post(f"{nodes[0].api}/security/user/authenticate",
-                                  auth=("erin", "erin-pw-12345")).status_code == 401,
-               timeout=15, what="erin refused on the first node once disabled on the second")
+    wait_until(
+        lambda: (
+            httpx.post(
+                f"{nodes[0].api}/security/user/authenticate", auth=("erin", "erin-pw-12345")
+            ).status_code
+            == 401
+        ),
+        timeout=15,
+        what="erin refused on the first node once disabled on the second",
+    )
 
 
 @pytest.mark.req("C12")

@@ -15,8 +15,12 @@ from fleetcmd.server.puller import Puller
 
 
 def cmd(cid: int, agent: str, action: str = "rename") -> dict[str, Any]:
-    return {"id": cid, "task_id": 1, "target": {"type": "agent", "id": agent},
-            "action": {"name": action, "args": {}, "version": 1}}
+    return {
+        "id": cid,
+        "task_id": 1,
+        "target": {"type": "agent", "id": agent},
+        "action": {"name": action, "args": {}, "version": 1},
+    }
 
 
 def test_bulker_coalesces_concurrent_writes() -> None:
@@ -76,17 +80,24 @@ class FakeIndexer:
     async def post(self, path: str, body: Any, **_: Any) -> Any:
         self.calls.append((path, body))
         if path == "/commands/mark":
-            return {"moved": [i for i in body["ids"] if i not in self.refuse],
-                    "refused": [i for i in body["ids"] if i in self.refuse]}
+            return {
+                "moved": [i for i in body["ids"] if i not in self.refuse],
+                "refused": [i for i in body["ids"] if i in self.refuse],
+            }
         if path == "/leases/renew":
-            return {"held": [i for i in body["ids"] if i not in self.lose],
-                    "lost": [i for i in body["ids"] if i in self.lose]}
+            return {
+                "held": [i for i in body["ids"] if i not in self.lose],
+                "lost": [i for i in body["ids"] if i in self.lose],
+            }
         return {}
 
 
 def _state(tmp: Path, fake: FakeIndexer) -> Any:
-    st = build_state(ServerOptions(indexer_url="http://127.0.0.1:1", token="t", data_dir=tmp,
-                                   node_id="n1", jwt_key="k"))
+    st = build_state(
+        ServerOptions(
+            indexer_url="http://127.0.0.1:1", token="t", data_dir=tmp, node_id="n1", jwt_key="k"
+        )
+    )
     st.indexer = fake
     st.presence.indexer = fake
     return st
@@ -148,7 +159,8 @@ def test_silent_agent_is_detached_then_released(tmp_path: Path) -> None:
         assert paths.index("/agents/updates") < paths.index("/leases/release")
         assert dict(fake.calls)["/leases/release"]["ids"] == [1]
         assert dict(fake.calls)["/agents/updates"]["updates"] == [
-            {"id": "a", "status": "disconnected", "node": "", "if_node": "n1"}]
+            {"id": "a", "status": "disconnected", "node": "", "if_node": "n1"}
+        ]
         assert st.mailboxes.held_ids() == [2]
 
     asyncio.run(main())

@@ -29,8 +29,9 @@ def test_one_section_per_command_in_catalog_order() -> None:
     )
 
 
-@pytest.mark.parametrize("spec", sorted(CATALOG.values(), key=lambda s: s.number),
-                         ids=lambda s: s.task_type)
+@pytest.mark.parametrize(
+    "spec", sorted(CATALOG.values(), key=lambda s: s.number), ids=lambda s: s.task_type
+)
 def test_section_matches_the_catalog(spec: CommandSpec) -> None:
     body = sections()[spec.task_type]
     assert f"action `{spec.action}`" in body, f"{spec.task_type}: action {spec.action}"

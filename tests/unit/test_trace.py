@@ -22,8 +22,9 @@ def load_trace():  # type: ignore[no-untyped-def]
 @pytest.mark.req("R9")
 def test_matrix_lists_all_24_ids_and_flags_gaps_and_failures(tmp_path: Path) -> None:
     trace = load_trace()
-    assert sorted(trace.REQUIREMENTS) == sorted([f"R{i}" for i in range(1, 10)]
-                                                + [f"C{i}" for i in range(1, 16)])
+    assert sorted(trace.REQUIREMENTS) == sorted(
+        [f"R{i}" for i in range(1, 10)] + [f"C{i}" for i in range(1, 16)]
+    )
     results = tmp_path / "r.json"
     passing = {rid: {f"tests/x.py::t_{rid}": "passed"} for rid in trace.REQUIREMENTS}
     results.write_text(json.dumps(passing))

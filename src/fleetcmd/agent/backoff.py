@@ -11,8 +11,13 @@ import random
 
 
 class Backoff:
-    def __init__(self, base: float = 0.5, cap: float = 30.0, factor: float = 2.0,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        base: float = 0.5,
+        cap: float = 30.0,
+        factor: float = 2.0,
+        rng: random.Random | None = None,
+    ) -> None:
         self.base = base
         self.cap = cap
         self.factor = factor

@@ -23,29 +23,50 @@ def register(app: typer.Typer) -> None:
 def agent(
     server: Annotated[str, typer.Option(help="Comms API URL, e.g. http://127.0.0.1:27000.")],
     name: Annotated[str, typer.Option(help="Agent name (used at enrollment).")],
-    state_dir: Annotated[Path, typer.Option(help="State folder: credentials, journal, "
-                                            "outbox, content.")],
-    enrollment_key: Annotated[str, typer.Option(help="Key to enroll with (needed until the "
-                                                "agent is enrolled).",
-                                                envvar="FLEETCMD_ENROLLMENT_KEY",
-                                                show_envvar=False)] = "",
-    enrollment_key_file: Annotated[Path | None, typer.Option(
-        help="File holding the enrollment key (keep it 0600): read only to enroll, so the key "
-             "is on no command line and in no environment.")] = None,
-    groups: Annotated[str, typer.Option(help="Comma-separated groups asked for at "
-                                        "enrollment.")] = "",
+    state_dir: Annotated[
+        Path, typer.Option(help="State folder: credentials, journal, outbox, content.")
+    ],
+    enrollment_key: Annotated[
+        str,
+        typer.Option(
+            help="Key to enroll with (needed until the agent is enrolled).",
+            envvar="FLEETCMD_ENROLLMENT_KEY",
+            show_envvar=False,
+        ),
+    ] = "",
+    enrollment_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the enrollment key (keep it 0600): read only to enroll, so the key "
+            "is on no command line and in no environment."
+        ),
+    ] = None,
+    groups: Annotated[
+        str, typer.Option(help="Comma-separated groups asked for at enrollment.")
+    ] = "",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
-    trust_key: Annotated[list[str] | None, typer.Option(
-        help="Public key (PEM/base64 file, or base64) whose signature on agent packages is "
-             "accepted; repeatable. Without one, upgrades are refused.")] = None,
-    upgrade_deadline: Annotated[float, typer.Option(
-        help="Seconds a new version has to check in before it is rolled back.")] = 120.0,
-    command_key: Annotated[list[str] | None, typer.Option(
-        help="The indexer's command-signing public key(s): a file (e.g. the indexer's "
-             "command-keys.pub) or base64; repeatable. Without it, the keys the server hands "
-             "over at enrollment are pinned on first use.")] = None,
-    ca: Annotated[Path | None, typer.Option(
-        help="CA certificate to verify an https server with (default: the system's).")] = None,
+    trust_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Public key (PEM/base64 file, or base64) whose signature on agent packages is "
+            "accepted; repeatable. Without one, upgrades are refused."
+        ),
+    ] = None,
+    upgrade_deadline: Annotated[
+        float, typer.Option(help="Seconds a new version has to check in before it is rolled back.")
+    ] = 120.0,
+    command_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="The indexer's command-signing public key(s): a file (e.g. the indexer's "
+            "command-keys.pub) or base64; repeatable. Without it, the keys the server hands "
+            "over at enrollment are pinned on first use."
+        ),
+    ] = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(help="CA certificate to verify an https server with (default: the system's)."),
+    ] = None,
 ) -> None:
     """Run an agent: enroll once, then long-poll the server and execute its commands."""
     import os
@@ -58,29 +79,39 @@ def agent(
         raise typer.BadParameter("debug, info, warning or error", param_hint="--log-level")
     if upgrade_deadline < 5:
         raise typer.BadParameter("at least 5 seconds", param_hint="--upgrade-deadline")
+
     def absolute(specs: list[str] | None) -> list[str]:
         # Files are named by absolute path: the agent runs from another working folder.
-        return [str(Path(k).resolve()) if len(k) < 4096 and Path(k).is_file() else k
-                for k in specs or []]
+        return [
+            str(Path(k).resolve()) if len(k) < 4096 and Path(k).is_file() else k
+            for k in specs or []
+        ]
 
     keys = absolute(trust_key)
     if enrollment_key and enrollment_key_file is not None:
-        raise typer.BadParameter("give --enrollment-key (or FLEETCMD_ENROLLMENT_KEY) or "
-                                 "--enrollment-key-file, not both",
-                                 param_hint="--enrollment-key-file")
+        raise typer.BadParameter(
+            "give --enrollment-key (or FLEETCMD_ENROLLMENT_KEY) or --enrollment-key-file, not both",
+            param_hint="--enrollment-key-file",
+        )
     if enrollment_key_file is not None and not enrollment_key_file.is_file():
-        raise typer.BadParameter(f"no file at {enrollment_key_file}",
-                                 param_hint="--enrollment-key-file")
+        raise typer.BadParameter(
+            f"no file at {enrollment_key_file}", param_hint="--enrollment-key-file"
+        )
     if ca is not None and not ca.is_file():
         raise typer.BadParameter(f"no CA file at {ca}", param_hint="--ca")
-    options = {"server": server, "enrollment_key": enrollment_key,
-               "enrollment_key_file": str(enrollment_key_file.resolve())
-               if enrollment_key_file else "", "name": name,
-               "state_dir": str(state_dir.resolve()),
-               "groups": [g.strip() for g in groups.split(",") if g.strip()],
-               "log_level": log_level.lower(), "trust_keys": keys,
-               "upgrade_deadline": upgrade_deadline, "command_keys": absolute(command_key),
-               "ca": str(ca.resolve()) if ca else None}
+    options = {
+        "server": server,
+        "enrollment_key": enrollment_key,
+        "enrollment_key_file": str(enrollment_key_file.resolve()) if enrollment_key_file else "",
+        "name": name,
+        "state_dir": str(state_dir.resolve()),
+        "groups": [g.strip() for g in groups.split(",") if g.strip()],
+        "log_level": log_level.lower(),
+        "trust_keys": keys,
+        "upgrade_deadline": upgrade_deadline,
+        "command_keys": absolute(command_key),
+        "ca": str(ca.resolve()) if ca else None,
+    }
     # The version to run: an upgraded one (or the previous one, if an upgrade on trial did not
     # come up: see agent/upgrade.py), else this installation.
     src = running().src
@@ -88,8 +119,11 @@ def agent(
     if state_dir.is_dir() and folder.running_pid() is None:  # a running agent keeps its trial
         src = Versions(folder).boot_target() or src
     # Same pid, fresh interpreter without the CLI's heavy imports (see agent/__main__.py).
-    env = {**os.environ, OPTIONS_ENV: json.dumps(options),
-           "PYTHONPATH": pythonpath(src, os.environ.get("PYTHONPATH"))}
+    env = {
+        **os.environ,
+        OPTIONS_ENV: json.dumps(options),
+        "PYTHONPATH": pythonpath(src, os.environ.get("PYTHONPATH")),
+    }
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "fleetcmd.agent"], env)
@@ -111,10 +145,12 @@ def status_of(state_dir: Path) -> dict[str, Any]:
     for pid in d.list_content(d.sca_results_dir):
         res = d.get_content(d.sca_results_dir, pid)
         if isinstance(res, dict):
-            sca_results[pid] = {"version": res.get("policy_version"),
-                                "summary": res.get("summary"),
-                                "evaluated_at": res.get("evaluated_at"),
-                                "unsent": bool(res.get("pending_events"))}
+            sca_results[pid] = {
+                "version": res.get("policy_version"),
+                "summary": res.get("summary"),
+                "evaluated_at": res.get("evaluated_at"),
+                "unsent": bool(res.get("pending_events")),
+            }
     doc: dict[str, Any] = {
         "id": creds.id if creds else None,
         "name": applied.name if applied else None,
@@ -127,9 +163,12 @@ def status_of(state_dir: Path) -> dict[str, Any]:
         "sca_results": sca_results,
         "active_responses": d.list_content(d.ar_dir),
         "command_keys": _pinned_keys(d.root / "command-keys.json"),
-        "upgrade": {"current": current.to_json() if current else None,
-                    "last": {k: marker.get(k) for k in ("command_id", "state", "reason", "from",
-                                                         "to")} if marker else None},
+        "upgrade": {
+            "current": current.to_json() if current else None,
+            "last": {k: marker.get(k) for k in ("command_id", "state", "reason", "from", "to")}
+            if marker
+            else None,
+        },
         "executed": 0,
         "outbox": 0,
         "pid": d.running_pid(),

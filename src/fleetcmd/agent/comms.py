@@ -24,8 +24,9 @@ TOKEN_MARGIN = 30.0
 class CommsError(Exception):
     """The server answered with an error, or could not be reached (status 0)."""
 
-    def __init__(self, status: int, code: str, message: str,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{status} {code}: {message}" if status else message)
         self.status = status
         self.code = code
@@ -85,8 +86,11 @@ class Comms:
                 import ssl  # only paid for when the server speaks TLS
 
                 self._conn = http.client.HTTPSConnection(
-                    self._host, self._port, timeout=timeout,
-                    context=ssl.create_default_context(cafile=self.ca))
+                    self._host,
+                    self._port,
+                    timeout=timeout,
+                    context=ssl.create_default_context(cafile=self.ca),
+                )
             else:
                 self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
         if self._conn.sock is not None:
@@ -101,8 +105,9 @@ class Comms:
                 self._conn.close()
                 self._conn = None
 
-    def _send(self, method: str, path: str, body: Any, auth: bool, timeout: float
-              ) -> tuple[int, Any, float | None]:
+    def _send(
+        self, method: str, path: str, body: Any, auth: bool, timeout: float
+    ) -> tuple[int, Any, float | None]:
         headers = {"Accept": "application/json"}
         payload = None
         if body is not None:
@@ -127,12 +132,14 @@ class Comms:
                     if self._conn is not None:
                         self._conn.close()
                         self._conn = None
-                    stale = isinstance(exc, http.client.RemoteDisconnected | BrokenPipeError |
-                                       ConnectionResetError)
+                    stale = isinstance(
+                        exc, http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError
+                    )
                     if attempt == 1 and stale:
                         continue
-                    raise CommsError(0, "unreachable",
-                                     f"{method} {path}: {type(exc).__name__}: {exc}") from None
+                    raise CommsError(
+                        0, "unreachable", f"{method} {path}: {type(exc).__name__}: {exc}"
+                    ) from None
             break
         try:
             doc = json.loads(raw) if raw else None
@@ -140,8 +147,15 @@ class Comms:
             doc = None
         return status, doc, retry_after
 
-    def request(self, method: str, path: str, body: Any = None, *, auth: bool = True,
-                timeout: float | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        auth: bool = True,
+        timeout: float | None = None,
+    ) -> Any:
         """Call the API and return `data`; raises CommsError (AgentRemoved on 403 removed)."""
         t = timeout if timeout is not None else self.timeout
         if auth:
@@ -176,21 +190,32 @@ class Comms:
     def authenticate(self) -> None:
         assert self._credentials is not None
         agent_id, secret = self._credentials
-        data = self.request("POST", "/agents/authenticate", {"id": agent_id, "secret": secret},
-                            auth=False)
+        data = self.request(
+            "POST", "/agents/authenticate", {"id": agent_id, "secret": secret}, auth=False
+        )
         self._token = str(data["token"])
         expires_in = float(data.get("expires_in", 900))
-        self._token_renew_at = time.monotonic() + max(expires_in - TOKEN_MARGIN,
-                                                      expires_in / 2)
+        self._token_renew_at = time.monotonic() + max(expires_in - TOKEN_MARGIN, expires_in / 2)
 
     # -- the endpoints --------------------------------------------------------------------------
-    def enroll(self, key: str, name: str, groups: list[str], version: str,
-               info: dict[str, Any], request_id: str | None = None,
-               request_secret: str | None = None) -> tuple[str, str, Any]:
+    def enroll(
+        self,
+        key: str,
+        name: str,
+        groups: list[str],
+        version: str,
+        info: dict[str, Any],
+        request_id: str | None = None,
+        request_secret: str | None = None,
+    ) -> tuple[str, str, Any]:
         """Returns the id, the secret and the command-signing keys the server offers. With
         a request id and secret, a repeat gets the same answer (idempotent)."""
-        body: dict[str, Any] = {"enrollment_key": key, "name": name, "version": version,
-                                "info": info}
+        body: dict[str, Any] = {
+            "enrollment_key": key,
+            "name": name,
+            "version": version,
+            "info": info,
+        }
         if request_id is not None:
             body["request_id"], body["request_secret"] = request_id, request_secret
         if groups:
@@ -235,8 +260,9 @@ class Comms:
         return int((data or {}).get("accepted", 0))
 
     # -- binary downloads (agent packages) -------------------------------------------------------
-    def download(self, path: str, out: BinaryIO, max_bytes: int, timeout: float = 60.0
-                 ) -> dict[str, str]:
+    def download(
+        self, path: str, out: BinaryIO, max_bytes: int, timeout: float = 60.0
+    ) -> dict[str, str]:
         """Stream a GET into `out` (at most `max_bytes`); returns the response headers with
         lower-case names. Same token handling as `request`; errors raise CommsError."""
         self._ensure_token()
@@ -255,8 +281,9 @@ class Comms:
             raise CommsError(status, code, message)
         return headers
 
-    def _download(self, path: str, out: BinaryIO, max_bytes: int, timeout: float
-                  ) -> tuple[int, dict[str, str], dict[str, Any]]:
+    def _download(
+        self, path: str, out: BinaryIO, max_bytes: int, timeout: float
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
         headers = {"Authorization": f"Bearer {self._token}"}
         with self._lock:
             try:
@@ -277,16 +304,18 @@ class Comms:
                     size += len(chunk)
                     if size > max_bytes:
                         self._drop_connection()
-                        raise CommsError(0, "too_large",
-                                         f"GET {path}: more than {max_bytes} bytes; refused")
+                        raise CommsError(
+                            0, "too_large", f"GET {path}: more than {max_bytes} bytes; refused"
+                        )
                     out.write(chunk)
                 if resp.will_close:
                     self._drop_connection()
                 return resp.status, got, {}
             except (OSError, http.client.HTTPException) as exc:
                 self._drop_connection()
-                raise CommsError(0, "unreachable",
-                                 f"GET {path}: {type(exc).__name__}: {exc}") from None
+                raise CommsError(
+                    0, "unreachable", f"GET {path}: {type(exc).__name__}: {exc}"
+                ) from None
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

@@ -41,8 +41,9 @@ MARGIN = 2.0
 class Refused(Exception):
     """The agent will not (or cannot) do what the command asks; becomes a failure result."""
 
-    def __init__(self, message: str, data: dict[str, Any] | None = None,
-                 code: int = FAILED) -> None:
+    def __init__(
+        self, message: str, data: dict[str, Any] | None = None, code: int = FAILED
+    ) -> None:
         super().__init__(message)
         self.data = data or {}
         self.code = code
@@ -87,8 +88,9 @@ def _groups(value: Any) -> list[str]:
     return list(value)
 
 
-def resolve_config(ctx: Context, groups: list[str], args: dict[str, Any]
-                   ) -> tuple[dict[str, Any], str]:
+def resolve_config(
+    ctx: Context, groups: list[str], args: dict[str, Any]
+) -> tuple[dict[str, Any], str]:
     """The merged configuration a command refers to, checked against the hash it carries."""
     expected = args.get("config_hash")
     if not isinstance(expected, str) or not expected:
@@ -107,13 +109,13 @@ def resolve_config(ctx: Context, groups: list[str], args: dict[str, Any]
         raise Refused("the configuration must be an object")
     got = config_hash(config)
     if got != expected:
-        raise Refused(f"configuration hash mismatch: computed {got}, command says {expected}; "
-                      "nothing applied")
+        raise Refused(
+            f"configuration hash mismatch: computed {got}, command says {expected}; nothing applied"
+        )
     return config, got
 
 
-def apply_config(ctx: Context, groups: list[str], config: dict[str, Any], digest: str
-                 ) -> list[str]:
+def apply_config(ctx: Context, groups: list[str], config: dict[str, Any], digest: str) -> list[str]:
     """Hot-apply (R2): modules reconfigure in place, then the applied state is saved."""
     changes = ctx.modules.apply(config)
     ctx.applied.groups = groups
@@ -191,13 +193,19 @@ def sca_content(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(policy, dict):
         raise Refused("'policy' must be an object")
     if str(policy.get("version", version)) != version:
-        raise Refused(f"policy {policy_id} content is version {policy.get('version')!r}, the "
-                      f"command says {version!r}; nothing replaced")
+        raise Refused(
+            f"policy {policy_id} content is version {policy.get('version')!r}, the "
+            f"command says {version!r}; nothing replaced"
+        )
     previous = ctx.sca.policy(policy_id)
     summary = ctx.sca.store(policy_id, policy, ctx.deadline)
-    return {"policy_id": policy_id, "version": version, "stored": True,
-            "previous_version": previous.get("version") if isinstance(previous, dict) else None,
-            "summary": summary}
+    return {
+        "policy_id": policy_id,
+        "version": version,
+        "stored": True,
+        "previous_version": previous.get("version") if isinstance(previous, dict) else None,
+        "summary": summary,
+    }
 
 
 def _fetch_policy(ctx: Context, policy_id: str, version: str) -> Any:
@@ -206,8 +214,10 @@ def _fetch_policy(ctx: Context, policy_id: str, version: str) -> Any:
     try:
         data = ctx.comms.request("GET", f"/agents/sca/{policy_id}", timeout=30.0)
     except CommsError as exc:
-        raise Refused(f"the command carries no policy content and the server did not serve "
-                      f"{policy_id} {version} ({exc}); nothing replaced") from None
+        raise Refused(
+            f"the command carries no policy content and the server did not serve "
+            f"{policy_id} {version} ({exc}); nothing replaced"
+        ) from None
     return data.get("policy", data) if isinstance(data, dict) else data
 
 
@@ -243,8 +253,9 @@ def ar_config(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 def ar_execute(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     """Row 11: run an allow-listed response; a non-zero exit or a timeout is a failure that
     still reports the exit code and output."""
-    ok, data, message = ctx.active_response.execute(args.get("name"), args.get("arguments"),
-                                                    ctx.deadline)
+    ok, data, message = ctx.active_response.execute(
+        args.get("name"), args.get("arguments"), ctx.deadline
+    )
     if not ok:
         raise Refused(message, data, TIMED_OUT if data.get("timed_out") else FAILED)
     return data
@@ -257,13 +268,15 @@ def upgrade(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     if ctx.comms is None:
         raise Refused("this agent cannot download packages")
     try:
-        prepared = upgrades.prepare(ctx.state_dir, ctx.comms, ctx.command_id, args,
-                                    ctx.trust_keys, ctx.upgrade_deadline)
+        prepared = upgrades.prepare(
+            ctx.state_dir, ctx.comms, ctx.command_id, args, ctx.trust_keys, ctx.upgrade_deadline
+        )
     except upgrades.UpgradeRefused as exc:
         raise Refused(f"upgrade refused, nothing changed: {exc}") from None
     except CommsError as exc:
-        raise Refused(f"upgrade refused, nothing changed: package download failed ({exc})"
-                      ) from None
+        raise Refused(
+            f"upgrade refused, nothing changed: package download failed ({exc})"
+        ) from None
     if isinstance(prepared, dict):
         return prepared
     ctx.restart = prepared
@@ -320,6 +333,7 @@ def execute(ctx: Context, command: dict[str, Any]) -> Result:
     worker.start()
     worker.join(float(timeout))
     if not outcome:
-        return Result.failure(cid, f"{name}: did not finish within its {timeout:g}s timeout",
-                              TIMED_OUT)
+        return Result.failure(
+            cid, f"{name}: did not finish within its {timeout:g}s timeout", TIMED_OUT
+        )
     return outcome[0]

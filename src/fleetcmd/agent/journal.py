@@ -81,24 +81,34 @@ class Result:
     data: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "status": self.status, "code": self.code,
-                "message": self.message, "data": self.data}
+        return {
+            "id": self.id,
+            "status": self.status,
+            "code": self.code,
+            "message": self.message,
+            "data": self.data,
+        }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Result:
-        return cls(doc["id"], doc["status"], int(doc.get("code", 0)),
-                   str(doc.get("message", "")), dict(doc.get("data") or {}))
+        return cls(
+            doc["id"],
+            doc["status"],
+            int(doc.get("code", 0)),
+            str(doc.get("message", "")),
+            dict(doc.get("data") or {}),
+        )
 
     @classmethod
-    def success(cls, cid: Any, data: dict[str, Any] | None = None, message: str = "ok"
-                ) -> Result:
+    def success(cls, cid: Any, data: dict[str, Any] | None = None, message: str = "ok") -> Result:
         return cls(cid, "success", 0, message, data or {})
 
     @classmethod
-    def failure(cls, cid: Any, message: str, code: int = 1,
-                data: dict[str, Any] | None = None) -> Result:
+    def failure(
+        cls, cid: Any, message: str, code: int = 1, data: dict[str, Any] | None = None
+    ) -> Result:
         if len(message) > MAX_MESSAGE:  # the server takes messages up to 8,000 characters
-            message = message[:MAX_MESSAGE - 1] + "…"
+            message = message[: MAX_MESSAGE - 1] + "…"
         return cls(cid, "failure", code, message, data or {})
 
 
@@ -122,7 +132,8 @@ class Journal:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS journal ("
             " id TEXT PRIMARY KEY, state TEXT NOT NULL, action TEXT NOT NULL,"
-            " command TEXT NOT NULL, result TEXT, received_at REAL NOT NULL, done_at REAL)")
+            " command TEXT NOT NULL, result TEXT, received_at REAL NOT NULL, done_at REAL)"
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -130,8 +141,9 @@ class Journal:
 
     def get(self, cid: Any) -> Entry | None:
         with self._lock:
-            row = self._db.execute("SELECT id, state, action, result FROM journal WHERE id = ?",
-                                   (key(cid),)).fetchone()
+            row = self._db.execute(
+                "SELECT id, state, action, result FROM journal WHERE id = ?", (key(cid),)
+            ).fetchone()
         if row is None:
             return None
         result = Result.from_json(json.loads(row[3])) if row[3] else None
@@ -145,11 +157,13 @@ class Journal:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO journal (id, state, action, command, received_at)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (key(command["id"]), OFFERED, action, json.dumps(command), time.time()))
+                (key(command["id"]), OFFERED, action, json.dumps(command), time.time()),
+            )
             if cur.rowcount == 1:
                 return True
-            row = self._db.execute("SELECT state FROM journal WHERE id = ?",
-                                   (key(command["id"]),)).fetchone()
+            row = self._db.execute(
+                "SELECT state FROM journal WHERE id = ?", (key(command["id"]),)
+            ).fetchone()
             return row is not None and row[0] in (OFFERED, REFUSED)
 
     def confirm(self, ids: list[Any]) -> None:
@@ -158,7 +172,8 @@ class Journal:
         with self._lock:
             self._db.executemany(
                 "UPDATE journal SET state = ?, received_at = ? WHERE id = ? AND state IN (?, ?)",
-                [(RECEIVED, time.time(), key(cid), OFFERED, REFUSED) for cid in ids])
+                [(RECEIVED, time.time(), key(cid), OFFERED, REFUSED) for cid in ids],
+            )
 
     def refuse(self, ids: list[Any]) -> None:
         """The server answered the ack without confirming these: they do not run (a later,
@@ -166,35 +181,39 @@ class Journal:
         with self._lock:
             self._db.executemany(
                 "UPDATE journal SET state = ? WHERE id = ? AND state = ?",
-                [(REFUSED, key(cid), OFFERED) for cid in ids])
+                [(REFUSED, key(cid), OFFERED) for cid in ids],
+            )
 
     def offered(self) -> list[dict[str, Any]]:
         """Commands whose ack was never answered (it failed, or the agent stopped first):
         asked again, since the server may have recorded them delivered."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT command FROM journal WHERE state = ? ORDER BY received_at",
-                (OFFERED,)).fetchall()
+                "SELECT command FROM journal WHERE state = ? ORDER BY received_at", (OFFERED,)
+            ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
     def complete(self, result: Result) -> None:
         with self._lock:
             self._db.execute(
                 "UPDATE journal SET state = ?, result = ?, done_at = ? WHERE id = ?",
-                (DONE, json.dumps(result.to_json()), time.time(), key(result.id)))
+                (DONE, json.dumps(result.to_json()), time.time(), key(result.id)),
+            )
 
     def interrupted(self) -> list[Entry]:
         """Commands received but never finished: the agent stopped while executing them."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, state, action FROM journal WHERE state = ? ORDER BY received_at",
-                (RECEIVED,)).fetchall()
+                (RECEIVED,),
+            ).fetchall()
         return [Entry(r[0], r[1], r[2], None) for r in rows]
 
     def command(self, cid: Any) -> dict[str, Any] | None:
         with self._lock:
-            row = self._db.execute("SELECT command FROM journal WHERE id = ?",
-                                   (key(cid),)).fetchone()
+            row = self._db.execute(
+                "SELECT command FROM journal WHERE id = ?", (key(cid),)
+            ).fetchone()
         return json.loads(row[0]) if row else None
 
     def count(self) -> int:
@@ -208,5 +227,6 @@ class Journal:
             cur = self._db.execute(
                 "DELETE FROM journal WHERE (state = ? AND done_at < ?)"
                 " OR (state IN (?, ?) AND received_at < ?)",
-                (DONE, cutoff, OFFERED, REFUSED, cutoff))
+                (DONE, cutoff, OFFERED, REFUSED, cutoff),
+            )
             return cur.rowcount

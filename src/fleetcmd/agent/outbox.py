@@ -35,7 +35,8 @@ class Outbox:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS outbox ("
             " seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,"
-            " result TEXT NOT NULL)")
+            " result TEXT NOT NULL)"
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -47,13 +48,16 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute("DELETE FROM outbox WHERE id = ?", (key(result.id),))
-                self._db.execute("INSERT INTO outbox (id, result) VALUES (?, ?)",
-                                 (key(result.id), json.dumps(result.to_json())))
+                self._db.execute(
+                    "INSERT INTO outbox (id, result) VALUES (?, ?)",
+                    (key(result.id), json.dumps(result.to_json())),
+                )
                 size = int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
                 dropped: list[str] = []
                 if size > self.limit:
-                    rows = self._db.execute("SELECT seq, id FROM outbox ORDER BY seq LIMIT ?",
-                                            (size - self.limit,)).fetchall()
+                    rows = self._db.execute(
+                        "SELECT seq, id FROM outbox ORDER BY seq LIMIT ?", (size - self.limit,)
+                    ).fetchall()
                     self._db.execute("DELETE FROM outbox WHERE seq <= ?", (rows[-1][0],))
                     dropped = [r[1] for r in rows]
                 self._db.execute("COMMIT")
@@ -62,14 +66,19 @@ class Outbox:
                 raise
         if dropped:
             self.dropped += len(dropped)
-            log.warning("outbox full (%d results): dropped the %d oldest, ids %s",
-                        self.limit, len(dropped), ", ".join(dropped[:20]))
+            log.warning(
+                "outbox full (%d results): dropped the %d oldest, ids %s",
+                self.limit,
+                len(dropped),
+                ", ".join(dropped[:20]),
+            )
 
     def peek(self, n: int = 500) -> list[Result]:
         """The `n` oldest queued results, in the order they were produced."""
         with self._lock:
-            rows = self._db.execute("SELECT result FROM outbox ORDER BY seq LIMIT ?",
-                                    (n,)).fetchall()
+            rows = self._db.execute(
+                "SELECT result FROM outbox ORDER BY seq LIMIT ?", (n,)
+            ).fetchall()
         return [Result.from_json(json.loads(r[0])) for r in rows]
 
     def remove(self, ids: list[object]) -> None:

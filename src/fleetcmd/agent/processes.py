@@ -44,20 +44,35 @@ def minimal_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_bounded(argv: list[str], timeout: float, *, cap: int = DEFAULT_CAP,
-                env: dict[str, str] | None = None, cwd: Path | str | None = None) -> Completed:
+def run_bounded(
+    argv: list[str],
+    timeout: float,
+    *,
+    cap: int = DEFAULT_CAP,
+    env: dict[str, str] | None = None,
+    cwd: Path | str | None = None,
+) -> Completed:
     """Run `argv` (no shell) for at most `timeout` seconds; raises OSError if it cannot start
     (not found, not executable)."""
     if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
         raise ValueError("argv must be a non-empty list of strings without NUL bytes")
     start = time.monotonic()
     proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=env if env is not None else minimal_env(), cwd=cwd, close_fds=True,
-        start_new_session=True, shell=False)
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env if env is not None else minimal_env(),
+        cwd=cwd,
+        close_fds=True,
+        start_new_session=True,
+        shell=False,
+    )
     assert proc.stdout is not None and proc.stderr is not None
-    kept: dict[int, bytearray] = {proc.stdout.fileno(): bytearray(),
-                                  proc.stderr.fileno(): bytearray()}
+    kept: dict[int, bytearray] = {
+        proc.stdout.fileno(): bytearray(),
+        proc.stderr.fileno(): bytearray(),
+    }
     truncated = timed_out = False
     deadline = start + timeout
     with selectors.DefaultSelector() as sel:
@@ -81,7 +96,7 @@ def run_bounded(argv: list[str], timeout: float, *, cap: int = DEFAULT_CAP,
                 room = cap - len(buf)
                 if len(chunk) > room:
                     truncated = True
-                buf.extend(chunk[:max(room, 0)])
+                buf.extend(chunk[: max(room, 0)])
     if timed_out:
         _kill_group(proc)
     else:
@@ -93,8 +108,14 @@ def run_bounded(argv: list[str], timeout: float, *, cap: int = DEFAULT_CAP,
     out, err = bytes(kept[proc.stdout.fileno()]), bytes(kept[proc.stderr.fileno()])
     proc.stdout.close()
     proc.stderr.close()
-    return Completed(None if timed_out else proc.returncode, out, err, truncated, timed_out,
-                     time.monotonic() - start)
+    return Completed(
+        None if timed_out else proc.returncode,
+        out,
+        err,
+        truncated,
+        timed_out,
+        time.monotonic() - start,
+    )
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -53,8 +53,9 @@ def _refused(exc: CommsError) -> bool:
 
 
 def _refusal(cmd: dict[str, Any], exc: Refusal) -> Result:
-    return Result.failure(cmd["id"], f"refused ({exc.reason}): {exc.message}", REFUSED,
-                          {"refused": exc.reason})
+    return Result.failure(
+        cmd["id"], f"refused ({exc.reason}): {exc.message}", REFUSED, {"refused": exc.reason}
+    )
 
 
 class FatalStartError(Exception):
@@ -135,8 +136,9 @@ class Agent:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise FatalStartError(f"another agent (pid {self.dir.running_pid()}) is running on "
-                                  f"{self.dir.root}") from None
+            raise FatalStartError(
+                f"another agent (pid {self.dir.running_pid()}) is running on {self.dir.root}"
+            ) from None
         self._lock_fd = fd
         self.dir.write_pid()
 
@@ -176,8 +178,12 @@ class Agent:
         applied.version = fleetcmd.__version__
         self.journal = Journal(self.dir.db_path)
         self.outbox = Outbox(self.dir.db_path, self.options.outbox_limit)
-        self.trust = CommandTrust(self.dir.root, self.dir.db_path, self.options.command_keys,
-                                  fetch_keys=self.comms.command_keys)
+        self.trust = CommandTrust(
+            self.dir.root,
+            self.dir.db_path,
+            self.options.command_keys,
+            fetch_keys=self.comms.command_keys,
+        )
         if not self.trust.load() and self.trust.explicit:
             raise FatalStartError("none of the --command-key keys can be loaded")
         self.journal.prune()
@@ -191,8 +197,13 @@ class Agent:
             return 0
         self.id = creds.id
         self.comms.use_credentials(creds.id, creds.secret)
-        log.info("agent %s (%s) version %s, state in %s", creds.id, applied.name,
-                 fleetcmd.__version__, self.dir.root)
+        log.info(
+            "agent %s (%s) version %s, state in %s",
+            creds.id,
+            applied.name,
+            fleetcmd.__version__,
+            self.dir.root,
+        )
         try:
             if not self._initialize():
                 return 0
@@ -209,10 +220,18 @@ class Agent:
         active_response = ActiveResponse(self.dir)
         inventory = Inventory(self._send_inventory)
         modules = Modules([sca, active_response, inventory, Logs(self.options.log_level)])
-        return Context(self.dir, applied, modules, sca, active_response, self._fetch_config,
-                       inventory=inventory, comms=self.comms,
-                       trust_keys=list(self.options.trust_keys),
-                       upgrade_deadline=self.options.upgrade_deadline)
+        return Context(
+            self.dir,
+            applied,
+            modules,
+            sca,
+            active_response,
+            self._fetch_config,
+            inventory=inventory,
+            comms=self.comms,
+            trust_keys=list(self.options.trust_keys),
+            upgrade_deadline=self.options.upgrade_deadline,
+        )
 
     def _apply_local(self, applied: AgentState) -> None:
         """Before the server answers, run with the configuration applied last time."""
@@ -231,8 +250,11 @@ class Agent:
                 continue  # the upgrade this process is the trial of: answered at check-in
             command = self.journal.command(entry.id) or {"id": entry.id}
             result = Result.failure(
-                command["id"], f"{entry.action}: the agent stopped while executing this command; "
-                "it is not run again (execution is at most once per command id)", INTERRUPTED)
+                command["id"],
+                f"{entry.action}: the agent stopped while executing this command; "
+                "it is not run again (execution is at most once per command id)",
+                INTERRUPTED,
+            )
             self.journal.complete(result)
             self.outbox.put(result)
             log.warning("command %s (%s) was interrupted by a restart", entry.id, entry.action)
@@ -243,16 +265,25 @@ class Agent:
         if creds is not None:
             return creds
         key = self._enrollment_key()
-        info = {"hostname": os.uname().nodename, "os": os.uname().sysname,
-                "arch": os.uname().machine}
+        info = {
+            "hostname": os.uname().nodename,
+            "os": os.uname().sysname,
+            "arch": os.uname().machine,
+        }
         # Kept before the first attempt: a retry whose first answer was lost (a timeout after
         # the server enrolled us) is the same request and gets the same id and secret.
         request = self.dir.enrollment_request()
         while not self._stop.is_set():
             try:
                 agent_id, secret, keys = self.comms.enroll(
-                    key, self.options.name, list(self.options.groups), fleetcmd.__version__,
-                    info, request.request_id, request.secret)
+                    key,
+                    self.options.name,
+                    list(self.options.groups),
+                    fleetcmd.__version__,
+                    info,
+                    request.request_id,
+                    request.secret,
+                )
             except CommsError as exc:
                 if exc.transient:
                     self._retry_later("enroll", exc)
@@ -278,8 +309,9 @@ class Agent:
                 raise FatalStartError(f"enrollment key file: {exc}") from None
             if key:
                 return key
-            raise FatalStartError(f"enrollment key file {self.options.enrollment_key_file} "
-                                  "is empty")
+            raise FatalStartError(
+                f"enrollment key file {self.options.enrollment_key_file} is empty"
+            )
         raise FatalStartError("not enrolled yet and no --enrollment-key given")
 
     def _initialize(self) -> bool:
@@ -305,8 +337,11 @@ class Agent:
         assert isinstance(config, dict)
         digest = config_hash(config)
         if data.get("config_hash") not in (None, digest):
-            log.warning("init: server hash %s differs from the configuration's %s",
-                        data.get("config_hash"), digest)
+            log.warning(
+                "init: server hash %s differs from the configuration's %s",
+                data.get("config_hash"),
+                digest,
+            )
         if isinstance(data.get("name"), str) and data["name"]:
             applied.name = data["name"]
         groups = data.get("groups")
@@ -321,8 +356,13 @@ class Agent:
             changes = []
         self.ctx.save()
         self._report_applied(applied.config_hash)
-        log.info("initialized: name %s, groups %s, config %s%s", applied.name, applied.groups,
-                 applied.config_hash[:12], f" ({'; '.join(changes)})" if changes else "")
+        log.info(
+            "initialized: name %s, groups %s, config %s%s",
+            applied.name,
+            applied.groups,
+            applied.config_hash[:12],
+            f" ({'; '.join(changes)})" if changes else "",
+        )
 
     def _report_applied(self, digest: str) -> None:
         """Best effort: the agents index shows what this agent runs from its start, not only
@@ -332,8 +372,11 @@ class Agent:
         except AgentRemoved:
             raise
         except CommsError as exc:
-            log.info("could not report the applied configuration (%s); the next group "
-                     "command reports it", exc)
+            log.info(
+                "could not report the applied configuration (%s); the next group "
+                "command reports it",
+                exc,
+            )
 
     # -- the loop -----------------------------------------------------------------------------
     def _loop(self) -> int:
@@ -406,17 +449,21 @@ class Agent:
             # Unconfirmed, nothing runs: the command may have gone final meanwhile. It stays
             # `offered` and its ack is asked again before the next poll (the server may have
             # recorded it delivered and lost only its answer).
-            log.warning("ack of %s failed (%s); nothing runs until a delivery is confirmed",
-                        ids, exc)
+            log.warning(
+                "ack of %s failed (%s); nothing runs until a delivery is confirmed", ids, exc
+            )
             for cmd in fresh:
                 self._unanswered[str(cmd["id"])] = cmd
             fresh, confirmed = [], set()
         refused = [c for c in fresh if str(c["id"]) not in confirmed]
         fresh = [c for c in fresh if str(c["id"]) in confirmed]
         for cmd in refused:
-            log.info("command %s (%s) not run: the server did not confirm its delivery "
-                     "(cancelled, expired or held by another node)", cmd["id"],
-                     (cmd.get("action") or {}).get("name"))
+            log.info(
+                "command %s (%s) not run: the server did not confirm its delivery "
+                "(cancelled, expired or held by another node)",
+                cmd["id"],
+                (cmd.get("action") or {}).get("name"),
+            )
         self.journal.refuse([c["id"] for c in refused])
         self.journal.confirm([c["id"] for c in fresh])
         for cmd in again:
@@ -437,11 +484,16 @@ class Agent:
             log.info("command %s: %s", cmd["id"], name)
             result = execute(self.ctx, cmd)
             restart, self.ctx.restart = self.ctx.restart, None
-            if restart is not None and result.status == "success" and \
-                    restart.command_id == cmd["id"] and self._switch_to is None:
+            if (
+                restart is not None
+                and result.status == "success"
+                and restart.command_id == cmd["id"]
+                and self._switch_to is None
+            ):
                 # Not answered now: the version that runs after the switch answers it.
-                log.info("command %s: %s installed; switching to it", cmd["id"],
-                         restart.target.version)
+                log.info(
+                    "command %s: %s installed; switching to it", cmd["id"], restart.target.version
+                )
                 self._switch_to = restart
                 continue
             self.journal.complete(result)
@@ -483,8 +535,10 @@ class Agent:
             self.outbox.remove(done)
             sent += len(done)
             if len(done) < len(batch):
-                log.warning("server gave no outcome for %d result(s); kept for later",
-                            len(batch) - len(done))
+                log.warning(
+                    "server gave no outcome for %d result(s); kept for later",
+                    len(batch) - len(done),
+                )
                 return sent
 
     def _send_one_by_one(self, batch: list[Result]) -> int:
@@ -496,8 +550,12 @@ class Agent:
             except CommsError as exc:
                 if not _refused(exc):
                     raise
-                log.error("server refuses the result of command %s (%s); dropped from the "
-                          "outbox, kept in the journal", r.id, exc)
+                log.error(
+                    "server refuses the result of command %s (%s); dropped from the "
+                    "outbox, kept in the journal",
+                    r.id,
+                    exc,
+                )
                 self.outbox.remove([r.id])
                 continue
             if str(r.id) in outcomes:
@@ -517,9 +575,14 @@ class Agent:
             if doc["to"]["version"] == here.version and doc["to"]["src"] == here.src:
                 log.info("version %s on trial: it commits once it has checked in", here.version)
                 return doc
-            doc = self.versions.roll_back(
-                f"the agent started as version {here.version} ({here.src}) instead of "
-                f"{doc['to']['version']}") or self.versions.marker() or doc
+            doc = (
+                self.versions.roll_back(
+                    f"the agent started as version {here.version} ({here.src}) instead of "
+                    f"{doc['to']['version']}"
+                )
+                or self.versions.marker()
+                or doc
+            )
         self._answer_upgrade(doc)
         return None
 
@@ -532,13 +595,18 @@ class Agent:
         cid = self.journal.command(entry.id) or {"id": entry.id}
         to, previous = doc["to"]["version"], doc["from"]["version"]
         if doc.get("state") == upgrades.COMMITTED and fleetcmd.__version__ == to:
-            result = Result.success(cid["id"], {"version": to, "previous": previous},
-                                    f"upgraded from {previous} to {to}")
+            result = Result.success(
+                cid["id"],
+                {"version": to, "previous": previous},
+                f"upgraded from {previous} to {to}",
+            )
         else:
             result = Result.failure(
-                cid["id"], f"upgrade to {to} rolled back to {fleetcmd.__version__}: "
+                cid["id"],
+                f"upgrade to {to} rolled back to {fleetcmd.__version__}: "
                 f"{doc.get('reason') or 'the new version did not check in'}",
-                data={"version": fleetcmd.__version__, "attempted": to, "rolled_back": True})
+                data={"version": fleetcmd.__version__, "attempted": to, "rolled_back": True},
+            )
         self.journal.complete(result)
         self.outbox.put(result)
         log.info("upgrade command %s answered: %s %s", cid["id"], result.status, result.message)
@@ -550,8 +618,10 @@ class Agent:
         doc = self.versions.commit()
         self._trial = None
         if doc is None:
-            log.error("upgrade no longer on trial (rolled back meanwhile); the watchdog "
-                      "restarts the previous version")
+            log.error(
+                "upgrade no longer on trial (rolled back meanwhile); the watchdog "
+                "restarts the previous version"
+            )
             return
         log.info("upgrade to %s committed", doc["to"]["version"])
         self._answer_upgrade(doc)
@@ -561,8 +631,10 @@ class Agent:
         assert self.journal is not None and self.outbox is not None
         self._switch_to = None
         if threading.current_thread() is not threading.main_thread():
-            self._answer_switch_failure(pending, "the agent is not running as its own process "
-                                        "(embedded); it cannot restart itself")
+            self._answer_switch_failure(
+                pending,
+                "the agent is not running as its own process (embedded); it cannot restart itself",
+            )
             return
         try:
             self.flush()  # answers of the other commands go out before the restart
@@ -570,8 +642,9 @@ class Agent:
             log.warning("results not sent before the restart (%s); sent after it", exc)
         # Enrolled already: the versions after the switch (and the watchdog) need no key,
         # and an older version would not know the key-file option.
-        kept = {k: v for k, v in dataclasses.asdict(self.options).items()
-                if k != "enrollment_key_file"}
+        kept = {
+            k: v for k, v in dataclasses.asdict(self.options).items() if k != "enrollment_key_file"
+        }
         options = json.dumps({**kept, "enrollment_key": ""})
         self.versions.begin(pending.command_id, pending.target, pending.deadline)
         try:
@@ -587,8 +660,9 @@ class Agent:
 
     def _answer_switch_failure(self, pending: upgrades.PendingUpgrade, why: str) -> None:
         assert self.journal is not None and self.outbox is not None
-        result = Result.failure(pending.command_id, f"upgrade to {pending.target.version} not "
-                                f"switched: {why}")
+        result = Result.failure(
+            pending.command_id, f"upgrade to {pending.target.version} not switched: {why}"
+        )
         self.journal.complete(result)
         self.outbox.put(result)
 

@@ -42,8 +42,12 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 OUTPUT_CAP = 64 * 1024
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
-    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
 }
 
 
@@ -62,8 +66,11 @@ class Rule:
 
     def describe(self) -> str:
         if self.kind == "command_output":
-            test = (f"compare {self.compare[0]} {self.compare[1]:g}" if self.compare
-                    else f"regex {self.regex.pattern if self.regex else ''!r}")
+            test = (
+                f"compare {self.compare[0]} {self.compare[1]:g}"
+                if self.compare
+                else f"regex {self.regex.pattern if self.regex else ''!r}"
+            )
             return f"command_output {list(self.argv)} {test}"
         if self.kind == "file_contains":
             return f"file_contains {self.path} regex {self.regex.pattern if self.regex else ''!r}"
@@ -130,8 +137,12 @@ def parse_rule(doc: Any, where: str) -> Rule:
         regex = _regex(doc.get("regex"), where) if kind == "file_contains" else None
         return Rule(kind, path=path, regex=regex)
     argv = doc.get("argv")
-    if (not isinstance(argv, list) or not 1 <= len(argv) <= MAX_ARGV
-            or not all(isinstance(a, str) and "\0" not in a for a in argv) or not argv[0]):
+    if (
+        not isinstance(argv, list)
+        or not 1 <= len(argv) <= MAX_ARGV
+        or not all(isinstance(a, str) and "\0" not in a for a in argv)
+        or not argv[0]
+    ):
         raise PolicyError(f"{where}: 'argv' must be a list of 1 to {MAX_ARGV} strings")
     has_regex, has_compare = doc.get("regex") is not None, doc.get("compare") is not None
     if has_regex == has_compare:
@@ -146,8 +157,11 @@ def parse_rule(doc: Any, where: str) -> Rule:
     else:
         regex = _regex(doc["regex"], where)
     timeout = doc.get("timeout", DEFAULT_TIMEOUT)
-    if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
-            or not 0 < timeout <= MAX_TIMEOUT):
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= MAX_TIMEOUT
+    ):
         raise PolicyError(f"{where}: 'timeout' must be a number of seconds in (0, {MAX_TIMEOUT:g}]")
     return Rule(kind, argv=tuple(argv), regex=regex, compare=compare, timeout=float(timeout))
 
@@ -187,13 +201,19 @@ def parse_policy(doc: Any, policy_id: str) -> Policy:
             raise PolicyError(f"{where}: 'condition' must be one of {', '.join(CONDITIONS)}")
         title = c.get("title", cid)
         remediation = c.get("remediation", "")
-        parsed.append(Check(
-            id=cid, title=str(title)[:256], condition=condition,
-            rules=_rules(c.get("rules"), f"{where}.rules", 1, MAX_RULES),
-            requires=_rules(c.get("requires"), f"{where}.requires", 0, MAX_REQUIRES),
-            remediation=str(remediation)[:1024]))
-    return Policy(policy_id, str(doc.get("version", "")), str(doc.get("name", policy_id)),
-                  tuple(parsed))
+        parsed.append(
+            Check(
+                id=cid,
+                title=str(title)[:256],
+                condition=condition,
+                rules=_rules(c.get("rules"), f"{where}.rules", 1, MAX_RULES),
+                requires=_rules(c.get("requires"), f"{where}.requires", 0, MAX_REQUIRES),
+                remediation=str(remediation)[:1024],
+            )
+        )
+    return Policy(
+        policy_id, str(doc.get("version", "")), str(doc.get("name", policy_id)), tuple(parsed)
+    )
 
 
 # -- evaluation -----------------------------------------------------------------------------------
@@ -215,8 +235,12 @@ class Evaluator:
         ev = Evaluation(policy.id, policy.version)
         for check in policy.checks:
             status, reason = self.check(check)
-            result: dict[str, Any] = {"id": check.id, "title": check.title, "status": status,
-                                      "reason": reason}
+            result: dict[str, Any] = {
+                "id": check.id,
+                "title": check.title,
+                "status": status,
+                "reason": reason,
+            }
             if status == FAILED and check.remediation:
                 result["remediation"] = check.remediation
             ev.results.append(result)
@@ -226,8 +250,10 @@ class Evaluator:
         for i, req in enumerate(check.requires):
             out = self.rule(req)
             if out.value is not True:
-                return (NOT_APPLICABLE,
-                        f"requirement {i + 1} not met: {req.describe()}: {out.reason}")
+                return (
+                    NOT_APPLICABLE,
+                    f"requirement {i + 1} not met: {req.describe()}: {out.reason}",
+                )
         outcomes: list[tuple[Rule, Outcome]] = []
         for rule in check.rules:
             out = self.rule(rule)

@@ -87,8 +87,9 @@ def write_json(path: Path, value: Any, mode: int = 0o600) -> None:
 
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
-        raise InvalidName(f"invalid name {name!r}: letters, digits and _ . : - only "
-                          "(at most 128 characters)")
+        raise InvalidName(
+            f"invalid name {name!r}: letters, digits and _ . : - only (at most 128 characters)"
+        )
     return name
 
 
@@ -118,17 +119,25 @@ class AgentState:
     removed: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "groups": list(self.groups), "config": self.config,
-                "config_hash": self.config_hash, "version": self.version,
-                "removed": self.removed}
+        return {
+            "name": self.name,
+            "groups": list(self.groups),
+            "config": self.config,
+            "config_hash": self.config_hash,
+            "version": self.version,
+            "removed": self.removed,
+        }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> AgentState:
-        return cls(name=str(doc.get("name", "")), groups=list(doc.get("groups") or []),
-                   config=dict(doc.get("config") or {}),
-                   config_hash=str(doc.get("config_hash") or config_hash({})),
-                   version=str(doc.get("version") or fleetcmd.__version__),
-                   removed=bool(doc.get("removed", False)))
+        return cls(
+            name=str(doc.get("name", "")),
+            groups=list(doc.get("groups") or []),
+            config=dict(doc.get("config") or {}),
+            config_hash=str(doc.get("config_hash") or config_hash({})),
+            version=str(doc.get("version") or fleetcmd.__version__),
+            removed=bool(doc.get("removed", False)),
+        )
 
 
 class StateDir:
@@ -179,8 +188,11 @@ class StateDir:
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             pass
         request = EnrollmentRequest(secrets.token_urlsafe(24), secrets.token_urlsafe(32))
-        write_json(self.enrollment_path, {"request_id": request.request_id,
-                                          "secret": request.secret}, 0o600)
+        write_json(
+            self.enrollment_path,
+            {"request_id": request.request_id, "secret": request.secret},
+            0o600,
+        )
         return request
 
     def forget_enrollment_request(self) -> None:

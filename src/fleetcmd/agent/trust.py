@@ -48,9 +48,14 @@ class Refusal(Exception):
 
 
 class CommandTrust:
-    def __init__(self, state_root: Path, db_path: Path, key_specs: list[str],
-                 fetch_keys: Callable[[], dict[str, Any]] | None = None,
-                 max_nonces: int = MAX_NONCES) -> None:
+    def __init__(
+        self,
+        state_root: Path,
+        db_path: Path,
+        key_specs: list[str],
+        fetch_keys: Callable[[], dict[str, Any]] | None = None,
+        max_nonces: int = MAX_NONCES,
+    ) -> None:
         self.pinned_path = state_root / "command-keys.json"
         self.specs = list(key_specs)
         self.fetch_keys = fetch_keys
@@ -60,8 +65,10 @@ class CommandTrust:
         self._refreshed: dict[str, float] = {}
         self._lock = threading.Lock()
         self._db = connect(db_path)
-        self._db.execute("CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY,"
-                         " command_id TEXT NOT NULL, expires REAL NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY,"
+            " command_id TEXT NOT NULL, expires REAL NOT NULL)"
+        )
         self._inserts = 0
         self.prune()
 
@@ -143,12 +150,12 @@ class CommandTrust:
             if kid in self._keys:
                 continue
             endorser = self._keys.get(str(entry.get("endorsed_by", "")))
-            if endorser is not None and cs.verify(endorser, cs.endorsement_statement(pub),
-                                                  str(entry.get("endorsement", ""))):
+            if endorser is not None and cs.verify(
+                endorser, cs.endorsement_statement(pub), str(entry.get("endorsement", ""))
+            ):
                 learned[kid] = pub
                 self._keys[kid] = k
-                log.info("command key %s endorsed by trusted key %s", kid,
-                         entry.get("endorsed_by"))
+                log.info("command key %s endorsed by trusted key %s", kid, entry.get("endorsed_by"))
             elif first_use and role == "current":
                 learned[kid] = pub
                 self._keys[kid] = k
@@ -164,8 +171,11 @@ class CommandTrust:
             self.load()
             key = self._keys.get(kid)
         now = time.monotonic()
-        if key is None and self.fetch_keys is not None and \
-                now - self._refreshed.get(kid, -REFRESH_EVERY) >= REFRESH_EVERY:
+        if (
+            key is None
+            and self.fetch_keys is not None
+            and now - self._refreshed.get(kid, -REFRESH_EVERY) >= REFRESH_EVERY
+        ):
             self._refreshed[kid] = now
             try:
                 self.offered(self.fetch_keys(), "key refresh")
@@ -185,16 +195,25 @@ class CommandTrust:
         kid = str(sig.get("key_id", ""))
         key = self._key(kid)
         if key is None:
-            raise Refusal(cs.BAD_SIGNATURE, f"signed with key {kid[:32]!r}, which this agent "
-                          f"does not trust (trusted: {', '.join(self.ids()) or 'none'})")
+            raise Refusal(
+                cs.BAD_SIGNATURE,
+                f"signed with key {kid[:32]!r}, which this agent "
+                f"does not trust (trusted: {', '.join(self.ids()) or 'none'})",
+            )
         if not cs.verify(key, cs.statement(cmd, sig), str(sig.get("sig"))):
-            raise Refusal(cs.BAD_SIGNATURE, f"the signature (key {kid}) does not match the "
-                          "command: it was altered after signing")
+            raise Refusal(
+                cs.BAD_SIGNATURE,
+                f"the signature (key {kid}) does not match the "
+                "command: it was altered after signing",
+            )
         target = cmd.get("target") if isinstance(cmd.get("target"), dict) else {}
         assert isinstance(target, dict)
         if target.get("type") != "agent" or target.get("id") != agent_id:
-            raise Refusal(cs.NOT_FOR_THIS_AGENT, f"the command is for {target.get('type')} "
-                          f"{target.get('id')!r}, this agent is {agent_id!r}")
+            raise Refusal(
+                cs.NOT_FOR_THIS_AGENT,
+                f"the command is for {target.get('type')} "
+                f"{target.get('id')!r}, this agent is {agent_id!r}",
+            )
 
     def admit(self, cmd: dict[str, Any], now: float | None = None) -> None:
         """Raise Refusal if an authentic command expired or its nonce was seen; else remember
@@ -207,19 +226,26 @@ class CommandTrust:
             raise Refusal(cs.BAD_SIGNATURE, "the signature has no expiry") from None
         if expires + CLOCK_SKEW < now:
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
-            raise Refusal(cs.EXPIRED, f"the command expired {now - expires:.0f}s ago "
-                          f"(signed expiry {when})")
+            raise Refusal(
+                cs.EXPIRED, f"the command expired {now - expires:.0f}s ago (signed expiry {when})"
+            )
         nonce = str(sig.get("nonce", ""))
         if not nonce:
             raise Refusal(cs.BAD_SIGNATURE, "the signature has no nonce")
         with self._lock:
-            row = self._db.execute("SELECT command_id FROM nonces WHERE nonce = ?",
-                                   (nonce,)).fetchone()
+            row = self._db.execute(
+                "SELECT command_id FROM nonces WHERE nonce = ?", (nonce,)
+            ).fetchone()
             if row is not None:
-                raise Refusal(cs.REPLAYED, f"nonce {nonce} was already used by command "
-                              f"{row[0]}: this delivery is a replay")
-            self._db.execute("INSERT INTO nonces (nonce, command_id, expires) VALUES (?, ?, ?)",
-                             (nonce, str(cmd.get("id")), expires + CLOCK_SKEW))
+                raise Refusal(
+                    cs.REPLAYED,
+                    f"nonce {nonce} was already used by command "
+                    f"{row[0]}: this delivery is a replay",
+                )
+            self._db.execute(
+                "INSERT INTO nonces (nonce, command_id, expires) VALUES (?, ?, ?)",
+                (nonce, str(cmd.get("id")), expires + CLOCK_SKEW),
+            )
             self._inserts += 1
         if self._inserts % 1000 == 0:
             self.prune()
@@ -229,10 +255,13 @@ class CommandTrust:
         `max_nonces`, dropping those that expire first."""
         with self._lock:
             n = self._db.execute("DELETE FROM nonces WHERE expires < ?", (time.time(),)).rowcount
-            over = int(self._db.execute("SELECT count(*) FROM nonces").fetchone()[0]) \
-                - self.max_nonces
+            over = (
+                int(self._db.execute("SELECT count(*) FROM nonces").fetchone()[0]) - self.max_nonces
+            )
             if over > 0:
                 n += self._db.execute(
                     "DELETE FROM nonces WHERE nonce IN (SELECT nonce FROM nonces "
-                    "ORDER BY expires LIMIT ?)", (over,)).rowcount
+                    "ORDER BY expires LIMIT ?)",
+                    (over,),
+                ).rowcount
         return n

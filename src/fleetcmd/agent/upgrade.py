@@ -142,9 +142,17 @@ class Versions:
 
     # -- transitions (each only out of `trial`) --------------------------------------------------
     def begin(self, command_id: Any, to: Install, deadline_s: float) -> dict[str, Any]:
-        doc = {"command_id": command_id, "from": running().to_json(), "to": to.to_json(),
-               "deadline": time.time() + deadline_s, "deadline_s": deadline_s,
-               "state": TRIAL, "boots": 0, "reason": "", "started_at": time.time()}
+        doc = {
+            "command_id": command_id,
+            "from": running().to_json(),
+            "to": to.to_json(),
+            "deadline": time.time() + deadline_s,
+            "deadline_s": deadline_s,
+            "state": TRIAL,
+            "boots": 0,
+            "reason": "",
+            "started_at": time.time(),
+        }
         with self.locked():
             self._write_marker(doc)
         return doc
@@ -197,10 +205,12 @@ class Versions:
                         doc["boots"] = 1
                         self._write_marker(doc)
                         return str(doc["to"]["src"])
-                    why = ("it was started again before checking in" if doc.get("boots")
-                           else "its check-in deadline passed before it started")
-                    self._roll_back(doc, f"version {doc['to']['version']} did not check in: "
-                                         f"{why}")
+                    why = (
+                        "it was started again before checking in"
+                        if doc.get("boots")
+                        else "its check-in deadline passed before it started"
+                    )
+                    self._roll_back(doc, f"version {doc['to']['version']} did not check in: {why}")
         current = self.current()
         if current is not None and Path(current.src, "fleetcmd", "__init__.py").is_file():
             return current.src
@@ -229,8 +239,9 @@ class Versions:
             claimed = _source_version(tmp / "src")
             if claimed != version:
                 raise UpgradeRefused(f"package {name}-{version} contains fleetcmd {claimed}")
-            write_json(tmp / ".installed.json", {"name": name, "version": version,
-                                                 "sha256": sha256})
+            write_json(
+                tmp / ".installed.json", {"name": name, "version": version, "sha256": sha256}
+            )
             target = self.root / version
             if target.exists():
                 old = self.root / f".old-{version}-{os.getpid()}"
@@ -296,8 +307,10 @@ def extract(archive: Path, dest: Path, prefix: str) -> int:
                 target.mkdir(parents=True, exist_ok=True, mode=0o755)
                 continue
             if not member.isreg():
-                raise UpgradeRefused(f"package entry {member.name!r} is not a regular file "
-                                     "(links and special files are refused)")
+                raise UpgradeRefused(
+                    f"package entry {member.name!r} is not a regular file "
+                    "(links and special files are refused)"
+                )
             total += member.size
             if total > MAX_EXTRACTED:
                 raise UpgradeRefused(f"package extracts to more than {MAX_EXTRACTED} bytes")
@@ -355,8 +368,10 @@ def verify(name: str, version: str, sha256: str, signature: str, trust_keys: lis
     for key in keys:
         if signing.verify(key, statement, signature):
             return signing.key_id(key)
-    raise UpgradeRefused(f"signature of package {name}-{version} (sha256 {sha256}) does not "
-                         "verify with any trusted key")
+    raise UpgradeRefused(
+        f"signature of package {name}-{version} (sha256 {sha256}) does not "
+        "verify with any trusted key"
+    )
 
 
 @dataclass(frozen=True)
@@ -368,8 +383,14 @@ class PendingUpgrade:
     deadline: float
 
 
-def prepare(state: StateDir, comms: Any, command_id: Any, args: dict[str, Any],
-            trust_keys: list[str], deadline_s: float) -> PendingUpgrade | dict[str, Any]:
+def prepare(
+    state: StateDir,
+    comms: Any,
+    command_id: Any,
+    args: dict[str, Any],
+    trust_keys: list[str],
+    deadline_s: float,
+) -> PendingUpgrade | dict[str, Any]:
     """Download, verify and install; returns the switch to make, or the result data when
     there is nothing to do. Raises UpgradeRefused; on any refusal nothing is switched."""
     version = args.get("version")
@@ -379,8 +400,10 @@ def prepare(state: StateDir, comms: Any, command_id: Any, args: dict[str, Any],
     if not isinstance(name, str) or not PACKAGE_NAME_RE.fullmatch(name):
         raise UpgradeRefused("'package' must be a package name such as 'fleetcmd'")
     if not trust_keys:
-        raise UpgradeRefused("this agent trusts no package signing key, so it refuses upgrades "
-                             "(start it with --trust-key)")
+        raise UpgradeRefused(
+            "this agent trusts no package signing key, so it refuses upgrades "
+            "(start it with --trust-key)"
+        )
     if version == fleetcmd.__version__:
         return {"version": version, "unchanged": True}
     versions = Versions(state)
@@ -388,18 +411,20 @@ def prepare(state: StateDir, comms: Any, command_id: Any, args: dict[str, Any],
     download = versions.root / f".download-{name}-{version}.{os.getpid()}"
     try:
         with open(download, "wb") as f:
-            headers = comms.download(f"/agents/packages/{name}-{version}", f, MAX_PACKAGE,
-                                     timeout=120.0)
+            headers = comms.download(
+                f"/agents/packages/{name}-{version}", f, MAX_PACKAGE, timeout=120.0
+            )
         sha256 = _sha256(download)
         claimed = headers.get("x-package-sha256", "").lower()
         if claimed and claimed != sha256:
-            raise UpgradeRefused(f"package {name}-{version}: downloaded bytes have sha256 "
-                                 f"{sha256}, the server says {claimed}")
+            raise UpgradeRefused(
+                f"package {name}-{version}: downloaded bytes have sha256 "
+                f"{sha256}, the server says {claimed}"
+            )
         if not SHA256_RE.fullmatch(sha256):
             raise UpgradeRefused("bad sha256")
         key = verify(name, version, sha256, headers.get("x-package-signature", ""), trust_keys)
-        log.info("package %s-%s verified: sha256 %s, signed by key %s", name, version, sha256,
-                 key)
+        log.info("package %s-%s verified: sha256 %s, signed by key %s", name, version, sha256, key)
         target = versions.install(download, name, version, sha256)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -419,19 +444,29 @@ def _sha256(path: Path) -> str:
 def spawn_watchdog(state: StateDir, pid: int, options_json: str) -> None:
     """Start the watchdog from the code running now (the known-good version), detached: it
     must outlive this image and not be left a zombie child of the next one."""
-    env = {**os.environ, OPTIONS_ENV: options_json,
-           "PYTHONPATH": pythonpath(running().src, os.environ.get("PYTHONPATH"))}
+    env = {
+        **os.environ,
+        OPTIONS_ENV: options_json,
+        "PYTHONPATH": pythonpath(running().src, os.environ.get("PYTHONPATH")),
+    }
     launcher = subprocess.Popen(
         [sys.executable, "-m", "fleetcmd.agent.upgrade", "detach", str(state.root), str(pid)],
-        env=env, stdin=subprocess.DEVNULL, close_fds=True, cwd="/")
+        env=env,
+        stdin=subprocess.DEVNULL,
+        close_fds=True,
+        cwd="/",
+    )
     if launcher.wait(30) != 0:
         raise UpgradeRefused("the upgrade watchdog could not be started")
 
 
 def exec_agent(src: str, options_json: str) -> None:
     """Replace this process with the agent running from `src` (same pid)."""
-    env = {**os.environ, OPTIONS_ENV: options_json,
-           "PYTHONPATH": pythonpath(src, os.environ.get("PYTHONPATH"))}
+    env = {
+        **os.environ,
+        OPTIONS_ENV: options_json,
+        "PYTHONPATH": pythonpath(src, os.environ.get("PYTHONPATH")),
+    }
     sys.stdout.flush()
     sys.stderr.flush()
     os.chdir("/")  # `-m` puts the working folder on the path: it must not shadow `src`
@@ -450,8 +485,10 @@ def watch(state_dir: str, pid: int, options_json: str, poll: float = 0.2) -> int
         if not alive:
             reason = f"version {doc['to']['version']} exited before checking in"
         elif time.time() > float(doc["deadline"]):
-            reason = (f"version {doc['to']['version']} did not check in within "
-                      f"{float(doc.get('deadline_s', 0)):g}s")
+            reason = (
+                f"version {doc['to']['version']} did not check in within "
+                f"{float(doc.get('deadline_s', 0)):g}s"
+            )
         else:
             time.sleep(poll)
             continue
@@ -507,7 +544,11 @@ def main(argv: list[str]) -> int:
         # marker before the agent switches (the agent waits for this process).
         watchdog = subprocess.Popen(
             [sys.executable, "-m", "fleetcmd.agent.upgrade", "watch", state_dir, str(pid)],
-            stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True, cwd="/")
+            stdin=subprocess.DEVNULL,
+            close_fds=True,
+            start_new_session=True,
+            cwd="/",
+        )
         Versions(StateDir(state_dir)).watched_by(watchdog.pid)
         return 0
     options_json = os.environ.pop(OPTIONS_ENV, "")

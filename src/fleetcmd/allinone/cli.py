@@ -17,9 +17,12 @@ def register(app: typer.Typer) -> None:
         store: Annotated[
             str | None, typer.Option(help="Store URL (default: SQLite in the data folder).")
         ] = None,
-        host: Annotated[str, typer.Option(
-            "--bind", "--host",
-            help="Address every role binds: loopback unless told otherwise.")] = "127.0.0.1",
+        host: Annotated[
+            str,
+            typer.Option(
+                "--bind", "--host", help="Address every role binds: loopback unless told otherwise."
+            ),
+        ] = "127.0.0.1",
         indexer_port: Annotated[int, typer.Option()] = 9200,
         management_port: Annotated[int, typer.Option()] = 55000,
         comms_port: Annotated[int, typer.Option()] = 27000,
@@ -29,12 +32,19 @@ def register(app: typer.Typer) -> None:
         ] = None,
         trust_key: Annotated[
             list[Path] | None,
-            typer.Option(help="Public key the feed and agent packages are signed with "
-                         "(required with --feed; repeatable)."),
+            typer.Option(
+                help="Public key the feed and agent packages are signed with "
+                "(required with --feed; repeatable)."
+            ),
         ] = None,
-        content_interval: Annotated[float, typer.Option(
-            help="Seconds between the content manager's polls of the feed (poll at once "
-                 "with `fleetcmd content poll`).", min=0.1)] = 60.0,
+        content_interval: Annotated[
+            float,
+            typer.Option(
+                help="Seconds between the content manager's polls of the feed (poll at once "
+                "with `fleetcmd content poll`).",
+                min=0.1,
+            ),
+        ] = 60.0,
     ) -> None:
         """Start indexer, server, dashboard and N local agents; Ctrl-C stops them all."""
         from fleetcmd.allinone.up import AllInOne, Ports
@@ -70,6 +80,9 @@ def register(app: typer.Typer) -> None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             code = system.stop(typer.echo)
-        typer.echo("stopped" if code == 0 else
-                   f"stopped; {len(system.failures)} failure(s) during the run (above)")
+        typer.echo(
+            "stopped"
+            if code == 0
+            else f"stopped; {len(system.failures)} failure(s) during the run (above)"
+        )
         raise typer.Exit(code)

@@ -148,8 +148,12 @@ def fill(store: SqlStore, commands: int) -> float:
 
         with psycopg.connect(store.conninfo, autocommit=True) as conn:  # type: ignore[attr-defined]
             for table in ("tasks", "commands", "progress"):
-                conn.execute(pgsql.SQL("VACUUM (ANALYZE) {}.{}").format(
-                    pgsql.Identifier(store.schema), pgsql.Identifier(table)))  # type: ignore[attr-defined]
+                conn.execute(
+                    pgsql.SQL("VACUUM (ANALYZE) {}.{}").format(
+                        pgsql.Identifier(store.schema),  # type: ignore[attr-defined]
+                        pgsql.Identifier(table),
+                    )
+                )
             # ... and long since written out: without a checkpoint here, the fill's dirty
             # pages (hundreds of MB) are flushed during the fan-out measured next.
             # (not a superuser nor pg_checkpoint: no checkpoint, the fan-out figure carries it)

@@ -85,7 +85,8 @@ class Connection:
                 assert self.reader is not None
                 self.writer.write(head.encode() + payload)
                 status, data, keep, retry_after = await asyncio.wait_for(
-                    self._answer(self.reader), timeout)
+                    self._answer(self.reader), timeout
+                )
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
                 await self.close()
                 if attempt or fresh:  # a stale keep-alive connection earns one retry
@@ -204,8 +205,9 @@ class SimAgent:
         backoff = Backoff(base=0.2, cap=5.0)
         while True:
             try:
-                answer = await self.conn.request("POST", "/agents/commands/ack", {"ids": ids},
-                                                 token=self.token)
+                answer = await self.conn.request(
+                    "POST", "/agents/commands/ack", {"ids": ids}, token=self.token
+                )
                 break
             except HttpError as exc:
                 if 400 <= exc.status < 500 and exc.status not in (401, 429):
@@ -312,9 +314,13 @@ async def main_async(args: argparse.Namespace) -> None:
     while time.monotonic() < deadline and not stopping.is_set():
         now = (sum(a.received for a in agents), sum(len(a.executed) for a in agents))
         if now != last or time.monotonic() - last_said >= 1.0:
-            say("progress", received=now[0], executed=now[1],
+            say(
+                "progress",
+                received=now[0],
+                executed=now[1],
                 requests=sum(a.conn.requests for a in agents),
-                errors=sum(a.errors for a in agents))
+                errors=sum(a.errors for a in agents),
+            )
             last, last_said = now, time.monotonic()
         if args.expect and now[1] >= args.expect:
             break

@@ -72,9 +72,15 @@ def run(
         sim = None
         node = httpx.Client(headers={"Authorization": f"Bearer {cluster.token}"})
         try:
-            sim = start_simulator(comms.split(), cluster.enrollment_key, agents, GROUP,
-                                  f"{d}/creds.json", f"{d}/simulator.log",
-                                  duration=timeout + 600)
+            sim = start_simulator(
+                comms.split(),
+                cluster.enrollment_key,
+                agents,
+                GROUP,
+                f"{d}/creds.json",
+                f"{d}/simulator.log",
+                duration=timeout + 600,
+            )
             sim.read_event("ready")
             wait_connected(store, agents, "sim")
             task_id = cluster.task(
@@ -145,9 +151,11 @@ def run(
                 # every request from the kill until the task was final, the task's own acks and
                 # results included: 2-4 per agent is the work itself, more is retrying
                 "requests_per_agent_kill_to_final": round(
-                    (after["requests"] - before["requests"]) / agents, 2),
+                    (after["requests"] - before["requests"]) / agents, 2
+                ),
                 "failed_requests_per_agent": round(
-                    (after["errors"] - before["errors"]) / agents, 2),
+                    (after["errors"] - before["errors"]) / agents, 2
+                ),
                 "server_rss_peak_mb": round(rss_mb(pid, peak=True), 1),
                 "server_cpu_seconds_after_restart": round(cpu_seconds(pid), 2),
                 "task_status": task["status"],

@@ -298,11 +298,13 @@ class Injector:
         a.signal(signal.SIGSTOP)
         try:
             expiring = self._file(
-                "vulnerability-rescan", {"agents": [agent_id], "reason": "chaos: expiring"},
+                "vulnerability-rescan",
+                {"agents": [agent_id], "reason": "chaos: expiring"},
                 expires_in=2.0,
             )
             cancelled = self._file(
-                "vulnerability-rescan", {"agents": [agent_id], "reason": "chaos: cancelled"},
+                "vulnerability-rescan",
+                {"agents": [agent_id], "reason": "chaos: cancelled"},
             )
             self._pause(1.0)
             if cancelled is not None:
@@ -311,8 +313,10 @@ class Injector:
             self._pause(max(1.5, f.hold) + f.jitter * 5)
         finally:
             a.signal(signal.SIGCONT)
-        return (f"{a.name} frozen {max(1.5, f.hold) + 1 + f.jitter * 5:.1f}s while task "
-                f"{expiring} expired and task {cancelled} was cancelled")
+        return (
+            f"{a.name} frozen {max(1.5, f.hold) + 1 + f.jitter * 5:.1f}s while task "
+            f"{expiring} expired and task {cancelled} was cancelled"
+        )
 
     def _kill_content(self, f: Fault) -> str:
         c = self.cluster

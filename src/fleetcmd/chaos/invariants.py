@@ -221,20 +221,29 @@ class Checker:
         recorded) has no execution in any agent's log or simulator record, and no agent
         journal holds it as confirmed (`received` or `done`)."""
         out = []
-        never = {int(r[0]) for r in self._agent_commands()
-                 if r[6] in ("expired", "cancelled") and r[8] is None}
+        never = {
+            int(r[0])
+            for r in self._agent_commands()
+            if r[6] in ("expired", "cancelled") and r[8] is None
+        }
         self.report.figures["final_undelivered"] = len(never)
         for agent_id, runs in sorted(self.executions.items()):
             ran = sorted(cid for cid in runs if cid in never)
             if ran:
-                out.append(f"agent {agent_id} executed command(s) that ended undelivered: "
-                           f"{_ids(ran)}")
+                out.append(
+                    f"agent {agent_id} executed command(s) that ended undelivered: {_ids(ran)}"
+                )
         for agent_id, journal in sorted(self.journals.items()):
-            held = sorted(cid for cid, (state, _s, _d) in journal.items()
-                          if cid in never and state in ("received", "done"))
+            held = sorted(
+                cid
+                for cid, (state, _s, _d) in journal.items()
+                if cid in never and state in ("received", "done")
+            )
             if held:
-                out.append(f"agent {agent_id} journal holds as confirmed command(s) that "
-                           f"ended undelivered: {_ids(held)}")
+                out.append(
+                    f"agent {agent_id} journal holds as confirmed command(s) that "
+                    f"ended undelivered: {_ids(held)}"
+                )
         return out
 
     def no_result_lost(self) -> list[str]:

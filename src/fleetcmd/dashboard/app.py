@@ -27,7 +27,7 @@ from fleetcmd.dashboard.pages import (
     tasks,
 )
 from fleetcmd.dashboard.render import STATIC, page
-from fleetcmd.dashboard.session import Denied, LoginRequired, viewer
+from fleetcmd.dashboard.session import Denied, LoginRequired, Viewer, viewer
 from fleetcmd.errors import FleetError
 from fleetcmd.server.indexer_client import IndexerError, IndexerUnavailable
 from fleetcmd.server.state import ServerState
@@ -45,7 +45,7 @@ class _Static(StaticFiles):
         return response
 
 
-def _maybe_viewer(request: Request) -> object:
+def _maybe_viewer(request: Request) -> Viewer | None:
     try:
         return viewer(request)
     except LoginRequired:
@@ -53,8 +53,7 @@ def _maybe_viewer(request: Request) -> object:
 
 
 def create_dashboard_app(st: ServerState) -> FastAPI:
-    app = FastAPI(title="fleetcmd dashboard", openapi_url=None, docs_url=None,
-                  redoc_url=None)
+    app = FastAPI(title="fleetcmd dashboard", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.server = st
     for module in (auth, overview, create, tasks, commands, agents, alerts, groups, audit):
         app.include_router(module.router)
@@ -62,46 +61,83 @@ def create_dashboard_app(st: ServerState) -> FastAPI:
 
     @app.exception_handler(LoginRequired)
     async def _login(request: Request, _: LoginRequired) -> Response:
-        if request.method == "GET" and "text/event-stream" not in request.headers.get(
-                "accept", ""):
+        if request.method == "GET" and "text/event-stream" not in request.headers.get("accept", ""):
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/app/login?next={_quote(target)}", status_code=303)
-        return page(request, "error.html", None, 401, title="Logged out",
-                    message="Your session has ended. Log in again.")
+        return page(
+            request,
+            "error.html",
+            None,
+            401,
+            title="Logged out",
+            message="Your session has ended. Log in again.",
+        )
 
     @app.exception_handler(Denied)
     async def _denied(request: Request, exc: Denied) -> Response:
-        return page(request, "error.html", _maybe_viewer(request), 403,  # type: ignore[arg-type]
-                    title="Not allowed", message=exc.message)
+        return page(
+            request,
+            "error.html",
+            _maybe_viewer(request),
+            403,
+            title="Not allowed",
+            message=exc.message,
+        )
 
     @app.exception_handler(FleetError)
     async def _fleet(request: Request, exc: FleetError) -> Response:
-        return page(request, "error.html", _maybe_viewer(request), exc.http_status,  # type: ignore[arg-type]
-                    title="Not found" if exc.http_status == 404 else "Refused",
-                    message=exc.message)
+        return page(
+            request,
+            "error.html",
+            _maybe_viewer(request),
+            exc.http_status,
+            title="Not found" if exc.http_status == 404 else "Refused",
+            message=exc.message,
+        )
 
     @app.exception_handler(IndexerError)
     async def _indexer(request: Request, exc: IndexerError) -> Response:
         if isinstance(exc, IndexerUnavailable):
-            return page(request, "error.html", _maybe_viewer(request), 503,  # type: ignore[arg-type]
-                        title="Indexer unavailable",
-                        message="The indexer did not answer; this page retries when reloaded.")
+            return page(
+                request,
+                "error.html",
+                _maybe_viewer(request),
+                503,
+                title="Indexer unavailable",
+                message="The indexer did not answer; this page retries when reloaded.",
+            )
         status = exc.status if exc.status in (400, 403, 404, 409, 422) else 502
-        return page(request, "error.html", _maybe_viewer(request), status,  # type: ignore[arg-type]
-                    title="Not found" if status == 404 else "Refused",
-                    message=str(exc.body.get("message") or exc.body))
+        return page(
+            request,
+            "error.html",
+            _maybe_viewer(request),
+            status,
+            title="Not found" if status == 404 else "Refused",
+            message=str(exc.body.get("message") or exc.body),
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        return page(request, "error.html", _maybe_viewer(request), exc.status_code,  # type: ignore[arg-type]
-                    title="Not found" if exc.status_code == 404 else "Error",
-                    message=str(exc.detail))
+        return page(
+            request,
+            "error.html",
+            _maybe_viewer(request),
+            exc.status_code,
+            title="Not found" if exc.status_code == 404 else "Error",
+            message=str(exc.detail),
+        )
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> Response:
         log.exception("dashboard error on %s %s", request.method, request.url.path)
-        return page(request, "error.html", None, 500, title="Internal error",
-                    message="Something went wrong; the server log has the details.")
+        return page(
+            request,
+            "error.html",
+            None,
+            500,
+            title="Internal error",
+            message="Something went wrong; the server log has the details.",
+        )
 
     return app
 

@@ -90,8 +90,9 @@ def parse_json(values: Values, name: str, kind: str = "object", required: bool =
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise FieldErrors({name: f"invalid JSON at line {exc.lineno}, column {exc.colno}: "
-                                 f"{exc.msg}"}) from None
+        raise FieldErrors(
+            {name: f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"}
+        ) from None
     want = dict if kind == "object" else list
     if not isinstance(value, want):
         raise FieldErrors({name: f"must be a JSON {kind}"})
@@ -109,11 +110,26 @@ def selector(values: Values) -> Params:
 
 
 SELECTOR = (
-    Field("selector", "Target", "select", required=True,
-          choices=(("agents", "These agents"), ("group", "Every agent of a group"),
-                   ("all", "Every agent"))),
-    Field("agents", "Agent ids", "ids", "One per line, or separated by commas or spaces.",
-          placeholder="a1b2c3d4e5f6", show_when=("selector", ("agents",)), datalist="agents"),
+    Field(
+        "selector",
+        "Target",
+        "select",
+        required=True,
+        choices=(
+            ("agents", "These agents"),
+            ("group", "Every agent of a group"),
+            ("all", "Every agent"),
+        ),
+    ),
+    Field(
+        "agents",
+        "Agent ids",
+        "ids",
+        "One per line, or separated by commas or spaces.",
+        placeholder="a1b2c3d4e5f6",
+        show_when=("selector", ("agents",)),
+        datalist="agents",
+    ),
     Field("group", "Group", show_when=("selector", ("group",)), datalist="groups"),
 )
 
@@ -123,6 +139,7 @@ def _only(**kv: Any) -> Params:
 
 
 # -- builders, one per task type -----------------------------------------------------------------
+
 
 def _group_assignment(v: Values) -> Params:
     op = v.get("operation", "set")
@@ -183,8 +200,12 @@ def _ar_configuration(v: Values) -> Params:
 
 def _ar_execution(v: Values) -> Params:
     args = [line.strip() for line in v.get("arguments", "").splitlines() if line.strip()]
-    return {"name": text(v, "name"), "arguments": args, "target": selector(v),
-            **_only(reason=text(v, "reason"))}
+    return {
+        "name": text(v, "name"),
+        "arguments": args,
+        "target": selector(v),
+        **_only(reason=text(v, "reason")),
+    }
 
 
 def _ruleset(v: Values) -> Params:
@@ -200,90 +221,238 @@ def _rbac(v: Values) -> Params:
     return _only(reason=text(v, "reason"))
 
 
-FORMS: dict[str, TaskForm] = {f.type: f for f in (
-    TaskForm("group-assignment-change", "Group assignment", (
-        Field("operation", "Operation", "select", required=True, choices=(
-            ("set", "Set the agents' groups (replace)"), ("add", "Add groups to agents"),
-            ("remove", "Remove groups from agents"),
-            ("delete", "Delete a group from every agent"))),
-        Field("agents", "Agent ids", "ids", "One per line, or separated by commas or spaces.",
-              show_when=("operation", ("set", "add", "remove")), datalist="agents"),
-        Field("from_group", "…or every agent of group",
-              help="Instead of agent ids: every current member of this group.",
-              show_when=("operation", ("set", "add", "remove")), datalist="groups"),
-        Field("groups", "Groups", "list", "Comma-separated, in merge order.",
-              placeholder="web, linux", show_when=("operation", ("set", "add", "remove")),
-              datalist="groups"),
-        Field("delete_group", "Group to delete", show_when=("operation", ("delete",)),
-              datalist="groups"),
-        Field("confirm", "I understand that this group is removed from every agent that has "
-              "it, and its configuration stops applying to them", "checkbox",
-              show_when=("operation", ("delete",))),
-    ), _group_assignment),
-    TaskForm("group-configuration-change", "Group configuration", (
-        Field("group", "Group", required=True, help="Created if it does not exist yet.",
-              datalist="groups"),
-        Field("configuration", "Configuration", "json", "A JSON object; it replaces the "
-              "group's configuration and reaches every member, hot-applied.", required=True,
-              placeholder='{\n  "sca": {"enabled": true},\n  "logging": {"level": "info"}\n}'),
-    ), _group_configuration),
-    TaskForm("agent-rename", "Rename an agent", (
-        Field("agent", "Agent id", required=True, datalist="agents"),
-        Field("name", "New name", required=True,
-              help="Letters, digits, '.', '_' or '-'; unique in the fleet."),
-    ), _rename),
-    TaskForm("agent-deletion", "Delete an agent", (
-        Field("agent", "Agent id", required=True, datalist="agents"),
-        Field("confirm", "Type the agent id again to confirm", required=True),
-    ), _deletion, danger="The agent stops connecting and forgets its credentials. It must "
-                         "enroll again to come back."),
-    TaskForm("agent-upgrade", "Upgrade agents", (
-        *SELECTOR,
-        Field("version", "Version", required=True, placeholder="1.2.0"),
-        Field("package", "Package", help="Optional: a package name from the agent-packages "
-                                         "index; by default the one for the version."),
-    ), _upgrade),
-    TaskForm("sca-policy-change", "SCA policy", (
-        Field("operation", "Operation", "select", required=True,
-              choices=(("set", "Set the policy"), ("delete", "Delete the policy"))),
-        Field("group", "Group", required=True, datalist="groups"),
-        Field("policy_id", "Policy id", required=True, placeholder="cis_debian12"),
-        Field("policy", "Policy", "json", "A JSON object: the policy's checks.",
-              show_when=("operation", ("set",))),
-    ), _sca_policy),
-    TaskForm("vulnerability-rescan", "Vulnerability rescan", (
-        *SELECTOR,
-        Field("reason", "Reason"),
-    ), _rescan),
-    TaskForm("active-response-configuration", "Active response configuration", (
-        Field("operation", "Operation", "select", required=True,
-              choices=(("set", "Set (enable) the response"), ("remove", "Remove (disable)"))),
-        Field("group", "Group", required=True, datalist="groups"),
-        Field("name", "Response name", required=True, placeholder="block-ip"),
-        Field("definition", "Definition", "json", "A JSON object: command, allowed arguments, "
-              "timeout.", show_when=("operation", ("set",)),
-              placeholder='{\n  "command": "block-ip",\n  "timeout": 60\n}'),
-    ), _ar_configuration),
-    TaskForm("active-response-execution", "Run an active response", (
-        Field("name", "Response name", required=True, placeholder="block-ip"),
-        Field("arguments", "Arguments", "textarea", "One argument per line."),
-        *SELECTOR,
-        Field("reason", "Reason", help="Recorded with the task."),
-    ), _ar_execution),
-    TaskForm("ruleset-update", "Ruleset update", (
-        Field("version", "Version", required=True),
-        Field("rules", "Rules", "json", "Optional JSON array of rules; without it servers "
-              "reload the stored ruleset.", json_type="array"),
-    ), _ruleset),
-    TaskForm("server-config-change", "Server configuration", (
-        Field("settings", "Settings", "json", "A JSON object of settings to change; applied "
-              "live by every server node. Known: " + ", ".join(sorted(SERVER_SETTINGS)) + ".",
-              required=True, placeholder='{\n  "log_level": "info"\n}'),
-    ), _server_config),
-    TaskForm("rbac-change", "RBAC refresh", (
-        Field("reason", "Reason", help="Servers reload users and roles from the rbac index."),
-    ), _rbac),
-)}
+FORMS: dict[str, TaskForm] = {
+    f.type: f
+    for f in (
+        TaskForm(
+            "group-assignment-change",
+            "Group assignment",
+            (
+                Field(
+                    "operation",
+                    "Operation",
+                    "select",
+                    required=True,
+                    choices=(
+                        ("set", "Set the agents' groups (replace)"),
+                        ("add", "Add groups to agents"),
+                        ("remove", "Remove groups from agents"),
+                        ("delete", "Delete a group from every agent"),
+                    ),
+                ),
+                Field(
+                    "agents",
+                    "Agent ids",
+                    "ids",
+                    "One per line, or separated by commas or spaces.",
+                    show_when=("operation", ("set", "add", "remove")),
+                    datalist="agents",
+                ),
+                Field(
+                    "from_group",
+                    "…or every agent of group",
+                    help="Instead of agent ids: every current member of this group.",
+                    show_when=("operation", ("set", "add", "remove")),
+                    datalist="groups",
+                ),
+                Field(
+                    "groups",
+                    "Groups",
+                    "list",
+                    "Comma-separated, in merge order.",
+                    placeholder="web, linux",
+                    show_when=("operation", ("set", "add", "remove")),
+                    datalist="groups",
+                ),
+                Field(
+                    "delete_group",
+                    "Group to delete",
+                    show_when=("operation", ("delete",)),
+                    datalist="groups",
+                ),
+                Field(
+                    "confirm",
+                    "I understand that this group is removed from every agent that has "
+                    "it, and its configuration stops applying to them",
+                    "checkbox",
+                    show_when=("operation", ("delete",)),
+                ),
+            ),
+            _group_assignment,
+        ),
+        TaskForm(
+            "group-configuration-change",
+            "Group configuration",
+            (
+                Field(
+                    "group",
+                    "Group",
+                    required=True,
+                    help="Created if it does not exist yet.",
+                    datalist="groups",
+                ),
+                Field(
+                    "configuration",
+                    "Configuration",
+                    "json",
+                    "A JSON object; it replaces the "
+                    "group's configuration and reaches every member, hot-applied.",
+                    required=True,
+                    placeholder='{\n  "sca": {"enabled": true},\n  "logging": {"level": "info"}\n}',
+                ),
+            ),
+            _group_configuration,
+        ),
+        TaskForm(
+            "agent-rename",
+            "Rename an agent",
+            (
+                Field("agent", "Agent id", required=True, datalist="agents"),
+                Field(
+                    "name",
+                    "New name",
+                    required=True,
+                    help="Letters, digits, '.', '_' or '-'; unique in the fleet.",
+                ),
+            ),
+            _rename,
+        ),
+        TaskForm(
+            "agent-deletion",
+            "Delete an agent",
+            (
+                Field("agent", "Agent id", required=True, datalist="agents"),
+                Field("confirm", "Type the agent id again to confirm", required=True),
+            ),
+            _deletion,
+            danger="The agent stops connecting and forgets its credentials. It must "
+            "enroll again to come back.",
+        ),
+        TaskForm(
+            "agent-upgrade",
+            "Upgrade agents",
+            (
+                *SELECTOR,
+                Field("version", "Version", required=True, placeholder="1.2.0"),
+                Field(
+                    "package",
+                    "Package",
+                    help="Optional: a package name from the agent-packages "
+                    "index; by default the one for the version.",
+                ),
+            ),
+            _upgrade,
+        ),
+        TaskForm(
+            "sca-policy-change",
+            "SCA policy",
+            (
+                Field(
+                    "operation",
+                    "Operation",
+                    "select",
+                    required=True,
+                    choices=(("set", "Set the policy"), ("delete", "Delete the policy")),
+                ),
+                Field("group", "Group", required=True, datalist="groups"),
+                Field("policy_id", "Policy id", required=True, placeholder="cis_debian12"),
+                Field(
+                    "policy",
+                    "Policy",
+                    "json",
+                    "A JSON object: the policy's checks.",
+                    show_when=("operation", ("set",)),
+                ),
+            ),
+            _sca_policy,
+        ),
+        TaskForm(
+            "vulnerability-rescan",
+            "Vulnerability rescan",
+            (
+                *SELECTOR,
+                Field("reason", "Reason"),
+            ),
+            _rescan,
+        ),
+        TaskForm(
+            "active-response-configuration",
+            "Active response configuration",
+            (
+                Field(
+                    "operation",
+                    "Operation",
+                    "select",
+                    required=True,
+                    choices=(("set", "Set (enable) the response"), ("remove", "Remove (disable)")),
+                ),
+                Field("group", "Group", required=True, datalist="groups"),
+                Field("name", "Response name", required=True, placeholder="block-ip"),
+                Field(
+                    "definition",
+                    "Definition",
+                    "json",
+                    "A JSON object: command, allowed arguments, timeout.",
+                    show_when=("operation", ("set",)),
+                    placeholder='{\n  "command": "block-ip",\n  "timeout": 60\n}',
+                ),
+            ),
+            _ar_configuration,
+        ),
+        TaskForm(
+            "active-response-execution",
+            "Run an active response",
+            (
+                Field("name", "Response name", required=True, placeholder="block-ip"),
+                Field("arguments", "Arguments", "textarea", "One argument per line."),
+                *SELECTOR,
+                Field("reason", "Reason", help="Recorded with the task."),
+            ),
+            _ar_execution,
+        ),
+        TaskForm(
+            "ruleset-update",
+            "Ruleset update",
+            (
+                Field("version", "Version", required=True),
+                Field(
+                    "rules",
+                    "Rules",
+                    "json",
+                    "Optional JSON array of rules; without it servers reload the stored ruleset.",
+                    json_type="array",
+                ),
+            ),
+            _ruleset,
+        ),
+        TaskForm(
+            "server-config-change",
+            "Server configuration",
+            (
+                Field(
+                    "settings",
+                    "Settings",
+                    "json",
+                    "A JSON object of settings to change; applied "
+                    "live by every server node. Known: " + ", ".join(sorted(SERVER_SETTINGS)) + ".",
+                    required=True,
+                    placeholder='{\n  "log_level": "info"\n}',
+                ),
+            ),
+            _server_config,
+        ),
+        TaskForm(
+            "rbac-change",
+            "RBAC refresh",
+            (
+                Field(
+                    "reason", "Reason", help="Servers reload users and roles from the rbac index."
+                ),
+            ),
+            _rbac,
+        ),
+    )
+}
 
 
 # -- API errors back onto fields -----------------------------------------------------------------
@@ -310,15 +479,17 @@ def field_for(form: TaskForm, path: str, message: str, values: Values) -> str | 
         if name in names:
             return name
     for value in quoted:  # "group 'bad name' must be ...": the field holding that value
-        owner = next((f.name for f in form.fields if value and
-                      values.get(f.name, "").strip() == value), None)
+        owner = next(
+            (f.name for f in form.fields if value and values.get(f.name, "").strip() == value), None
+        )
         if owner is not None:
             return owner
     return None
 
 
-def map_api_errors(form: TaskForm, body: dict[str, Any], values: Values
-                   ) -> tuple[dict[str, str], list[str]]:
+def map_api_errors(
+    form: TaskForm, body: dict[str, Any], values: Values
+) -> tuple[dict[str, str], list[str]]:
     """(field -> message, form-level messages) from a 4xx body of the Management API."""
     fields: dict[str, str] = {}
     general: list[str] = []
@@ -339,12 +510,20 @@ def map_api_errors(form: TaskForm, body: dict[str, Any], values: Values
         put(target, "unknown agent(s): " + ", ".join(details["unknown_agents"][:20]))
     if details.get("unknown_group"):
         group = str(details["unknown_group"])
-        owner = next((f.name for f in form.fields if f.kind in ("text", "list")
-                      and group in ids(values, f.name)), None)
+        owner = next(
+            (
+                f.name
+                for f in form.fields
+                if f.kind in ("text", "list") and group in ids(values, f.name)
+            ),
+            None,
+        )
         put(owner, f"group '{group}' does not exist")
     if details.get("name_taken") and "name" in form.names():
-        put("name", f"name '{details['name_taken']}' is already used by agent "
-                    f"{details.get('agent', '?')}")
+        put(
+            "name",
+            f"name '{details['name_taken']}' is already used by agent {details.get('agent', '?')}",
+        )
     if not fields and not general:
         general.append(str(body.get("message") or body.get("error") or "the request failed"))
     return fields, general

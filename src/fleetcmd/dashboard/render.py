@@ -26,8 +26,8 @@ STATIC = HERE / "static"
 # No asset comes from elsewhere; styles are allowed inline for progress-bar widths only.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' "
-                               "'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
-                               "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
@@ -35,8 +35,17 @@ SECURITY_HEADERS = {
 }
 
 # Bar order: finished outcomes first (good, bad, silent, never reached, stopped), then live.
-STATUS_ORDER = ("success", "failure", "timeout", "expired", "cancelled", "delivered", "sent",
-                "processing", "pending")
+STATUS_ORDER = (
+    "success",
+    "failure",
+    "timeout",
+    "expired",
+    "cancelled",
+    "delivered",
+    "sent",
+    "processing",
+    "pending",
+)
 STATUS_HELP = {
     "success": "reached the target and succeeded",
     "failure": "reached the target and failed",
@@ -54,8 +63,11 @@ SOURCES = ("dashboard", "management-api", "content-manager", "engine", "command-
 
 
 def _asset_versions() -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12]
-            for p in STATIC.iterdir() if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+        for p in STATIC.iterdir()
+        if p.is_file()
+    }
 
 
 def _epoch(value: Any) -> float | None:
@@ -94,7 +106,8 @@ def ago(value: Any) -> Markup:
         text = f"{delta / 86400:.1f} d"
     text = f"in {text}" if future else f"{text} ago"
     return Markup('<time datetime="{}" title="{}">{}</time>').format(
-        datetime.fromtimestamp(ts, UTC).isoformat(), utc(ts), text)
+        datetime.fromtimestamp(ts, UTC).isoformat(), utc(ts), text
+    )
 
 
 def num(value: Any) -> str:
@@ -115,8 +128,12 @@ def segments(counts: dict[str, int]) -> list[tuple[str, int, float]]:
 
 
 def is_final(status: str) -> bool:
-    return status in {s.value for s in FINAL} or status in ("success", "failure", "expired",
-                                                             "cancelled")
+    return status in {s.value for s in FINAL} or status in (
+        "success",
+        "failure",
+        "expired",
+        "cancelled",
+    )
 
 
 def query(request: Request, **changes: Any) -> str:
@@ -130,25 +147,43 @@ def query(request: Request, **changes: Any) -> str:
     return ("?" + urlencode(params)) if params else "?"
 
 
-env = Environment(loader=FileSystemLoader(HERE / "templates"),
-                  autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+env = Environment(
+    loader=FileSystemLoader(HERE / "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 env.filters.update(ago=ago, num=num, pretty=pretty, utc=utc, segments=segments)
-env.globals.update(STATUS_ORDER=STATUS_ORDER, STATUS_HELP=STATUS_HELP, STATUSES=list(Status),
-                   TASK_STATUSES=TASK_STATUSES, AGENT_STATUSES=AGENT_STATUSES, SOURCES=SOURCES,
-                   is_final=is_final, version=__version__, assets=_asset_versions())
+env.globals.update(
+    STATUS_ORDER=STATUS_ORDER,
+    STATUS_HELP=STATUS_HELP,
+    STATUSES=list(Status),
+    TASK_STATUSES=TASK_STATUSES,
+    AGENT_STATUSES=AGENT_STATUSES,
+    SOURCES=SOURCES,
+    is_final=is_final,
+    version=__version__,
+    assets=_asset_versions(),
+)
 
 
-def page(request: Request, template: str, viewer: Viewer | None, status_code: int = 200,
-         **context: Any) -> Response:
+def page(
+    request: Request, template: str, viewer: Viewer | None, status_code: int = 200, **context: Any
+) -> Response:
     """Render a page with the layout's context (user, permissions, CSRF token, nav)."""
     html = env.get_template(template).render(
-        request=request, viewer=viewer, q=lambda **kw: query(request, **kw),
-        path=request.url.path, **context)
+        request=request,
+        viewer=viewer,
+        q=lambda **kw: query(request, **kw),
+        path=request.url.path,
+        **context,
+    )
     response = HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
     return apply_refresh(request, response)
 
 
 def redirect(request: Request, url: str) -> Response:
     """303 after a post (or a login), carrying a refreshed token if one is due."""
-    return apply_refresh(request, RedirectResponse(url, status_code=303,
-                                                   headers={"Cache-Control": "no-store"}))
+    return apply_refresh(
+        request, RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
+    )

@@ -24,9 +24,9 @@ from fleetcmd.store.base import SqlStore
 CONFIG_ACTIONS = frozenset({"set-groups", "apply-group-config"})
 
 
-def outgoing(store: SqlStore, commands: list[Command], attach_limit: int,
-             signer: CommandSigner | None = None
-             ) -> tuple[list[dict[str, Any]], list[Result]]:
+def outgoing(
+    store: SqlStore, commands: list[Command], attach_limit: int, signer: CommandSigner | None = None
+) -> tuple[list[dict[str, Any]], list[Result]]:
     """The commands as delivered, and failure results for those that cannot be: their
     arguments or attachments were stored too deep to read back (model/nesting.py), and
     handing them out anyway would deliver the marker that stands in for them."""
@@ -63,8 +63,11 @@ def outgoing(store: SqlStore, commands: list[Command], attach_limit: int,
                     policy = store.get_document("sca", f"content/{policy_id}")
                 except NotFound:  # the agent asks the Comms API and reports what it got
                     policy = None
-                fits = (policy is not None and not isinstance(policy, Unreadable)
-                        and len(dumps(policy)) <= attach_limit)
+                fits = (
+                    policy is not None
+                    and not isinstance(policy, Unreadable)
+                    and len(dumps(policy)) <= attach_limit
+                )
                 policies[policy_id] = policy if fits else None
             if policies[policy_id] is not None:
                 args["policy"] = policies[policy_id]
@@ -75,5 +78,9 @@ def outgoing(store: SqlStore, commands: list[Command], attach_limit: int,
 
 
 def _undeliverable(cmd: Command, what: str) -> Result:
-    return Result(cmd.id, "failure", 1, f"not delivered: {what} nested deeper than "
-                                        f"{MAX_DEPTH} levels (stored before that limit)")
+    return Result(
+        cmd.id,
+        "failure",
+        1,
+        f"not delivered: {what} nested deeper than {MAX_DEPTH} levels (stored before that limit)",
+    )

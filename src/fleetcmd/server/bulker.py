@@ -25,8 +25,9 @@ class Bulker(Generic[T, R]):
     """Queue items; a single flusher sends them in batches via `flush(items) -> answers`
     (one answer per item, same order)."""
 
-    def __init__(self, name: str, flush: Flush[T, R], *, interval: float = 0.02,
-                 max_batch: int = 5000) -> None:
+    def __init__(
+        self, name: str, flush: Flush[T, R], *, interval: float = 0.02, max_batch: int = 5000
+    ) -> None:
         self.name = name
         self._flush = flush
         self.interval = interval
@@ -65,7 +66,7 @@ class Bulker(Generic[T, R]):
 
     async def _drain(self) -> None:
         while self._queue:
-            batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
             try:
                 answers = await self._flush([item for item, _ in batch])
             except Exception as exc:

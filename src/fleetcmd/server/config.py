@@ -73,8 +73,11 @@ class ServerConfig:
         return self.settings.get(key, DEFAULTS.get(key))
 
     def apply(self, new: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        changed = {k: {"old": self.settings.get(k), "new": v} for k, v in new.items()
-                   if self.settings.get(k) != v}
+        changed = {
+            k: {"old": self.settings.get(k), "new": v}
+            for k, v in new.items()
+            if self.settings.get(k) != v
+        }
         if not changed:
             return {}
         self.settings.update({k: c["new"] for k, c in changed.items()})

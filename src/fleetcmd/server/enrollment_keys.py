@@ -50,9 +50,20 @@ def public(doc: dict[str, Any], now: float | None = None) -> dict[str, Any]:
         state = "revoked"
     elif doc.get("expires_at") is not None and float(doc["expires_at"]) <= now:
         state = "expired"
-    return {k: doc.get(k) for k in ("id", "description", "source", "created_at", "created_by",
-                                    "expires_at", "revoked_at", "revoked_by", "replaced_by")
-            } | {"state": state}
+    return {
+        k: doc.get(k)
+        for k in (
+            "id",
+            "description",
+            "source",
+            "created_at",
+            "created_by",
+            "expires_at",
+            "revoked_at",
+            "revoked_by",
+            "replaced_by",
+        )
+    } | {"state": state}
 
 
 class EnrollmentKeys:
@@ -89,10 +100,18 @@ class EnrollmentKeys:
             return None
         kid = key_id_of(key)
         if await self._get(kid) is None:
-            await self._put({"id": kid, "hash": digest(key), "source": "configured",
-                             "description": "the key this server was started with",
-                             "created_at": time.time(), "created_by": "server",
-                             "expires_at": None, "revoked_at": None})
+            await self._put(
+                {
+                    "id": kid,
+                    "hash": digest(key),
+                    "source": "configured",
+                    "description": "the key this server was started with",
+                    "created_at": time.time(),
+                    "created_by": "server",
+                    "expires_at": None,
+                    "revoked_at": None,
+                }
+            )
         return kid
 
     async def list(self) -> list[dict[str, Any]]:
@@ -102,15 +121,23 @@ class EnrollmentKeys:
         out = [public(d) for d in values if isinstance(d, dict) and "id" in d]
         return sorted(out, key=lambda d: (d.get("created_at") or 0, d["id"]))
 
-    async def create(self, user: str, description: str = "", expires_in: float | None = None
-                     ) -> tuple[str, dict[str, Any]]:
+    async def create(
+        self, user: str, description: str = "", expires_in: float | None = None
+    ) -> tuple[str, dict[str, Any]]:
         """A new key; returns (the key, shown once; its public document)."""
         kid = secrets.token_hex(6)
         key = f"{PREFIX}.{kid}.{secrets.token_urlsafe(32)}"
         now = time.time()
-        doc = {"id": kid, "hash": digest(key), "source": "api", "description": description,
-               "created_at": now, "created_by": user,
-               "expires_at": now + expires_in if expires_in else None, "revoked_at": None}
+        doc = {
+            "id": kid,
+            "hash": digest(key),
+            "source": "api",
+            "description": description,
+            "created_at": now,
+            "created_by": user,
+            "expires_at": now + expires_in if expires_in else None,
+            "revoked_at": None,
+        }
         await self._put(doc)
         return key, public(doc)
 
@@ -123,8 +150,9 @@ class EnrollmentKeys:
             await self._put(doc)
         return public(doc)
 
-    async def rotate(self, key_id: str, user: str, grace: float, expires_in: float | None
-                     ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    async def rotate(
+        self, key_id: str, user: str, grace: float, expires_in: float | None
+    ) -> tuple[str, dict[str, Any], dict[str, Any]]:
         """A new key replaces `key_id`, which stays valid `grace` seconds more (agents being
         installed with it can still enroll), then expires. Returns (key, new, old)."""
         old = await self._get(key_id)

@@ -43,9 +43,11 @@ async def server_config(st: ServerState, command: dict[str, Any]) -> Outcome:
     if isinstance(args.get("settings"), dict):
         settings.update(args["settings"])
     changed = st.config.apply(settings)
-    return Outcome("success", f"{len(changed)} setting(s) changed",
-                   {"node": st.options.node_id, "changed": changed,
-                    "config_version": st.config.version})
+    return Outcome(
+        "success",
+        f"{len(changed)} setting(s) changed",
+        {"node": st.options.node_id, "changed": changed, "config_version": st.config.version},
+    )
 
 
 async def rbac_refresh(st: ServerState, command: dict[str, Any]) -> Outcome:
@@ -60,21 +62,36 @@ async def ruleset_reload(st: ServerState, command: dict[str, Any]) -> Outcome:
     try:
         loaded = await st.engine.load_rules()
     except RulesetInvalid as exc:
-        return Outcome("failure", f"ruleset refused, rules in force kept: {exc}",
-                       {"node": st.options.node_id, "asked": asked,
-                        "version": st.engine.rules.version, "rules": len(st.engine.rules)}, 422)
+        return Outcome(
+            "failure",
+            f"ruleset refused, rules in force kept: {exc}",
+            {
+                "node": st.options.node_id,
+                "asked": asked,
+                "version": st.engine.rules.version,
+                "rules": len(st.engine.rules),
+            },
+            422,
+        )
     note = "" if asked in (None, loaded["version"]) else f" (the task asked for {asked})"
-    return Outcome("success", f"ruleset {loaded['version']} loaded: {loaded['rules']} rule(s)"
-                   + note, {"node": st.options.node_id, "asked": asked, **loaded})
+    return Outcome(
+        "success",
+        f"ruleset {loaded['version']} loaded: {loaded['rules']} rule(s)" + note,
+        {"node": st.options.node_id, "asked": asked, **loaded},
+    )
 
 
 async def cve_reload(st: ServerState, command: dict[str, Any]) -> Outcome:
     """Row 9: the engine reloads its CVE data and matches every stored inventory again."""
     version = (command.get("action", {}).get("args") or {}).get("version")
     result = await st.engine.reload_cves(str(version) if version is not None else None)
-    return Outcome("success", f"CVE data {result['version']}: {result['records']} record(s), "
-                   f"{result['agents_rematched']} agent(s) re-matched, {result['findings']} "
-                   "finding(s)", {"node": st.options.node_id, **result})
+    return Outcome(
+        "success",
+        f"CVE data {result['version']}: {result['records']} record(s), "
+        f"{result['agents_rematched']} agent(s) re-matched, {result['findings']} "
+        "finding(s)",
+        {"node": st.options.node_id, **result},
+    )
 
 
 async def fetch_package(st: ServerState, command: dict[str, Any]) -> Outcome:
@@ -84,10 +101,14 @@ async def fetch_package(st: ServerState, command: dict[str, Any]) -> Outcome:
     try:
         meta = await st.packages.fetch(ident, args.get("sha256"))
     except FleetError as exc:
-        return Outcome("failure", exc.message, {"node": st.options.node_id, "package": ident},
-                       exc.http_status)
-    return Outcome("success", f"package {meta.id} stored and served",
-                   {"node": st.options.node_id, **meta.to_json()})
+        return Outcome(
+            "failure", exc.message, {"node": st.options.node_id, "package": ident}, exc.http_status
+        )
+    return Outcome(
+        "success",
+        f"package {meta.id} stored and served",
+        {"node": st.options.node_id, **meta.to_json()},
+    )
 
 
 HANDLERS: dict[str, Handler] = {
@@ -107,6 +128,7 @@ async def handle(st: ServerState, command: dict[str, Any]) -> Outcome:
     try:
         return await handler(st, command)
     except Exception as exc:
-        log.exception("command %s (task %s) %s failed", command.get("id"),
-                      command.get("task_id"), name)
+        log.exception(
+            "command %s (task %s) %s failed", command.get("id"), command.get("task_id"), name
+        )
         return Outcome("failure", f"{name} failed: {exc}", None, 500)

@@ -81,8 +81,16 @@ class IndexerLane:
 
 
 class IndexerClient:
-    def __init__(self, base_url: str, token: str, *, retries: int = 4,
-                 backoff: float = 0.2, timeout: float = 30.0, ca: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        retries: int = 4,
+        backoff: float = 0.2,
+        timeout: float = 30.0,
+        ca: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retries = retries
         self.backoff = backoff
@@ -92,8 +100,12 @@ class IndexerClient:
 
         async def make() -> httpx.AsyncClient:  # bound to the lane's loop, made there
             return httpx.AsyncClient(
-                base_url=self.base_url, headers={"Authorization": f"Bearer {token}"},
-                timeout=httpx.Timeout(timeout, connect=5.0), limits=limits, verify=verify)
+                base_url=self.base_url,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=httpx.Timeout(timeout, connect=5.0),
+                limits=limits,
+                verify=verify,
+            )
 
         self._http = asyncio.run_coroutine_threadsafe(make(), self._lane.loop).result()
 
@@ -101,30 +113,68 @@ class IndexerClient:
         await self._lane.run(self._http.aclose())
         self._lane.stop()
 
-    async def request(self, method: str, path: str, *, json: Any = None,
-                      params: dict[str, Any] | None = None, timeout: float | None = None,
-                      retries: int | None = None, idempotent: bool | None = None) -> Any:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        idempotent: bool | None = None,
+    ) -> Any:
         """Call the indexer; return the `data` of a success body."""
-        _, body = await self.call(method, path, json=json, params=params, timeout=timeout,
-                                  retries=retries, idempotent=idempotent)
+        _, body = await self.call(
+            method,
+            path,
+            json=json,
+            params=params,
+            timeout=timeout,
+            retries=retries,
+            idempotent=idempotent,
+        )
         return body.get("data")
 
-    async def call(self, method: str, path: str, *, json: Any = None,
-                   params: dict[str, Any] | None = None, timeout: float | None = None,
-                   retries: int | None = None, idempotent: bool | None = None
-                   ) -> tuple[int, dict[str, Any]]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        idempotent: bool | None = None,
+    ) -> tuple[int, dict[str, Any]]:
         """Call the indexer; return the status and whole body of a success answer.
         `idempotent` (default: by method) says whether a request that may have been
         carried out can be sent again."""
         if idempotent is None:
             idempotent = method.upper() in IDEMPOTENT_METHODS
-        return await self._lane.run(self._call(method, path, json=json, params=params,
-                                               timeout=timeout, retries=retries,
-                                               idempotent=idempotent))
+        return await self._lane.run(
+            self._call(
+                method,
+                path,
+                json=json,
+                params=params,
+                timeout=timeout,
+                retries=retries,
+                idempotent=idempotent,
+            )
+        )
 
-    async def _call(self, method: str, path: str, *, json: Any, params: dict[str, Any] | None,
-                    timeout: float | None, retries: int | None, idempotent: bool
-                    ) -> tuple[int, dict[str, Any]]:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any,
+        params: dict[str, Any] | None,
+        timeout: float | None,
+        retries: int | None,
+        idempotent: bool,
+    ) -> tuple[int, dict[str, Any]]:
         attempts = (self.retries if retries is None else retries) + 1
         last: IndexerError | None = None
         for attempt in range(attempts):
@@ -137,10 +187,18 @@ class IndexerClient:
                     kwargs["timeout"] = timeout
                 resp = await self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                last = IndexerUnavailable(503, {"error": "indexer_unavailable",
-                                                "message": f"indexer unreachable: {exc!r}"})
-                log.warning("indexer %s %s failed (%s), attempt %d/%d", method, path,
-                            type(exc).__name__, attempt + 1, attempts)
+                last = IndexerUnavailable(
+                    503,
+                    {"error": "indexer_unavailable", "message": f"indexer unreachable: {exc!r}"},
+                )
+                log.warning(
+                    "indexer %s %s failed (%s), attempt %d/%d",
+                    method,
+                    path,
+                    type(exc).__name__,
+                    attempt + 1,
+                    attempts,
+                )
                 if idempotent or isinstance(exc, NEVER_SENT):
                     continue
                 raise last from None
@@ -150,21 +208,36 @@ class IndexerClient:
             if resp.status_code < 500:
                 raise IndexerError(resp.status_code, body)
             last = IndexerUnavailable(resp.status_code, body)
-            log.warning("indexer %s %s answered %d, attempt %d/%d", method, path,
-                        resp.status_code, attempt + 1, attempts)
+            log.warning(
+                "indexer %s %s answered %d, attempt %d/%d",
+                method,
+                path,
+                resp.status_code,
+                attempt + 1,
+                attempts,
+            )
             if not idempotent:
                 raise last
         assert last is not None
         raise last
 
     async def get(self, path: str, **params: Any) -> Any:
-        return await self.request("GET", path, params={k: v for k, v in params.items()
-                                                      if v is not None})
+        return await self.request(
+            "GET", path, params={k: v for k, v in params.items() if v is not None}
+        )
 
-    async def post(self, path: str, body: Any, *, timeout: float | None = None,
-                   retries: int | None = None, idempotent: bool = False) -> Any:
-        return await self.request("POST", path, json=body, timeout=timeout, retries=retries,
-                                  idempotent=idempotent)
+    async def post(
+        self,
+        path: str,
+        body: Any,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        idempotent: bool = False,
+    ) -> Any:
+        return await self.request(
+            "POST", path, json=body, timeout=timeout, retries=retries, idempotent=idempotent
+        )
 
     async def put(self, path: str, body: Any) -> Any:
         return await self.request("PUT", path, json=body)

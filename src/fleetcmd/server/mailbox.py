@@ -60,8 +60,11 @@ class Mailbox:
         return out
 
     def next_redelivery(self, now: float) -> float | None:
-        times = [e.handed_at + REDELIVER_AFTER - now for e in self.entries.values()
-                 if e.handed_at is not None and e.lease_until > now]
+        times = [
+            e.handed_at + REDELIVER_AFTER - now
+            for e in self.entries.values()
+            if e.handed_at is not None and e.lease_until > now
+        ]
         return max(0.0, min(times)) if times else None
 
     def remember(self, command: dict[str, Any]) -> None:
@@ -137,8 +140,9 @@ class Mailboxes:
     def connected(self, now: float | None = None) -> list[Mailbox]:
         """Agents polling now or within their poll window."""
         t = time.monotonic() if now is None else now
-        return [b for b in self._boxes.values()
-                if b.polls > 0 or t - b.last_poll <= 2 * b.poll_wait]
+        return [
+            b for b in self._boxes.values() if b.polls > 0 or t - b.last_poll <= 2 * b.poll_wait
+        ]
 
     def forget(self, agent_id: str) -> None:
         """Drop an agent's (empty) mailbox once it went away, to keep memory bounded."""

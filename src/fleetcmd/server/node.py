@@ -58,9 +58,11 @@ def build_state(options: ServerOptions) -> ServerState:
 
     async def flush_delivered(ids: list[int]) -> list[bool]:
         with metrics.bulk.labels("delivered").time():
-            data = await indexer.post("/commands/mark",
-                                      {"owner": owner, "ids": ids,
-                                       "status": "delivered"}, idempotent=True)
+            data = await indexer.post(
+                "/commands/mark",
+                {"owner": owner, "ids": ids, "status": "delivered"},
+                idempotent=True,
+            )
         moved = set(data["moved"])
         return [i in moved for i in ids]
 
@@ -69,35 +71,50 @@ def build_state(options: ServerOptions) -> ServerState:
     async def flush_held(ids: list[int]) -> list[bool]:
         asked_at = time.monotonic()
         with metrics.bulk.labels("held").time():
-            data = await indexer.post("/leases/renew",
-                                      {"owner": owner, "ids": sorted(set(ids)),
-                                       "lease": options.lease}, idempotent=True)
+            data = await indexer.post(
+                "/leases/renew",
+                {"owner": owner, "ids": sorted(set(ids)), "lease": options.lease},
+                idempotent=True,
+            )
         held = set(data["held"])
         mailboxes.extend(sorted(held), asked_at + options.lease - min(1.0, options.lease / 10))
         return [i in held for i in ids]
 
     async def flush_targets(ids: list[int]) -> list[dict[str, Any] | None]:
         with metrics.bulk.labels("targets").time():
-            data = await indexer.post("/commands/targets", {"ids": sorted(set(ids))},
-                                      idempotent=True)
+            data = await indexer.post(
+                "/commands/targets", {"ids": sorted(set(ids))}, idempotent=True
+            )
         found = data["targets"]
         return [found.get(str(i)) for i in ids]
 
     config = ServerConfig()
     st = ServerState(
-        options=options, indexer=indexer, config=config, metrics=metrics,
-        mailboxes=mailboxes, presence=Presence(indexer, options.node_id),
-        rbac=RbacCache(indexer), tokens=TokenIssuer(options.jwt_key, options.token_ttl),
-        results=Bulker("results", flush_results), delivered=Bulker("delivered", flush_delivered),
-        held=Bulker("held", flush_held), targets=Bulker("targets", flush_targets),
+        options=options,
+        indexer=indexer,
+        config=config,
+        metrics=metrics,
+        mailboxes=mailboxes,
+        presence=Presence(indexer, options.node_id),
+        rbac=RbacCache(indexer),
+        tokens=TokenIssuer(options.jwt_key, options.token_ttl),
+        results=Bulker("results", flush_results),
+        delivered=Bulker("delivered", flush_delivered),
+        held=Bulker("held", flush_held),
+        targets=Bulker("targets", flush_targets),
         engine=Engine(indexer, options.data_dir, metrics.registry),
-        packages=PackageStore(indexer, options.indexer_url, options.token, options.data_dir,
-                              ca=options.ca),
-        enrollment_keys=EnrollmentKeys(indexer), owner=owner,
-        enroll_limit=RateLimiter("enrollment", options.enroll_rate,
-                                 max(5.0, options.enroll_rate * 10)),
-        auth_limit=RateLimiter("authentication", options.auth_rate,
-                               max(5.0, options.auth_rate * 10)))
+        packages=PackageStore(
+            indexer, options.indexer_url, options.token, options.data_dir, ca=options.ca
+        ),
+        enrollment_keys=EnrollmentKeys(indexer),
+        owner=owner,
+        enroll_limit=RateLimiter(
+            "enrollment", options.enroll_rate, max(5.0, options.enroll_rate * 10)
+        ),
+        auth_limit=RateLimiter(
+            "authentication", options.auth_rate, max(5.0, options.auth_rate * 10)
+        ),
+    )
     config.observe(log_level_observer)
 
     def resize_events(changed: dict[str, dict[str, Any]]) -> None:
@@ -117,10 +134,15 @@ async def heartbeat_loop(st: ServerState) -> None:
     """Register this node so that per-node server commands are written for it."""
     o = st.options
     scheme = "https" if o.tls_cert else "http"
-    body = {"url": f"{scheme}://{o.host}:{o.comms_port}",
-            "info": {"role": "server", "version": __version__,
-                     "comms": f"{scheme}://{o.host}:{o.comms_port}",
-                     "management": f"{scheme}://{o.host}:{o.management_port}"}}
+    body = {
+        "url": f"{scheme}://{o.host}:{o.comms_port}",
+        "info": {
+            "role": "server",
+            "version": __version__,
+            "comms": f"{scheme}://{o.host}:{o.comms_port}",
+            "management": f"{scheme}://{o.host}:{o.management_port}",
+        },
+    }
     while True:
         try:
             await st.indexer.post(f"/nodes/{o.node_id}/heartbeat", body, retries=0)
@@ -165,16 +187,23 @@ async def prepare(st: ServerState) -> None:
             await asyncio.sleep(1.0)
     password = await ensure_admin(st.indexer, st.options.data_dir)
     if password is not None:  # the password itself stays out of logs
-        print(f"created user 'admin'; its password is in "
-              f"{st.options.data_dir / 'admin.password'} (0600)", flush=True)
+        print(
+            f"created user 'admin'; its password is in "
+            f"{st.options.data_dir / 'admin.password'} (0600)",
+            flush=True,
+        )
     kid = await st.enrollment_keys.register_configured(st.options.enrollment_key)
     if kid is not None:
         log.info("configured enrollment key registered as %s", kid)
-    released = (await st.indexer.post("/leases/release-previous", {"owner": st.owner},
-                                      idempotent=True))["released"]
+    released = (
+        await st.indexer.post("/leases/release-previous", {"owner": st.owner}, idempotent=True)
+    )["released"]
     if released:
-        log.info("handed back %d command(s) an earlier run of node %s still held", released,
-                 st.options.node_id)
+        log.info(
+            "handed back %d command(s) an earlier run of node %s still held",
+            released,
+            st.options.node_id,
+        )
     await st.rbac.refresh()
     outcome = await handlers.server_config(st, {"action": {"args": {}}})
     log.info("live configuration loaded (%s)", outcome.message)
@@ -199,34 +228,61 @@ async def serve(options: ServerOptions) -> None:
     st.targets.start()
     await st.engine.start(lambda: st.events)
     gctune.settle()  # what a node keeps for its life is never walked by the GC again
-    loops = [asyncio.create_task(coro, name=name) for name, coro in (
-        ("heartbeat", heartbeat_loop(st)), ("presence", st.presence.run()),
-        ("pull-agent", puller.agent_loop()), ("pull-server", puller.server_loop()),
-        ("renew", puller.renew_loop()), ("away", puller.away_loop()),
-        ("removed", removed_loop(st)))]
-    limits = serving.Limits(header_timeout=options.header_timeout,
-                            body_timeout=options.body_timeout,
-                            max_connections=options.max_connections)
+    loops = [
+        asyncio.create_task(coro, name=name)
+        for name, coro in (
+            ("heartbeat", heartbeat_loop(st)),
+            ("presence", st.presence.run()),
+            ("pull-agent", puller.agent_loop()),
+            ("pull-server", puller.server_loop()),
+            ("renew", puller.renew_loop()),
+            ("away", puller.away_loop()),
+            ("removed", removed_loop(st)),
+        )
+    ]
+    limits = serving.Limits(
+        header_timeout=options.header_timeout,
+        body_timeout=options.body_timeout,
+        max_connections=options.max_connections,
+    )
     servers = [
-        _Server(serving.config(app, options.host, port, limits, options.forwarded_allow_ips,
-                               lifespan="off", timeout_keep_alive=75,
-                               timeout_graceful_shutdown=3,
-                               ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key))
-        for app, port in ((create_comms_app(st), options.comms_port),
-                          (create_management_app(st), options.management_port))]
+        _Server(
+            serving.config(
+                app,
+                options.host,
+                port,
+                limits,
+                options.forwarded_allow_ips,
+                lifespan="off",
+                timeout_keep_alive=75,
+                timeout_graceful_shutdown=3,
+                ssl_certfile=options.tls_cert,
+                ssl_keyfile=options.tls_key,
+            )
+        )
+        for app, port in (
+            (create_comms_app(st), options.comms_port),
+            (create_management_app(st), options.management_port),
+        )
+    ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     runs = [asyncio.create_task(s.serve()) for s in servers]
     scheme = "https" if options.tls_cert else "http"
-    print(f"server {options.node_id}: Comms API {scheme}://{options.host}:{options.comms_port}, "
-          f"Management API {scheme}://{options.host}:{options.management_port}, "
-          f"indexer {options.indexer_url}", flush=True)
-    await asyncio.wait([asyncio.create_task(stop.wait()), *runs],
-                       return_when=asyncio.FIRST_COMPLETED)
-    failed = any(r.done() and (r.cancelled() or r.exception() is not None
-                               or not stop.is_set()) for r in runs)
+    print(
+        f"server {options.node_id}: Comms API {scheme}://{options.host}:{options.comms_port}, "
+        f"Management API {scheme}://{options.host}:{options.management_port}, "
+        f"indexer {options.indexer_url}",
+        flush=True,
+    )
+    await asyncio.wait(
+        [asyncio.create_task(stop.wait()), *runs], return_when=asyncio.FIRST_COMPLETED
+    )
+    failed = any(
+        r.done() and (r.cancelled() or r.exception() is not None or not stop.is_set()) for r in runs
+    )
     log.info("server %s stopping", options.node_id)
     st.stopping.set()
     for box in st.mailboxes.boxes():
@@ -255,9 +311,11 @@ async def release_all(st: ServerState) -> None:
     if not ids:
         return
     try:
-        await st.indexer.post("/leases/release", {"owner": st.owner, "ids": ids},
-                              retries=1, idempotent=True)
+        await st.indexer.post(
+            "/leases/release", {"owner": st.owner, "ids": ids}, retries=1, idempotent=True
+        )
         log.info("released %d un-acked command(s) on stop", len(ids))
     except Exception as exc:
-        log.warning("could not release %d command(s) on stop (their leases will lapse): %s",
-                    len(ids), exc)
+        log.warning(
+            "could not release %d command(s) on stop (their leases will lapse): %s", len(ids), exc
+        )

@@ -117,7 +117,11 @@ class PackageStore:
     """Verified package files in `DATA_DIR/packages/` (`<id>.pkg` + `<id>.json`)."""
 
     def __init__(
-        self, indexer: IndexerClient, indexer_url: str, token: str, data_dir: Path,
+        self,
+        indexer: IndexerClient,
+        indexer_url: str,
+        token: str,
+        data_dir: Path,
         ca: str | None = None,
     ) -> None:
         self.indexer = indexer

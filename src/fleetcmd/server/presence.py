@@ -42,8 +42,12 @@ class Presence:
         if last is not None and now - last < REFRESH_AFTER:
             return
         self._reported[agent_id] = now
-        self._pending[agent_id] = {"id": agent_id, "node": self.node_id, "status": "active",
-                                   "last_seen": time.time()}
+        self._pending[agent_id] = {
+            "id": agent_id,
+            "node": self.node_id,
+            "status": "active",
+            "last_seen": time.time(),
+        }
         if last is None:
             self._new.add(agent_id)
             self._urgent.set()
@@ -55,9 +59,16 @@ class Presence:
             self._reported.pop(a, None)
             self._pending.pop(a, None)
             self._new.discard(a)
-        await self.indexer.post("/agents/updates", {"updates": [
-            {"id": a, "status": "disconnected", "node": "", "if_node": self.node_id}
-            for a in agent_ids]}, idempotent=True)
+        await self.indexer.post(
+            "/agents/updates",
+            {
+                "updates": [
+                    {"id": a, "status": "disconnected", "node": "", "if_node": self.node_id}
+                    for a in agent_ids
+                ]
+            },
+            idempotent=True,
+        )
 
     async def run(self) -> None:
         while True:

@@ -46,29 +46,38 @@ class Puller:
         long-poll's next round."""
         for i in range(0, len(agent_ids), CHUNK):
             asked_at = time.monotonic()
-            data = await self.st.indexer.post("/pull", {
-                "owner": self.owner, "target_type": "agent",
-                "target_ids": agent_ids[i:i + CHUNK], "limit": 10_000, "wait": 0,
-                "lease": self.st.options.lease})
+            data = await self.st.indexer.post(
+                "/pull",
+                {
+                    "owner": self.owner,
+                    "target_type": "agent",
+                    "target_ids": agent_ids[i : i + CHUNK],
+                    "limit": 10_000,
+                    "wait": 0,
+                    "lease": self.st.options.lease,
+                },
+            )
             self.st.metrics.pulls.labels("agent").inc()
             if data["commands"]:
                 await self.deliver(data["commands"], asked_at)
 
-    async def deliver(self, commands: list[dict[str, Any]],
-                      asked_at: float | None = None) -> None:
+    async def deliver(self, commands: list[dict[str, Any]], asked_at: float | None = None) -> None:
         """Mark `sent` in one batch, mailbox what the indexer accepts (under the lease asked
         for at `asked_at`), wake the polls. Nothing is handed before the mark: a node that
         lost the lease meanwhile (it was paused) delivers nothing."""
         st = self.st
         st.metrics.pulled.labels("agent").inc(len(commands))
         ids = [int(c["id"]) for c in commands]
-        answer = await st.indexer.post("/commands/mark",
-                                       {"owner": self.owner, "ids": ids, "status": "sent"},
-                                       idempotent=True)
+        answer = await st.indexer.post(
+            "/commands/mark", {"owner": self.owner, "ids": ids, "status": "sent"}, idempotent=True
+        )
         refused = set(answer["refused"])
         if refused:
-            log.warning("indexer refused %d command(s) as sent (lease lost): %s", len(refused),
-                        sorted(refused)[:20])
+            log.warning(
+                "indexer refused %d command(s) as sent (lease lost): %s",
+                len(refused),
+                sorted(refused)[:20],
+            )
             st.metrics.lost.inc(len(refused))
         until = self.lease_until(time.monotonic() if asked_at is None else asked_at)
         woken: set[str] = set()
@@ -77,8 +86,13 @@ class Puller:
                 continue
             st.mailboxes.put(c, until)
             agent_id = str(c["target"]["id"])
-            log.debug("command %s (task %s, %s) -> mailbox of agent %s", c["id"],
-                      c.get("task_id"), c["action"]["name"], agent_id)
+            log.debug(
+                "command %s (task %s, %s) -> mailbox of agent %s",
+                c["id"],
+                c.get("task_id"),
+                c["action"]["name"],
+                agent_id,
+            )
             woken.add(agent_id)
         for agent_id in woken:
             box = st.mailboxes.get(agent_id)
@@ -100,16 +114,20 @@ class Puller:
         ids = st.mailboxes.held_ids()
         for i in range(0, len(ids), CHUNK):
             asked_at = time.monotonic()
-            data = await st.indexer.post("/leases/renew", {
-                "owner": self.owner, "ids": ids[i:i + CHUNK], "lease": st.options.lease},
-                idempotent=True)
+            data = await st.indexer.post(
+                "/leases/renew",
+                {"owner": self.owner, "ids": ids[i : i + CHUNK], "lease": st.options.lease},
+                idempotent=True,
+            )
             for agent_id in st.mailboxes.extend(data["held"], self.lease_until(asked_at)):
                 box = st.mailboxes.get(agent_id)
                 if box is not None:
                     box.wake()
             if data["lost"]:
-                log.warning("lost the lease of %d command(s); dropping them from mailboxes",
-                            len(data["lost"]))
+                log.warning(
+                    "lost the lease of %d command(s); dropping them from mailboxes",
+                    len(data["lost"]),
+                )
                 st.mailboxes.drop(data["lost"])
                 st.metrics.lost.inc(len(data["lost"]))
         st.metrics.mailbox_depth.set(st.mailboxes.depth())
@@ -136,9 +154,11 @@ class Puller:
         await st.presence.away([b.agent_id for b in away])
         if ids:
             for i in range(0, len(ids), CHUNK):
-                await st.indexer.post("/leases/release", {"owner": self.owner,
-                                                          "ids": ids[i:i + CHUNK]},
-                                      idempotent=True)
+                await st.indexer.post(
+                    "/leases/release",
+                    {"owner": self.owner, "ids": ids[i : i + CHUNK]},
+                    idempotent=True,
+                )
             st.mailboxes.drop(ids)
             st.metrics.released.inc(len(ids))
             log.info("released %d command(s) of %d away agent(s)", len(ids), len(away))
@@ -150,14 +170,15 @@ class Puller:
     async def server_loop(self) -> None:
         await self._pull_loop("server", self.run_server_commands)
 
-    async def run_server_commands(self, commands: list[dict[str, Any]],
-                                  asked_at: float = 0.0) -> None:
+    async def run_server_commands(
+        self, commands: list[dict[str, Any]], asked_at: float = 0.0
+    ) -> None:
         st = self.st
         st.metrics.pulled.labels("server").inc(len(commands))
         ids = [int(c["id"]) for c in commands]
-        answer = await st.indexer.post("/commands/mark",
-                                       {"owner": self.owner, "ids": ids, "status": "sent"},
-                                       idempotent=True)
+        answer = await st.indexer.post(
+            "/commands/mark", {"owner": self.owner, "ids": ids, "status": "sent"}, idempotent=True
+        )
         refused = set(answer["refused"])
         results = []
         for c in commands:
@@ -165,10 +186,24 @@ class Puller:
                 continue
             outcome = await handlers.handle(st, c)
             st.metrics.handled.labels(c["action"]["name"], outcome.status).inc()
-            log.info("command %s (task %s) %s on %s: %s %s", c["id"], c.get("task_id"),
-                     c["action"]["name"], self.node, outcome.status, outcome.message)
-            results.append({"id": int(c["id"]), "status": outcome.status, "code": outcome.code,
-                            "message": outcome.message, "data": outcome.data})
+            log.info(
+                "command %s (task %s) %s on %s: %s %s",
+                c["id"],
+                c.get("task_id"),
+                c["action"]["name"],
+                self.node,
+                outcome.status,
+                outcome.message,
+            )
+            results.append(
+                {
+                    "id": int(c["id"]),
+                    "status": outcome.status,
+                    "code": outcome.code,
+                    "message": outcome.message,
+                    "data": outcome.data,
+                }
+            )
         if results:
             await st.indexer.post("/results", {"results": results}, idempotent=True)
 
@@ -187,8 +222,13 @@ class Puller:
             try:
                 await consume(commands, asked_at)
             except Exception as exc:
-                log.warning("%s batch of %d command(s) not delivered (%s); their leases "
-                            "lapse and they are claimed again", target_type, len(commands), exc)
+                log.warning(
+                    "%s batch of %d command(s) not delivered (%s); their leases "
+                    "lapse and they are claimed again",
+                    target_type,
+                    len(commands),
+                    exc,
+                )
             finally:
                 slots.release()
 
@@ -197,10 +237,18 @@ class Puller:
                 await slots.acquire()
                 try:
                     asked_at = time.monotonic()
-                    data = await st.indexer.post("/pull", {
-                        "owner": self.owner, "target_type": target_type, "node": self.node,
-                        "limit": PULL_LIMIT, "wait": wait, "lease": st.options.lease},
-                        timeout=wait + 15)
+                    data = await st.indexer.post(
+                        "/pull",
+                        {
+                            "owner": self.owner,
+                            "target_type": target_type,
+                            "node": self.node,
+                            "limit": PULL_LIMIT,
+                            "wait": wait,
+                            "lease": st.options.lease,
+                        },
+                        timeout=wait + 15,
+                    )
                     st.metrics.pulls.labels(target_type).inc()
                     failures = 0
                 except asyncio.CancelledError:
@@ -209,8 +257,7 @@ class Puller:
                     slots.release()
                     failures += 1
                     delay = min(10.0, 0.5 * 2 ** min(failures, 5))
-                    log.warning("%s pull failed (%s); retrying in %.1fs", target_type, exc,
-                                delay)
+                    log.warning("%s pull failed (%s); retrying in %.1fs", target_type, exc, delay)
                     await asyncio.sleep(delay)
                     continue
                 if not data["commands"]:

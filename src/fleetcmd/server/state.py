@@ -76,6 +76,7 @@ class ServerState:
     async def closed(self, request: Request) -> bool:
         """A live stream ends when its client left or the node is stopping."""
         return self.stopping.is_set() or await request.is_disconnected()
+
     # (fetched at, keys) of the indexer's command-signing public keys (comms/keys.py).
     command_keys: tuple[float, dict[str, Any]] | None = None
 

@@ -10,16 +10,21 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-app = typer.Typer(help="File, list, cancel and watch tasks (Management API).",
-                  no_args_is_help=True)
+app = typer.Typer(help="File, list, cancel and watch tasks (Management API).", no_args_is_help=True)
 
 FINAL = {"success", "failure", "expired", "timeout", "cancelled", "partial"}
-Api = Annotated[str, typer.Option(help="Management API URL.", envvar="FLEETCMD_API",
-                                  show_envvar=False)]
+Api = Annotated[
+    str, typer.Option(help="Management API URL.", envvar="FLEETCMD_API", show_envvar=False)
+]
 UserOpt = Annotated[str, typer.Option("--user", help="User name.")]
-PasswordOpt = Annotated[str | None, typer.Option(
-    help="Password (default: FLEETCMD_PASSWORD, else DATA_DIR/admin.password).",
-    envvar="FLEETCMD_PASSWORD", show_envvar=False)]
+PasswordOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Password (default: FLEETCMD_PASSWORD, else DATA_DIR/admin.password).",
+        envvar="FLEETCMD_PASSWORD",
+        show_envvar=False,
+    ),
+]
 DataDir = Annotated[Path, typer.Option(help="Where admin.password is.")]
 
 
@@ -30,12 +35,13 @@ class Session:
         if password is None:
             path = data_dir / "admin.password"
             if not path.exists():
-                _fail(f"no password: pass --password, set FLEETCMD_PASSWORD or run where "
-                      f"{path} exists")
+                _fail(
+                    f"no password: pass --password, set FLEETCMD_PASSWORD or run where "
+                    f"{path} exists"
+                )
             password = path.read_text().strip()
         self.http = httpx.Client(base_url=api.rstrip("/"), timeout=30.0)
-        body = self._check(self.http.post("/security/user/authenticate",
-                                          auth=(user, password)))
+        body = self._check(self.http.post("/security/user/authenticate", auth=(user, password)))
         self.http.headers["Authorization"] = f"Bearer {body['data']['token']}"
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -91,24 +97,37 @@ def _print(data: Any) -> None:
 
 @app.command()
 def create(
-    type_: Annotated[str, typer.Argument(metavar="TYPE", help="Task type, e.g. "
-                                         "group-configuration-change.")],
+    type_: Annotated[
+        str, typer.Argument(metavar="TYPE", help="Task type, e.g. group-configuration-change.")
+    ],
     params: Annotated[str | None, typer.Option(help="Parameters as a JSON object.")] = None,
-    param: Annotated[list[str] | None, typer.Option("-p", "--param",
-                                                    help="key=value (JSON values allowed).")
-                     ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("-p", "--param", help="key=value (JSON values allowed).")
+    ] = None,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
-    timeout: Annotated[float | None, typer.Option(
-        help="Seconds each command has to answer once delivered (default: its type's).",
-        min=0.001)] = None,
-    expires_in: Annotated[float | None, typer.Option(
-        help="Seconds the commands may wait for an offline agent before they end expired.",
-        min=0.001)] = None,
-    rollout: Annotated[str | None, typer.Option(
-        help="A rollout policy as a JSON object (docs/rollouts.md).")] = None,
-    follow: Annotated[bool, typer.Option("--watch", help="Then watch it until it is final.")
-                      ] = False,
-    api: Api = "http://127.0.0.1:55000", user: UserOpt = "admin", password: PasswordOpt = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds each command has to answer once delivered (default: its type's).",
+            min=0.001,
+        ),
+    ] = None,
+    expires_in: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds the commands may wait for an offline agent before they end expired.",
+            min=0.001,
+        ),
+    ] = None,
+    rollout: Annotated[
+        str | None, typer.Option(help="A rollout policy as a JSON object (docs/rollouts.md).")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--watch", help="Then watch it until it is final.")
+    ] = False,
+    api: Api = "http://127.0.0.1:55000",
+    user: UserOpt = "admin",
+    password: PasswordOpt = None,
     data_dir: DataDir = Path("./data"),
 ) -> None:
     """File a task; prints it (with its id), or watches it with --watch."""
@@ -132,56 +151,92 @@ def create(
 
 
 @app.command()
-def get(task_id: int, api: Api = "http://127.0.0.1:55000", user: UserOpt = "admin",
-        password: PasswordOpt = None, data_dir: DataDir = Path("./data")) -> None:
+def get(
+    task_id: int,
+    api: Api = "http://127.0.0.1:55000",
+    user: UserOpt = "admin",
+    password: PasswordOpt = None,
+    data_dir: DataDir = Path("./data"),
+) -> None:
     """Show a task: status and counts per command status."""
     _print(_session(api, user, password, data_dir).call("GET", f"/tasks/{task_id}"))
 
 
 @app.command("list")
-def list_(status: Annotated[str | None, typer.Option()] = None,
-          type_: Annotated[str | None, typer.Option("--type")] = None,
-          limit: Annotated[int, typer.Option()] = 50,
-          api: Api = "http://127.0.0.1:55000", user: UserOpt = "admin",
-          password: PasswordOpt = None, data_dir: DataDir = Path("./data")) -> None:
+def list_(
+    status: Annotated[str | None, typer.Option()] = None,
+    type_: Annotated[str | None, typer.Option("--type")] = None,
+    limit: Annotated[int, typer.Option()] = 50,
+    api: Api = "http://127.0.0.1:55000",
+    user: UserOpt = "admin",
+    password: PasswordOpt = None,
+    data_dir: DataDir = Path("./data"),
+) -> None:
     """List recent tasks."""
     from rich.console import Console
     from rich.table import Table
 
-    query = {k: v for k, v in {"status": status, "type": type_, "limit": limit}.items()
-             if v is not None}
+    query = {
+        k: v for k, v in {"status": status, "type": type_, "limit": limit}.items() if v is not None
+    }
     page = _session(api, user, password, data_dir).call("GET", "/tasks", params=query)
     table = Table("id", "type", "status", "done/total", "user", "source", "created")
     for t in page["items"]:
-        table.add_row(str(t["id"]), t["type"], t["status"], f"{t['done']}/{t['total']}",
-                      t["user"], t["source"], str(t["created_at"]))
+        table.add_row(
+            str(t["id"]),
+            t["type"],
+            t["status"],
+            f"{t['done']}/{t['total']}",
+            t["user"],
+            t["source"],
+            str(t["created_at"]),
+        )
     Console().print(table)
 
 
 @app.command()
-def cancel(task_id: int, api: Api = "http://127.0.0.1:55000", user: UserOpt = "admin",
-           password: PasswordOpt = None, data_dir: DataDir = Path("./data")) -> None:
+def cancel(
+    task_id: int,
+    api: Api = "http://127.0.0.1:55000",
+    user: UserOpt = "admin",
+    password: PasswordOpt = None,
+    data_dir: DataDir = Path("./data"),
+) -> None:
     """Cancel a task: commands not yet final end `cancelled`."""
     _print(_session(api, user, password, data_dir).call("POST", f"/tasks/{task_id}/cancel"))
 
 
 @app.command()
-def watch(task_id: int, interval: Annotated[float, typer.Option(help="Refresh, s.")] = 0.5,
-          api: Api = "http://127.0.0.1:55000", user: UserOpt = "admin",
-          password: PasswordOpt = None, data_dir: DataDir = Path("./data")) -> None:
+def watch(
+    task_id: int,
+    interval: Annotated[float, typer.Option(help="Refresh, s.")] = 0.5,
+    api: Api = "http://127.0.0.1:55000",
+    user: UserOpt = "admin",
+    password: PasswordOpt = None,
+    data_dir: DataDir = Path("./data"),
+) -> None:
     """Live progress bar with counts per status until the task is final."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     session = _session(api, user, password, data_dir)
-    with Progress(TextColumn("task {task.fields[id]} [bold]{task.fields[status]}"), BarColumn(),
-                  MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
-                  TimeElapsedColumn()) as progress:
+    with Progress(
+        TextColumn("task {task.fields[id]} [bold]{task.fields[status]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TimeElapsedColumn(),
+    ) as progress:
         bar = progress.add_task("", total=None, id=task_id, status="…", counts="")
         while True:
             t = session.call("GET", f"/tasks/{task_id}")
             counts = " ".join(f"{k}={v}" for k, v in sorted(t["counts"].items()) if v)
-            progress.update(bar, total=t["total"] or None, completed=t["done"],
-                            status=t["status"], counts=counts)
+            progress.update(
+                bar,
+                total=t["total"] or None,
+                completed=t["done"],
+                status=t["status"],
+                counts=counts,
+            )
             if t["status"] in FINAL and t.get("completed_at"):
                 break
             time.sleep(interval)

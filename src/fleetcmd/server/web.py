@@ -22,14 +22,17 @@ def install_server_errors(app: FastAPI) -> None:
 def indexer_error(exc: IndexerError) -> JSONResponse:
     """The indexer's 4xx answers reach the caller unchanged; outages become 503."""
     if isinstance(exc, IndexerUnavailable):
-        return JSONResponse({"error": "indexer_unavailable",
-                             "message": "the indexer is unavailable; try again"},
-                            status_code=503, headers={"Retry-After": "2"})
+        return JSONResponse(
+            {"error": "indexer_unavailable", "message": "the indexer is unavailable; try again"},
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
     return JSONResponse(exc.body, status_code=exc.status)
 
 
 def metrics_response(st: ServerState) -> PlainTextResponse:
     st.metrics.mailbox_depth.set(st.mailboxes.depth())
     st.metrics.connected.set(len(st.mailboxes.connected()))
-    return PlainTextResponse(generate_latest(st.metrics.registry).decode(),
-                             media_type="text/plain; version=0.0.4")
+    return PlainTextResponse(
+        generate_latest(st.metrics.registry).decode(), media_type="text/plain; version=0.0.4"
+    )

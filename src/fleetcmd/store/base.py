@@ -517,7 +517,10 @@ class SqlTx(ABC):
         )
 
     def settle_removed(
-        self, *, agent_id: str | None = None, ids: Sequence[int] | None = None,
+        self,
+        *,
+        agent_id: str | None = None,
+        ids: Sequence[int] | None = None,
         connected: bool = False,
     ) -> int:
         """Commands aimed at a removed agent never wait for it (they would be claimed and
@@ -546,8 +549,9 @@ class SqlTx(ABC):
         if not connected:
             rows, _ = self.move(
                 where + " AND action_name = 'delete'",
-                dict(params, _msg=REMOVED_OFFLINE, _data=dumps({"deleted": True,
-                                                               "delivered": False})),
+                dict(
+                    params, _msg=REMOVED_OFFLINE, _data=dumps({"deleted": True, "delivered": False})
+                ),
                 Status.SUCCESS,
                 sets=cleared + "result_code = 0, result_message = :_msg, result_data = :_data",
             )
@@ -912,8 +916,9 @@ class SqlStore(ABC):
                 "until": tx.now + lease,
             }
             cond = "status = 'pending' AND target_type = :tt AND expires_at > :now"
-            if where.target_type == "agent" and (where.node is not None
-                                                 or where.target_ids is not None):
+            if where.target_type == "agent" and (
+                where.node is not None or where.target_ids is not None
+            ):
                 # Go from the agents (of the node, or listed) to their pending commands through
                 # commands_pending_target, not along every pending command in id order: with
                 # 100,000 commands waiting for offline agents that walk took 33 ms a claim on
@@ -1455,8 +1460,7 @@ class SqlStore(ABC):
         if cached is None:
             parts = [self._config(h) for h in hashes if h]
             # A part too deep to read (stored before the limit) leaves nothing to merge.
-            merged = (Unreadable() if any(isinstance(c, Unreadable) for c in parts)
-                      else merge(parts))
+            merged = Unreadable() if any(isinstance(c, Unreadable) for c in parts) else merge(parts)
             cached = (merged, config_hash(merged))
             if len(self._merged_cache) > 4096:
                 self._merged_cache.clear()

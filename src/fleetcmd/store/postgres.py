@@ -231,9 +231,7 @@ class PostgresStore(SqlStore):
                 report.analyzed.append(name)
                 report.actions.append(f"{what} ({time.perf_counter() - began:.2f}s)")
         finally:
-            conn.execute(
-                "SELECT pg_advisory_unlock(%s, hashtext(%s))", (UPKEEP_LOCK, self.schema)
-            )
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (UPKEEP_LOCK, self.schema))
 
     def drop_schema(self) -> None:
         """Tests and benchmarks only: remove this store's schema and everything in it."""

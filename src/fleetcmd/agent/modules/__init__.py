@@ -66,12 +66,14 @@ def flag(section: dict[str, Any], name: str, key: str, default: bool) -> bool:
     return value
 
 
-def seconds(section: dict[str, Any], name: str, key: str, default: float,
-            minimum: float = 10.0) -> float:
+def seconds(
+    section: dict[str, Any], name: str, key: str, default: float, minimum: float = 10.0
+) -> float:
     value = section.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-        raise ConfigError(f"'{name}.{key}' must be a number of seconds >= {minimum:g}, "
-                          f"got {value!r}")
+        raise ConfigError(
+            f"'{name}.{key}' must be a number of seconds >= {minimum:g}, got {value!r}"
+        )
     return float(value)
 
 

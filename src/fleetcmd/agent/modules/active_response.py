@@ -68,15 +68,19 @@ class Definition:
         if not isinstance(arguments, list):
             raise ResponseRefused("'arguments' must be a list of strings")
         if len(arguments) > len(self.allowed):
-            raise ResponseRefused(f"{self.name} takes at most {len(self.allowed)} argument(s), "
-                                  f"got {len(arguments)}")
+            raise ResponseRefused(
+                f"{self.name} takes at most {len(self.allowed)} argument(s), got {len(arguments)}"
+            )
         for i, arg in enumerate(arguments):
             if not isinstance(arg, str) or len(arg) > MAX_ARGUMENT_LENGTH or "\0" in arg:
-                raise ResponseRefused(f"argument {i} must be a string of at most "
-                                      f"{MAX_ARGUMENT_LENGTH} characters")
+                raise ResponseRefused(
+                    f"argument {i} must be a string of at most {MAX_ARGUMENT_LENGTH} characters"
+                )
             if not self.allowed[i].fullmatch(arg):
-                raise ResponseRefused(f"argument {i} {arg[:100]!r} is not allowed by "
-                                      f"{self.name} (pattern {self.allowed[i].pattern!r})")
+                raise ResponseRefused(
+                    f"argument {i} {arg[:100]!r} is not allowed by "
+                    f"{self.name} (pattern {self.allowed[i].pattern!r})"
+                )
 
         def fill(m: re.Match[str]) -> str:
             n = int(m.group(1))
@@ -96,15 +100,21 @@ def parse_definition(doc: Any, name: str) -> Definition:
         raise ResponseRefused(f"definition says name {doc.get('name')!r}, the command {name!r}")
     exe = doc.get("executable")
     if not isinstance(exe, str) or not EXECUTABLE_RE.fullmatch(exe) or ".." in exe:
-        raise ResponseRefused(f"definition {name}: 'executable' must be a bare file name of the "
-                              "agent's active-response folder (no '/', no '..')")
+        raise ResponseRefused(
+            f"definition {name}: 'executable' must be a bare file name of the "
+            "agent's active-response folder (no '/', no '..')"
+        )
     template = doc.get("arguments", [])
     allowed = doc.get("allowed_arguments", [])
     for what, value in (("arguments", template), ("allowed_arguments", allowed)):
-        if (not isinstance(value, list) or len(value) > MAX_ARGUMENTS
-                or not all(isinstance(v, str) and "\0" not in v for v in value)):
-            raise ResponseRefused(f"definition {name}: '{what}' must be a list of at most "
-                                  f"{MAX_ARGUMENTS} strings")
+        if (
+            not isinstance(value, list)
+            or len(value) > MAX_ARGUMENTS
+            or not all(isinstance(v, str) and "\0" not in v for v in value)
+        ):
+            raise ResponseRefused(
+                f"definition {name}: '{what}' must be a list of at most {MAX_ARGUMENTS} strings"
+            )
     patterns = []
     for p in allowed:
         try:
@@ -113,14 +123,20 @@ def parse_definition(doc: Any, name: str) -> Definition:
             raise ResponseRefused(f"definition {name}: bad pattern {p!r}: {exc}") from None
     used = [int(n) for t in template for n in PLACEHOLDER_RE.findall(t)]
     if used and max(used) >= len(patterns):
-        raise ResponseRefused(f"definition {name}: template uses {{{max(used)}}} but "
-                              f"allowed_arguments has {len(patterns)} pattern(s)")
+        raise ResponseRefused(
+            f"definition {name}: template uses {{{max(used)}}} but "
+            f"allowed_arguments has {len(patterns)} pattern(s)"
+        )
     timeout = doc.get("timeout", DEFAULT_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or \
-            not 0 < timeout <= MAX_TIMEOUT:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= MAX_TIMEOUT
+    ):
         raise ResponseRefused(f"definition {name}: 'timeout' must be in (0, {MAX_TIMEOUT:g}]")
-    return Definition(name, str(doc.get("version", "")), exe, tuple(template), tuple(patterns),
-                      float(timeout))
+    return Definition(
+        name, str(doc.get("version", "")), exe, tuple(template), tuple(patterns), float(timeout)
+    )
 
 
 def interpreter_line() -> str:
@@ -154,8 +170,10 @@ class ActiveResponse(SectionModule):
             removed = self.state.clear_content(self.state.ar_dir)
             scripts = self._clear_bin()
             if removed or scripts:
-                changes.append("active response disabled: removed definitions "
-                               f"{', '.join(removed) or '-'}; scripts {', '.join(scripts) or '-'}")
+                changes.append(
+                    "active response disabled: removed definitions "
+                    f"{', '.join(removed) or '-'}; scripts {', '.join(scripts) or '-'}"
+                )
         return changes
 
     def install_bundled(self) -> list[str]:
@@ -167,8 +185,11 @@ class ActiveResponse(SectionModule):
             target = bin_dir / exe
             try:
                 st = target.lstat()
-                same = stat.S_ISREG(st.st_mode) and st.st_mode & 0o777 == 0o700 and \
-                    target.read_bytes() == data
+                same = (
+                    stat.S_ISREG(st.st_mode)
+                    and st.st_mode & 0o777 == 0o700
+                    and target.read_bytes() == data
+                )
             except FileNotFoundError:
                 same = False
             if not same:
@@ -208,7 +229,8 @@ class ActiveResponse(SectionModule):
     def store(self, name: str, definition: dict[str, Any]) -> None:
         if not self.enabled:
             raise ActiveResponseDisabled(
-                f"active response is disabled by configuration; definition {name} refused")
+                f"active response is disabled by configuration; definition {name} refused"
+            )
         check_name(name)
         parse_definition(definition, name)
         self.install_bundled()
@@ -246,14 +268,16 @@ class ActiveResponse(SectionModule):
         if not stat.S_ISREG(st.st_mode):
             raise ResponseRefused(f"executable {exe!r} is not a regular file (links are refused)")
         if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            raise ResponseRefused(f"executable {exe!r} must belong to the agent's user and not be "
-                                  "writable by others")
+            raise ResponseRefused(
+                f"executable {exe!r} must belong to the agent's user and not be writable by others"
+            )
         if not st.st_mode & 0o100:
             raise ResponseRefused(f"executable {exe!r} is not executable")
         return path
 
-    def execute(self, name: Any, arguments: Any, deadline: float | None = None
-                ) -> tuple[bool, dict[str, Any], str]:
+    def execute(
+        self, name: Any, arguments: Any, deadline: float | None = None
+    ) -> tuple[bool, dict[str, Any], str]:
         """Run a response: (succeeded, result data, message). Refusals raise ResponseRefused."""
         definition, argv = self.prepare(name, arguments)
         timeout = definition.timeout
@@ -261,22 +285,30 @@ class ActiveResponse(SectionModule):
             timeout = min(timeout, deadline - time.monotonic())
             if timeout <= 0:
                 raise ResponseRefused("no time left within the command's timeout")
-        env = minimal_env({"FLEETCMD_AR_LISTS": str(self.state.ar_lists_dir),
-                           "FLEETCMD_AR_NAME": definition.name})
+        env = minimal_env(
+            {"FLEETCMD_AR_LISTS": str(self.state.ar_lists_dir), "FLEETCMD_AR_NAME": definition.name}
+        )
         self.state.ar_lists_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        log.info("active response %s: running %s", definition.name,
-                 [definition.executable, *argv[1:]])
+        log.info(
+            "active response %s: running %s", definition.name, [definition.executable, *argv[1:]]
+        )
         try:
-            done = run_bounded(argv, timeout, cap=OUTPUT_CAP, env=env,
-                               cwd=self.state.ar_lists_dir)
+            done = run_bounded(argv, timeout, cap=OUTPUT_CAP, env=env, cwd=self.state.ar_lists_dir)
         except OSError as exc:
-            raise ResponseRefused(f"{definition.executable} could not be started: "
-                                  f"{exc.strerror or exc}") from None
-        data = {"name": definition.name, "version": definition.version,
-                "argv": [definition.executable, *argv[1:]], "exit_code": done.exit_code,
-                "stdout": done.text("stdout"), "stderr": done.text("stderr"),
-                "truncated": done.truncated, "timed_out": done.timed_out,
-                "duration": round(done.duration, 3)}
+            raise ResponseRefused(
+                f"{definition.executable} could not be started: {exc.strerror or exc}"
+            ) from None
+        data = {
+            "name": definition.name,
+            "version": definition.version,
+            "argv": [definition.executable, *argv[1:]],
+            "exit_code": done.exit_code,
+            "stdout": done.text("stdout"),
+            "stderr": done.text("stderr"),
+            "truncated": done.truncated,
+            "timed_out": done.timed_out,
+            "duration": round(done.duration, 3),
+        }
         if done.timed_out:
             return False, data, f"{definition.name} timed out after {timeout:g}s and was killed"
         if done.exit_code != 0:

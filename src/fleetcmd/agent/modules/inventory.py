@@ -115,8 +115,9 @@ def counts(packages: list[Package]) -> dict[str, int]:
 class Inventory(SectionModule):
     section = "inventory"
 
-    def __init__(self, send: Callable[[list[Package]], None],
-                 collect: Callable[[], list[Package]] = collect) -> None:
+    def __init__(
+        self, send: Callable[[list[Package]], None], collect: Callable[[], list[Package]] = collect
+    ) -> None:
         self.send = send
         self.collect = collect
         self.enabled = True
@@ -149,8 +150,11 @@ class Inventory(SectionModule):
         self.last_sent = counts(packages)
         if now is not None:
             self.last_run = now
-        log.info("inventory sent: %d packages (%s)", len(packages),
-                 ", ".join(f"{k} {v}" for k, v in sorted(self.last_sent.items())))
+        log.info(
+            "inventory sent: %d packages (%s)",
+            len(packages),
+            ", ".join(f"{k} {v}" for k, v in sorted(self.last_sent.items())),
+        )
         return self.last_sent
 
     def tick(self, now: float) -> None:

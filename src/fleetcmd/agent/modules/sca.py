@@ -45,8 +45,12 @@ def _iso(ts: float) -> str:
 class Sca(SectionModule):
     section = "sca"
 
-    def __init__(self, state: StateDir, send_events: SendEvents | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        state: StateDir,
+        send_events: SendEvents | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.state = state
         self.send_events = send_events
         self.clock = clock
@@ -80,8 +84,7 @@ class Sca(SectionModule):
         return changes
 
     # -- content (rows 6 and 7) -------------------------------------------------------------------
-    def store(self, policy_id: str, policy: Any, deadline: float | None = None
-              ) -> dict[str, Any]:
+    def store(self, policy_id: str, policy: Any, deadline: float | None = None) -> dict[str, Any]:
         """Check, store and evaluate a policy; returns its summary. Nothing is stored when the
         policy cannot be evaluated."""
         if not self.enabled:
@@ -125,26 +128,56 @@ class Sca(SectionModule):
         summary = ev.summary
         before_doc = self.results(policy_id) or {}
         previous = {r["id"]: r["status"] for r in before_doc.get("results", [])}
-        events: list[dict[str, Any]] = [{"module": "sca", "type": "sca", "policy_id": policy_id,
-                   "policy_version": policy.version, "policy_name": policy.name,
-                   "evaluated_at": _iso(started), "results": ev.results, "summary": summary}]
+        events: list[dict[str, Any]] = [
+            {
+                "module": "sca",
+                "type": "sca",
+                "policy_id": policy_id,
+                "policy_version": policy.version,
+                "policy_name": policy.name,
+                "evaluated_at": _iso(started),
+                "results": ev.results,
+                "summary": summary,
+            }
+        ]
         # One event per check whose verdict changed (first run: only failures), for the
         # engine's rules ("module: sca, result: failed") without an alert per check per run.
         for r in ev.results:
             before = previous.get(r["id"])
             if r["status"] != before and (before is not None or r["status"] == FAILED):
-                events.append({"module": "sca", "type": "sca-check", "policy_id": policy_id,
-                               "check_id": r["id"], "title": r["title"], "result": r["status"],
-                               "previous": before, "reason": r["reason"]})
-        record = {"policy_id": policy_id, "policy_version": policy.version,
-                  "policy_hash": config_hash(doc), "evaluated_at": started,
-                  "results": ev.results, "summary": summary, "pending_events": events}
+                events.append(
+                    {
+                        "module": "sca",
+                        "type": "sca-check",
+                        "policy_id": policy_id,
+                        "check_id": r["id"],
+                        "title": r["title"],
+                        "result": r["status"],
+                        "previous": before,
+                        "reason": r["reason"],
+                    }
+                )
+        record = {
+            "policy_id": policy_id,
+            "policy_version": policy.version,
+            "policy_hash": config_hash(doc),
+            "evaluated_at": started,
+            "results": ev.results,
+            "summary": summary,
+            "pending_events": events,
+        }
         write_json(self.state.sca_results_dir / f"{policy_id}.json", record)
         if self._due is not None:
             self._due[policy_id] = started + self.interval
-        log.info("sca %s %s: %d passed, %d failed, %d not applicable (score %s)", policy_id,
-                 policy.version, summary["pass"], summary["fail"], summary["na"],
-                 summary["score"])
+        log.info(
+            "sca %s %s: %d passed, %d failed, %d not applicable (score %s)",
+            policy_id,
+            policy.version,
+            summary["pass"],
+            summary["fail"],
+            summary["na"],
+            summary["score"],
+        )
         self._send(policy_id, record)
         return summary
 
@@ -170,8 +203,9 @@ class Sca(SectionModule):
         due: dict[str, float] = {}
         for pid in self.policies():
             res, doc = self.results(pid), self.policy(pid)
-            fresh = res is not None and doc is not None and res.get("policy_hash") == \
-                config_hash(doc)
+            fresh = (
+                res is not None and doc is not None and res.get("policy_hash") == config_hash(doc)
+            )
             due[pid] = float(res["evaluated_at"]) + self.interval if fresh and res else 0.0
             if res and res.get("pending_events"):
                 self._unsent.add(pid)

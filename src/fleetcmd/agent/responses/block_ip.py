@@ -54,11 +54,17 @@ def main(argv: list[str]) -> int:
     adding = argv[0] == "add"
     changed = update(folder, LIST, address, adding)
     if adding:
-        print(f"added {address} to the deny list" if changed
-              else f"{address} was already in the deny list")
+        print(
+            f"added {address} to the deny list"
+            if changed
+            else f"{address} was already in the deny list"
+        )
     else:
-        print(f"removed {address} from the deny list" if changed
-              else f"{address} was not in the deny list")
+        print(
+            f"removed {address} from the deny list"
+            if changed
+            else f"{address} was not in the deny list"
+        )
     return 0
 
 

@@ -30,16 +30,24 @@ async def list_agents(request: Request, v: Viewing) -> Response:
     v.require("agent:read")
     q = request.query_params
     pager = Pager.of(request, 50, 500)
-    filters = {k: (q.get(k) or "").strip() or None for k in ("search", "status", "group",
-                                                              "node")}
+    filters = {k: (q.get(k) or "").strip() or None for k in ("search", "status", "group", "node")}
     scoped = await v.reader("agent:read").agent_filter() or {}
     data, summary = await asyncio.gather(
-        v.st.indexer.get("/agents", **filters, **scoped, cursor=pager.cursor,
-                         limit=pager.size),
-        summary_for(v.st, v.user))
-    return page(request, "agents.html", v, agents=data["items"], pager=pager,
-                next=pager.next(data["next_cursor"]), prev=pager.previous(), filters=filters,
-                summary=summary, can_create=v.can("task:create"))
+        v.st.indexer.get("/agents", **filters, **scoped, cursor=pager.cursor, limit=pager.size),
+        summary_for(v.st, v.user),
+    )
+    return page(
+        request,
+        "agents.html",
+        v,
+        agents=data["items"],
+        pager=pager,
+        next=pager.next(data["next_cursor"]),
+        prev=pager.previous(),
+        filters=filters,
+        summary=summary,
+        can_create=v.can("task:create"),
+    )
 
 
 async def _document(v: Viewing, index: str, doc_id: str) -> dict[str, Any] | None:
@@ -55,10 +63,10 @@ async def _latest_commands(v: Viewing, agent_id: str) -> tuple[list[dict[str, An
     items: list[dict[str, Any]] = []
     cursor: str | None = None
     for _ in range(COMMAND_PAGES):
-        data = await v.st.indexer.get("/commands", target_type="agent", target_id=agent_id,
-                                      cursor=cursor, limit=COMMAND_PAGE)
-        items = (items + await v.reader("command:read").commands(data["items"])
-                 )[-RECENT_COMMANDS:]
+        data = await v.st.indexer.get(
+            "/commands", target_type="agent", target_id=agent_id, cursor=cursor, limit=COMMAND_PAGE
+        )
+        items = (items + await v.reader("command:read").commands(data["items"]))[-RECENT_COMMANDS:]
         cursor = data["next_cursor"]
         if not cursor:
             break
@@ -77,13 +85,27 @@ async def agent_detail(agent_id: str, request: Request, v: Viewing) -> Response:
         _latest_commands(v, aid),
         reports.agent_documents(v.st, reader, reports.SCA_RESULTS, agent=aid, limit=FINDINGS),
         reports.agent_documents(v.st, reader, reports.VULNERABILITIES, agent=aid),
-        reports.agent_documents(v.st, reader, reports.ALERTS, agent=aid, limit=RECENT_ALERTS,
-                                order="desc"),
-        _document(v, "packages", aid))
+        reports.agent_documents(
+            v.st, reader, reports.ALERTS, agent=aid, limit=RECENT_ALERTS, order="desc"
+        ),
+        _document(v, "packages", aid),
+    )
     vulnerabilities = vulns["items"][0] if vulns["items"] else None
-    findings = sorted((vulnerabilities or {}).get("findings") or [],
-                      key=lambda f: -float(f.get("cvss") or 0))[:FINDINGS]
-    return page(request, "agent.html", v, agent=agent, commands=commands, more=more,
-                sca=sca["items"], vulnerabilities=vulnerabilities, findings=findings,
-                alerts=alerts["items"], more_alerts=alerts["next_cursor"] is not None,
-                packages=packages, can_create=v.can("task:create"))
+    findings = sorted(
+        (vulnerabilities or {}).get("findings") or [], key=lambda f: -float(f.get("cvss") or 0)
+    )[:FINDINGS]
+    return page(
+        request,
+        "agent.html",
+        v,
+        agent=agent,
+        commands=commands,
+        more=more,
+        sca=sca["items"],
+        vulnerabilities=vulnerabilities,
+        findings=findings,
+        alerts=alerts["items"],
+        more_alerts=alerts["next_cursor"] is not None,
+        packages=packages,
+        can_create=v.can("task:create"),
+    )

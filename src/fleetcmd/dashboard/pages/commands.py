@@ -17,6 +17,9 @@ async def command_detail(command_id: int, request: Request, v: Viewing) -> Respo
     cmd = await v.st.indexer.get(f"/commands/{command_id}")
     if not await v.reader("command:read").commands([cmd]):
         v.deny("command:read", f"command {command_id}")
-    parent = (await v.st.indexer.get(f"/commands/{cmd['parent_id']}")
-              if cmd["parent_id"] is not None else None)
+    parent = (
+        await v.st.indexer.get(f"/commands/{cmd['parent_id']}")
+        if cmd["parent_id"] is not None
+        else None
+    )
     return page(request, "command.html", v, cmd=cmd, parent=parent)

@@ -31,16 +31,32 @@ async def _groups(v: Viewing) -> list[str]:
     if not v.can("group:read"):
         return []
     reader = v.reader("group:read")
-    return [g["name"] for g in (await v.st.indexer.get("/groups"))["items"]
-            if reader.group(g["name"])][:1000]
+    return [
+        g["name"] for g in (await v.st.indexer.get("/groups"))["items"] if reader.group(g["name"])
+    ][:1000]
 
 
-async def _render(request: Request, v: Viewing, form: TaskForm, values: dict[str, str],
-                  errors: dict[str, str] | None = None, general: list[str] | None = None,
-                  status: int = 200) -> Response:
-    return page(request, "create.html", v, status, form=form, values=values,
-                errors=errors or {}, general=general or [], groups=await _groups(v),
-                idempotency_key=values.get("idempotency_key") or uuid.uuid4().hex)
+async def _render(
+    request: Request,
+    v: Viewing,
+    form: TaskForm,
+    values: dict[str, str],
+    errors: dict[str, str] | None = None,
+    general: list[str] | None = None,
+    status: int = 200,
+) -> Response:
+    return page(
+        request,
+        "create.html",
+        v,
+        status,
+        form=form,
+        values=values,
+        errors=errors or {},
+        general=general or [],
+        groups=await _groups(v),
+        idempotency_key=values.get("idempotency_key") or uuid.uuid4().hex,
+    )
 
 
 @router.get("/tasks/new")
@@ -90,14 +106,25 @@ async def submit(task_type: str, request: Request, v: Viewing) -> Response:
     try:
         _, resp = await file_task(v.st, request, v.user, TaskIn(**body), SOURCE)
     except ValidationError as exc:
-        return await _render(request, v, form, values, status=422, general=[
-            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()])
+        return await _render(
+            request,
+            v,
+            form,
+            values,
+            status=422,
+            general=[f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()],
+        )
     except Forbidden as exc:
         return await _render(request, v, form, values, general=[exc.message], status=403)
     except IndexerUnavailable:
-        return await _render(request, v, form, values,
-                             general=["The indexer is unavailable; nothing was filed. Try "
-                                      "again."], status=503)
+        return await _render(
+            request,
+            v,
+            form,
+            values,
+            general=["The indexer is unavailable; nothing was filed. Try again."],
+            status=503,
+        )
     except IndexerError as exc:
         errors, general = map_api_errors(form, exc.body, values)
         return await _render(request, v, form, values, errors, general, status=exc.status)

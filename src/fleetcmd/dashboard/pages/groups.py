@@ -32,15 +32,26 @@ async def group_detail(name: str, request: Request, v: Viewing) -> Response:
     scoped: dict[str, str] = {"scope_ids": ""}  # members hidden without agent:read
     if v.can("agent:read"):
         scoped = await v.reader("agent:read").agent_filter() or {}
-    members = await v.st.indexer.get("/agents", group=group["name"], cursor=pager.cursor,
-                                     limit=pager.size, **scoped)
+    members = await v.st.indexer.get(
+        "/agents", group=group["name"], cursor=pager.cursor, limit=pager.size, **scoped
+    )
     shown = request.query_params.get("version")
     history = group.get("history", [])
     selected = next((h for h in history if str(h["version"]) == shown), None)
     config = group.get("configuration")
     if selected is not None and selected["config_hash"] != group.get("config_hash"):
         config = (await v.st.indexer.get(f"/configs/{selected['config_hash']}"))["config"]
-    return page(request, "group.html", v, group=group, members=members["items"], pager=pager,
-                next=pager.next(members["next_cursor"]), prev=pager.previous(),
-                history=history, selected=selected, config=config,
-                can_create=v.can("task:create"))
+    return page(
+        request,
+        "group.html",
+        v,
+        group=group,
+        members=members["items"],
+        pager=pager,
+        next=pager.next(members["next_cursor"]),
+        prev=pager.previous(),
+        history=history,
+        selected=selected,
+        config=config,
+        can_create=v.can("task:create"),
+    )

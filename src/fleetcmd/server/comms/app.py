@@ -27,9 +27,13 @@ from fleetcmd.server.web import install_server_errors, metrics_response
 
 def create_comms_app(st: ServerState) -> ASGIApp:
     """The Comms API: FastAPI, behind the hot routes' fast path unless it is turned off."""
-    app = FastAPI(title="fleetcmd Comms API", version=__version__, telemetry=NO_TELEMETRY,
-                  description="Agents enroll, authenticate, long-poll for commands and "
-                              "report results (docs/comms-api.md).")
+    app = FastAPI(
+        title="fleetcmd Comms API",
+        version=__version__,
+        telemetry=NO_TELEMETRY,
+        description="Agents enroll, authenticate, long-poll for commands and "
+        "report results (docs/comms-api.md).",
+    )
     app.state.server = st
     install_server_errors(app)
     for module in (enroll, checkin, keys, results, configuration, telemetry, packages):
@@ -37,8 +41,14 @@ def create_comms_app(st: ServerState) -> ASGIApp:
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "role": "server", "api": "comms", "node": st.options.node_id,
-                "version": __version__, "uptime": round(time.time() - st.started_at, 1)}
+        return {
+            "status": "ok",
+            "role": "server",
+            "api": "comms",
+            "node": st.options.node_id,
+            "version": __version__,
+            "uptime": round(time.time() - st.started_at, 1),
+        }
 
     @app.get("/metrics", tags=["ops"])
     async def metrics(request: Request) -> PlainTextResponse:

@@ -61,13 +61,19 @@ async def take(st: ServerState, agent_id: str, wait: float) -> list[dict[str, An
         box.last_poll = time.monotonic()
     st.metrics.polls.labels("commands" if ready else "empty").inc()
     for c in ready:
-        log.info("command %s (task %s) %s handed to agent %s", c["id"], c.get("task_id"),
-                 c["action"]["name"], agent_id)
+        log.info(
+            "command %s (task %s) %s handed to agent %s",
+            c["id"],
+            c.get("task_id"),
+            c["action"]["name"],
+            agent_id,
+        )
     return ready
 
 
-async def _still_ours(st: ServerState, agent_id: str, entries: list[Entry],
-                     now: float) -> list[dict[str, Any]]:
+async def _still_ours(
+    st: ServerState, agent_id: str, entries: list[Entry], now: float
+) -> list[dict[str, Any]]:
     """The commands of `entries` that the stream still holds for this node, undelivered.
     Entries confirmed a moment ago (a fresh fan-out) are handed as they are; older ones are
     renewed first, and those the stream no longer leases to this node (cancelled, expired,
@@ -79,8 +85,12 @@ async def _still_ours(st: ServerState, agent_id: str, entries: list[Entry],
     try:
         held = await st.held.submit_many(ids)
     except Exception as exc:  # unknown: hand nothing stale now; offered again later
-        log.warning("could not confirm %d command(s) of agent %s before hand-out: %s",
-                    len(ids), agent_id, exc)
+        log.warning(
+            "could not confirm %d command(s) of agent %s before hand-out: %s",
+            len(ids),
+            agent_id,
+            exc,
+        )
         gone: set[int] = set(ids)
     else:
         gone = {cid for cid, ok in zip(ids, held, strict=True) if not ok}
@@ -88,8 +98,12 @@ async def _still_ours(st: ServerState, agent_id: str, entries: list[Entry],
             st.mailboxes.drop(sorted(gone))
             st.metrics.lost.inc(len(gone))
             st.metrics.mailbox_depth.set(st.mailboxes.depth())
-            log.info("command(s) %s of agent %s are no longer this node's to deliver "
-                     "(final or taken over); not handed out", sorted(gone), agent_id)
+            log.info(
+                "command(s) %s of agent %s are no longer this node's to deliver "
+                "(final or taken over); not handed out",
+                sorted(gone),
+                agent_id,
+            )
     return [e.command for e in entries if int(e.command["id"]) not in gone]
 
 
@@ -111,15 +125,20 @@ async def acknowledge(st: ServerState, agent_id: str, ids: list[int]) -> list[in
     st.metrics.acks.inc(len(fresh))
     for cid, ok in zip(mine, confirmed, strict=True):
         if not ok and cid in fresh:
-            log.info("command %s acked by agent %s but no longer deliverable: the agent "
-                     "is told not to run it", cid, agent_id)
+            log.info(
+                "command %s acked by agent %s but no longer deliverable: the agent "
+                "is told not to run it",
+                cid,
+                agent_id,
+            )
     st.metrics.mailbox_depth.set(st.mailboxes.depth())
     return [cid for cid, ok in zip(mine, confirmed, strict=True) if ok]
 
 
 @router.get("/agents/commands")
-async def poll(agent_id: AgentId, st: State,
-               wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 30.0) -> dict[str, Any]:
+async def poll(
+    agent_id: AgentId, st: State, wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 30.0
+) -> dict[str, Any]:
     """Answer at once if the mailbox holds commands, else when one lands, else after `wait`."""
     return {"data": {"commands": await take(st, agent_id, wait)}}
 

@@ -32,9 +32,17 @@ async def init(agent_id: AgentId, st: State) -> dict[str, Any]:
     """R7: on start, the agent learns its current groups and merged configuration."""
     agent = await _agent(st, agent_id)
     merged = await _merged(st, agent["groups"])
-    return {"data": {"id": agent["id"], "name": agent["name"], "groups": agent["groups"],
-                     "config": merged["config"], "config_hash": merged["config_hash"],
-                     "version": agent["version"], "command_keys": await command_keys(st)}}
+    return {
+        "data": {
+            "id": agent["id"],
+            "name": agent["name"],
+            "groups": agent["groups"],
+            "config": merged["config"],
+            "config_hash": merged["config_hash"],
+            "version": agent["version"],
+            "command_keys": await command_keys(st),
+        }
+    }
 
 
 class AppliedIn(BaseModel):
@@ -46,8 +54,9 @@ class AppliedIn(BaseModel):
 async def applied(body: AppliedIn, agent_id: AgentId, st: State) -> dict[str, Any]:
     """The configuration the agent runs once it applied its init: the agents index shows it
     from then on (group commands report it in their results)."""
-    await st.indexer.post("/agents/updates", {"updates": [
-        {"id": agent_id, "config_hash": body.config_hash}]})
+    await st.indexer.post(
+        "/agents/updates", {"updates": [{"id": agent_id, "config_hash": body.config_hash}]}
+    )
     return {"data": {"config_hash": body.config_hash}}
 
 
@@ -58,21 +67,27 @@ async def group_configuration(name: str, agent_id: AgentId, st: State) -> dict[s
     if name not in agent["groups"]:
         raise Forbidden(f"group '{name}' is not one of this agent's groups", group=name)
     group = await st.indexer.get(f"/groups/{quote(name, safe='')}")
-    return {"data": {"group": name, "config": group.get("configuration") or {},
-                     "config_hash": group.get("config_hash"), "version": group.get("version")}}
+    return {
+        "data": {
+            "group": name,
+            "config": group.get("configuration") or {},
+            "config_hash": group.get("config_hash"),
+            "version": group.get("version"),
+        }
+    }
 
 
 @router.get("/agents/configuration")
-async def merged_configuration(agent_id: AgentId, st: State, groups: str = ""
-                               ) -> dict[str, Any]:
+async def merged_configuration(agent_id: AgentId, st: State, groups: str = "") -> dict[str, Any]:
     """The merged configuration of the agent's own ordered group list (for `config_ref`)."""
     wanted = [g for g in groups.split(",") if g]
     agent = await _agent(st, agent_id)
     if wanted != agent["groups"]:
         raise Forbidden("the group list is not this agent's", groups=wanted)
     merged = await _merged(st, wanted)
-    return {"data": {"groups": wanted, "config": merged["config"],
-                     "config_hash": merged["config_hash"]}}
+    return {
+        "data": {"groups": wanted, "config": merged["config"], "config_hash": merged["config_hash"]}
+    }
 
 
 @router.get("/agents/sca/{policy_id}")

@@ -70,8 +70,9 @@ def secret_hash(secret: str) -> str:
 def derived_secret(request_secret: str, agent_id: str) -> str:
     """The agent secret of an agent enrolled by a named request: recomputable from the
     request secret (which only the agent holds), never stored."""
-    mac = hmac.new(request_secret.encode(), f"fleetcmd-agent-secret:v1:{agent_id}".encode(),
-                   hashlib.sha256).digest()
+    mac = hmac.new(
+        request_secret.encode(), f"fleetcmd-agent-secret:v1:{agent_id}".encode(), hashlib.sha256
+    ).digest()
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
@@ -91,8 +92,9 @@ async def _earlier(st: State, body: EnrollIn) -> dict[str, Any] | None:
         raise AgentRemoved(f"agent {agent['id']}, enrolled by this request, was removed")
     secret = derived_secret(body.request_secret, agent["id"])
     if not hmac.compare_digest(secret_hash(secret), agent.get("secret_hash") or ""):
-        raise Conflict("this enrollment request id was used with another secret",
-                       request_id=body.request_id)
+        raise Conflict(
+            "this enrollment request id was used with another secret", request_id=body.request_id
+        )
     return {**agent, "secret": secret}
 
 
@@ -118,12 +120,19 @@ async def _existing_groups(st: State, names: list[str]) -> tuple[list[str], list
 
 
 RATE_LIMITED: dict[int | str, dict[str, Any]] = {
-    429: {"description": "too many requests from this address: wait `Retry-After`"}}
+    429: {"description": "too many requests from this address: wait `Retry-After`"}
+}
 
 
-@router.post("/agents/enroll", status_code=201,
-             responses={401: {"description": "unknown, revoked or expired enrollment key"},
-                        409: {"description": "agent name taken"}, **RATE_LIMITED})
+@router.post(
+    "/agents/enroll",
+    status_code=201,
+    responses={
+        401: {"description": "unknown, revoked or expired enrollment key"},
+        409: {"description": "agent name taken"},
+        **RATE_LIMITED,
+    },
+)
 async def enroll(body: EnrollIn, request: Request, st: State) -> dict[str, Any]:
     """Create the agent in the indexer; the secret is shown once, only its hash is kept. A
     repeat of a named request (`request_id`) gets the first answer again."""
@@ -136,9 +145,14 @@ async def enroll(body: EnrollIn, request: Request, st: State) -> dict[str, Any]:
     try:
         key = await st.enrollment_keys.verify(body.enrollment_key)
     except BadEnrollmentKey as exc:
-        await audit.record(st, "agent.enroll", actor="anonymous", outcome=audit.FAILURE,
-                           request=request, details={"name": body.name,
-                                                     "reason": exc.message})
+        await audit.record(
+            st,
+            "agent.enroll",
+            actor="anonymous",
+            outcome=audit.FAILURE,
+            request=request,
+            details={"name": body.name, "reason": exc.message},
+        )
         raise
     if await _name_taken(st, body.name):
         # Taken by this very request, maybe: an attempt that overlapped this one won.
@@ -151,19 +165,32 @@ async def enroll(body: EnrollIn, request: Request, st: State) -> dict[str, Any]:
     if body.groups:
         found, missing = await _existing_groups(st, body.groups)
         if missing:
-            warnings.append("unknown group(s) " + ", ".join(missing)
-                            + ": the agent was enrolled without the requested groups")
+            warnings.append(
+                "unknown group(s) "
+                + ", ".join(missing)
+                + ": the agent was enrolled without the requested groups"
+            )
         else:
             groups = found
     if not groups:
         found, _ = await _existing_groups(st, [DEFAULT_GROUP])
         groups = found
     agent_id = secrets.token_hex(6)
-    secret = (derived_secret(body.request_secret, agent_id) if body.request_secret
-              else secrets.token_urlsafe(32))
-    agent = {"id": agent_id, "name": body.name, "groups": groups, "version": body.version,
-             "status": "never_connected", "info": {**body.info, "enrollment_key": key["id"]},
-             "secret_hash": secret_hash(secret), "enrollment_request": body.request_id}
+    secret = (
+        derived_secret(body.request_secret, agent_id)
+        if body.request_secret
+        else secrets.token_urlsafe(32)
+    )
+    agent = {
+        "id": agent_id,
+        "name": body.name,
+        "groups": groups,
+        "version": body.version,
+        "status": "never_connected",
+        "info": {**body.info, "enrollment_key": key["id"]},
+        "secret_hash": secret_hash(secret),
+        "enrollment_request": body.request_id,
+    }
     try:
         await st.indexer.post("/agents", {"agents": [agent]}, retries=1)
     except IndexerError as exc:
@@ -176,28 +203,53 @@ async def enroll(body: EnrollIn, request: Request, st: State) -> dict[str, Any]:
             return await _answer_again(st, request, earlier)
         # The name is unique in the store: a concurrent enrollment may have taken it.
         if await _name_taken(st, body.name):
-            raise Conflict(f"agent name '{body.name}' is already taken", name=body.name
-                           ) from None
+            raise Conflict(f"agent name '{body.name}' is already taken", name=body.name) from None
         raise
     st.metrics.enrolled.inc()
-    await audit.record(st, "agent.enroll", actor=f"enrollment-key:{key['id']}",
-                       request=request, target=agent_id, details={"name": body.name})
-    log.info("enrolled agent %s (%s) in groups %s with enrollment key %s", agent_id, body.name,
-             groups, key["id"])
-    data: dict[str, Any] = {"id": agent_id, "secret": secret, "groups": groups,
-                            "command_keys": await command_keys(st)}
+    await audit.record(
+        st,
+        "agent.enroll",
+        actor=f"enrollment-key:{key['id']}",
+        request=request,
+        target=agent_id,
+        details={"name": body.name},
+    )
+    log.info(
+        "enrolled agent %s (%s) in groups %s with enrollment key %s",
+        agent_id,
+        body.name,
+        groups,
+        key["id"],
+    )
+    data: dict[str, Any] = {
+        "id": agent_id,
+        "secret": secret,
+        "groups": groups,
+        "command_keys": await command_keys(st),
+    }
     if warnings:
         data["warnings"] = warnings
     return {"data": data}
 
 
 async def _answer_again(st: State, request: Request, agent: dict[str, Any]) -> dict[str, Any]:
-    await audit.record(st, "agent.enroll", actor=f"agent:{agent['id']}",
-                       request=request, target=agent["id"],
-                       details={"name": agent["name"], "repeat": True})
+    await audit.record(
+        st,
+        "agent.enroll",
+        actor=f"agent:{agent['id']}",
+        request=request,
+        target=agent["id"],
+        details={"name": agent["name"], "repeat": True},
+    )
     log.info("enrollment of agent %s (%s) repeated: same answer", agent["id"], agent["name"])
-    return {"data": {"id": agent["id"], "secret": agent["secret"], "groups": agent["groups"],
-                     "command_keys": await command_keys(st)}}
+    return {
+        "data": {
+            "id": agent["id"],
+            "secret": agent["secret"],
+            "groups": agent["groups"],
+            "command_keys": await command_keys(st),
+        }
+    }
 
 
 class AuthenticateIn(BaseModel):
@@ -206,9 +258,14 @@ class AuthenticateIn(BaseModel):
     secret: str = Field(min_length=1, max_length=512)
 
 
-@router.post("/agents/authenticate",
-             responses={401: {"description": "unknown agent or bad secret"},
-                        403: {"description": "agent removed"}, **RATE_LIMITED})
+@router.post(
+    "/agents/authenticate",
+    responses={
+        401: {"description": "unknown agent or bad secret"},
+        403: {"description": "agent removed"},
+        **RATE_LIMITED,
+    },
+)
 async def authenticate(body: AuthenticateIn, request: Request, st: State) -> dict[str, Any]:
     st.auth_limit.check(client_address(request))
     try:
@@ -223,5 +280,4 @@ async def authenticate(body: AuthenticateIn, request: Request, st: State) -> dic
     stored = creds.get("secret_hash") or ""
     if not stored or not hmac.compare_digest(secret_hash(body.secret), stored):
         raise Unauthorized("unknown agent or bad secret")
-    return {"data": {"token": st.tokens.issue(body.id, AGENT),
-                     "expires_in": int(st.tokens.ttl)}}
+    return {"data": {"token": st.tokens.issue(body.id, AGENT), "expires_in": int(st.tokens.ttl)}}

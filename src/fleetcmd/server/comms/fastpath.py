@@ -51,8 +51,7 @@ async def _ack(st: ServerState, agent_id: str, _: Scope, body: bytes) -> dict[st
     return {"acked": await acknowledge(st, agent_id, _parse(AckIn, body).ids)}
 
 
-async def _results(st: ServerState, agent_id: str, scope: Scope, body: bytes
-                   ) -> dict[str, object]:
+async def _results(st: ServerState, agent_id: str, scope: Scope, body: bytes) -> dict[str, object]:
     client = scope.get("client")
     address = client[0] if client else None
     return {"results": await record(st, agent_id, _parse(ResultsIn, body).results, address)}
@@ -77,8 +76,9 @@ def _parse(model: type[M], body: bytes) -> M:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        raise _Invalid(invalid_request(exc.errors(include_url=False, include_input=False))
-                       ) from None
+        raise _Invalid(
+            invalid_request(exc.errors(include_url=False, include_input=False))
+        ) from None
 
 
 def enabled() -> bool:
@@ -96,8 +96,11 @@ class CommsFastPath:
         self.limit = st.options.body_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = ROUTES.get((scope.get("method", ""), scope.get("path", ""))) \
-            if scope["type"] == "http" else None
+        route = (
+            ROUTES.get((scope.get("method", ""), scope.get("path", "")))
+            if scope["type"] == "http"
+            else None
+        )
         if route is None:
             await self.app(scope, receive, send)
             return
@@ -115,26 +118,35 @@ class CommsFastPath:
                 return
             data = await route(st, agent_id, scope, body)
             payload = to_json({"data": data})
-            await send({"type": "http.response.start", "status": 200, "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(payload)).encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": payload})
             return
         except _TooLarge:
             await too_large(send, self.limit)
             return
         except FleetError as exc:
-            response = JSONResponse(exc.to_json(), status_code=exc.http_status,
-                                    headers=getattr(exc, "headers", None))
+            response = JSONResponse(
+                exc.to_json(), status_code=exc.http_status, headers=getattr(exc, "headers", None)
+            )
         except _Invalid as exc:
             response = JSONResponse(exc.body, status_code=422)
         except IndexerError as exc:
             response = indexer_error(exc)
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            response = JSONResponse({"error": "internal",
-                                     "message": "internal error; see the server log"},
-                                    status_code=500)
+            response = JSONResponse(
+                {"error": "internal", "message": "internal error; see the server log"},
+                status_code=500,
+            )
         await response(scope, receive, send)
 
 

@@ -34,8 +34,9 @@ class ResultsIn(BaseModel):
     results: list[ResultIn] = Field(max_length=10_000)
 
 
-async def record(st: ServerState, agent_id: str, results: list[ResultIn],
-                 address: str | None) -> list[dict[str, Any]]:
+async def record(
+    st: ServerState, agent_id: str, results: list[ResultIn], address: str | None
+) -> list[dict[str, Any]]:
     """Pass this agent's results to the indexer (in bulk with other agents'); one outcome per
     result: recorded, duplicate, refused with why, or ignored when not the agent's."""
     ids = list(dict.fromkeys(r.id for r in results))
@@ -50,22 +51,36 @@ async def record(st: ServerState, agent_id: str, results: list[ResultIn],
         outcome = by_id.get(r.id, "ignored: not a command of this agent")
         st.metrics.results.labels(outcome.split(":")[0]).inc()
         if r.id in owned:
-            log.info("result of command %s (%s) from agent %s: %s -> %s", r.id, owned[r.id],
-                     agent_id, r.status, outcome)
-            if owned[r.id] == "delete" and r.status == "success" and outcome in (
-                    "recorded", "duplicate"):
+            log.info(
+                "result of command %s (%s) from agent %s: %s -> %s",
+                r.id,
+                owned[r.id],
+                agent_id,
+                r.status,
+                outcome,
+            )
+            if (
+                owned[r.id] == "delete"
+                and r.status == "success"
+                and outcome in ("recorded", "duplicate")
+            ):
                 if agent_id not in st.removed:
-                    await audit.record(st, "agent.remove", actor=f"agent:{agent_id}",
-                                       address=address, target=agent_id,
-                                       details={"command": r.id,
-                                                "effect": "token and secret refused"})
+                    await audit.record(
+                        st,
+                        "agent.remove",
+                        actor=f"agent:{agent_id}",
+                        address=address,
+                        target=agent_id,
+                        details={"command": r.id, "effect": "token and secret refused"},
+                    )
                 st.removed.add(agent_id)
         answer.append({"id": r.id, "outcome": outcome})
     return answer
 
 
 @router.post("/agents/results")
-async def post_results(body: ResultsIn, request: Request, agent_id: AgentId, st: State
-                       ) -> dict[str, Any]:
+async def post_results(
+    body: ResultsIn, request: Request, agent_id: AgentId, st: State
+) -> dict[str, Any]:
     answer = await record(st, agent_id, body.results, audit.client_address(request))
     return {"data": {"results": answer}}

@@ -106,7 +106,9 @@ async def inventory(body: InventoryIn, agent_id: AgentId, st: State) -> dict[str
     """The agent's full package list replaces the previous one (`packages/<agent id>`), and
     the engine matches it against the CVE data (rows 8 and 9)."""
     packages = [p.model_dump() for p in body.packages]
-    await st.indexer.put(f"/indexes/packages/{agent_id}", {
-        "agent": agent_id, "updated_at": time.time(), "packages": packages})
+    await st.indexer.put(
+        f"/indexes/packages/{agent_id}",
+        {"agent": agent_id, "updated_at": time.time(), "packages": packages},
+    )
     st.engine.inventory(agent_id, packages)
     return {"data": {"accepted": len(body.packages)}}

@@ -28,10 +28,14 @@ from fleetcmd.server.web import install_server_errors, metrics_response
 
 
 def create_management_app(st: ServerState) -> FastAPI:
-    app = FastAPI(title="fleetcmd Management API", version=__version__, telemetry=NO_TELEMETRY,
-                  description="File tasks, watch them progress, read the fleet. Log in with "
-                              "HTTP Basic on /security/user/authenticate, then send the token "
-                              "as `Authorization: Bearer`.")
+    app = FastAPI(
+        title="fleetcmd Management API",
+        version=__version__,
+        telemetry=NO_TELEMETRY,
+        description="File tasks, watch them progress, read the fleet. Log in with "
+        "HTTP Basic on /security/user/authenticate, then send the token "
+        "as `Authorization: Bearer`.",
+    )
     app.state.server = st
     install_server_errors(app)
     # live first: /agents/summary before /agents/{id}
@@ -40,13 +44,19 @@ def create_management_app(st: ServerState) -> FastAPI:
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "role": "server", "api": "management",
-                "node": st.options.node_id, "version": __version__,
-                "uptime": round(time.time() - st.started_at, 1)}
+        return {
+            "status": "ok",
+            "role": "server",
+            "api": "management",
+            "node": st.options.node_id,
+            "version": __version__,
+            "uptime": round(time.time() - st.started_at, 1),
+        }
 
     @app.get("/metrics", tags=["ops"])
-    async def metrics(_: Annotated[User, Depends(auth.require("metrics:read"))]
-                      ) -> PlainTextResponse:
+    async def metrics(
+        _: Annotated[User, Depends(auth.require("metrics:read"))],
+    ) -> PlainTextResponse:
         return metrics_response(st)
 
     mount_dashboard(app, st)

@@ -22,15 +22,28 @@ CommandReader = Annotated[User, Depends(require("command:read"))]
 
 @router.get("/agents")
 async def list_agents(
-    st: State, user: AgentReader,
-    group: str | None = None, status: str | None = None, node: str | None = None,
-    search: Annotated[str | None, Query(max_length=128)] = None, cursor: str | None = None,
+    st: State,
+    user: AgentReader,
+    group: str | None = None,
+    status: str | None = None,
+    node: str | None = None,
+    search: Annotated[str | None, Query(max_length=128)] = None,
+    cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> dict[str, Any]:
     scoped = await Reader(st, user, "agent:read").agent_filter() or {}
-    return {"data": await st.indexer.get("/agents", group=group, status=status, node=node,
-                                         search=search, cursor=cursor, limit=limit,
-                                         **scoped)}
+    return {
+        "data": await st.indexer.get(
+            "/agents",
+            group=group,
+            status=status,
+            node=node,
+            search=search,
+            cursor=cursor,
+            limit=limit,
+            **scoped,
+        )
+    }
 
 
 async def agent_doc(st: ServerState, agent_id: str) -> dict[str, Any]:
@@ -44,8 +57,9 @@ async def agent_doc(st: ServerState, agent_id: str) -> dict[str, Any]:
 
 
 @router.get("/agents/{agent_id}")
-async def get_agent(agent_id: str, request: Request, st: State, user: AgentReader
-                    ) -> dict[str, Any]:
+async def get_agent(
+    agent_id: str, request: Request, st: State, user: AgentReader
+) -> dict[str, Any]:
     agent = await agent_doc(st, agent_id)
     if not Reader(st, user, "agent:read").agent(agent):
         await deny(st, request, user, "agent:read", f"agent:id:{agent_id}")
@@ -61,8 +75,7 @@ async def list_groups(st: State, user: GroupReader) -> dict[str, Any]:
 
 
 @router.get("/groups/{name}")
-async def get_group(name: str, request: Request, st: State, user: GroupReader
-                    ) -> dict[str, Any]:
+async def get_group(name: str, request: Request, st: State, user: GroupReader) -> dict[str, Any]:
     if not Reader(st, user, "group:read").group(name):
         await deny(st, request, user, "group:read", f"group:id:{name}")
     return {"data": await st.indexer.get(f"/groups/{quote(name, safe='')}")}
@@ -70,22 +83,35 @@ async def get_group(name: str, request: Request, st: State, user: GroupReader
 
 @router.get("/commands")
 async def list_commands(
-    st: State, user: CommandReader,
-    task_id: int | None = None, parent_id: int | None = None, status: str | None = None,
-    target_type: str | None = None, target_id: str | None = None, cursor: str | None = None,
+    st: State,
+    user: CommandReader,
+    task_id: int | None = None,
+    parent_id: int | None = None,
+    status: str | None = None,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 100,
 ) -> dict[str, Any]:
     """Only the commands the caller may read (a page may come back short)."""
-    page = await st.indexer.get("/commands", task_id=task_id, parent_id=parent_id,
-                                status=status, target_type=target_type,
-                                target_id=target_id, cursor=cursor, limit=limit)
+    page = await st.indexer.get(
+        "/commands",
+        task_id=task_id,
+        parent_id=parent_id,
+        status=status,
+        target_type=target_type,
+        target_id=target_id,
+        cursor=cursor,
+        limit=limit,
+    )
     page["items"] = await Reader(st, user, "command:read").commands(page["items"])
     return {"data": page}
 
 
 @router.get("/commands/{command_id}")
-async def get_command(command_id: int, request: Request, st: State, user: CommandReader
-                      ) -> dict[str, Any]:
+async def get_command(
+    command_id: int, request: Request, st: State, user: CommandReader
+) -> dict[str, Any]:
     command = await st.indexer.get(f"/commands/{command_id}")
     if not await Reader(st, user, "command:read").commands([command]):
         await deny(st, request, user, "command:read", f"command:{command_id}")

@@ -30,8 +30,16 @@ POLL_INTERVAL = 0.5
 STREAM_LIFETIME = 15.0
 KEEPALIVE = 10.0
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-PROGRESS_KEYS = ("id", "status", "counts", "total", "done", "progress", "completed_at",
-                 "updated_at")
+PROGRESS_KEYS = (
+    "id",
+    "status",
+    "counts",
+    "total",
+    "done",
+    "progress",
+    "completed_at",
+    "updated_at",
+)
 
 Disconnected = Callable[[], Awaitable[bool]]
 Visible = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
@@ -52,9 +60,14 @@ async def _progress(st: ServerState, task_id: int, parents: Iterable[int]) -> di
     return doc
 
 
-async def task_events(st: ServerState, task_id: int, disconnected: Disconnected,
-                      parents: Iterable[int] = (), interval: float = POLL_INTERVAL,
-                      lifetime: float = STREAM_LIFETIME) -> AsyncIterator[str]:
+async def task_events(
+    st: ServerState,
+    task_id: int,
+    disconnected: Disconnected,
+    parents: Iterable[int] = (),
+    interval: float = POLL_INTERVAL,
+    lifetime: float = STREAM_LIFETIME,
+) -> AsyncIterator[str]:
     """`progress` events (status, counts, parents' counts) on every change, then `done`."""
     parents = list(parents)[:10]
     yield "retry: 1000\n\n"
@@ -85,9 +98,14 @@ async def task_events(st: ServerState, task_id: int, disconnected: Disconnected,
         await asyncio.sleep(interval)
 
 
-async def tasks_events(st: ServerState, disconnected: Disconnected, limit: int = 10,
-                       interval: float = 1.0, lifetime: float = STREAM_LIFETIME,
-                       visible: Visible | None = None) -> AsyncIterator[str]:
+async def tasks_events(
+    st: ServerState,
+    disconnected: Disconnected,
+    limit: int = 10,
+    interval: float = 1.0,
+    lifetime: float = STREAM_LIFETIME,
+    visible: Visible | None = None,
+) -> AsyncIterator[str]:
     """`tasks` events: the tasks still running (in progress, then pending), on every change."""
     yield "retry: 2000\n\n"
     started = last_sent = time.monotonic()
@@ -111,16 +129,19 @@ async def tasks_events(st: ServerState, disconnected: Disconnected, limit: int =
         await asyncio.sleep(interval)
 
 
-async def active_tasks(st: ServerState, limit: int = 10, visible: Visible | None = None
-                       ) -> list[dict[str, Any]]:
+async def active_tasks(
+    st: ServerState, limit: int = 10, visible: Visible | None = None
+) -> list[dict[str, Any]]:
     """The newest tasks not yet final: in progress first, then pending (those `visible`
     keeps, for a user whose roles are scoped)."""
     out: list[dict[str, Any]] = []
     for status in ("in_progress", "pending"):
         page = await st.indexer.get("/tasks", status=status, limit=limit)
         out.extend(await visible(page["items"]) if visible else page["items"])
-    return [{k: t.get(k) for k in (*PROGRESS_KEYS, "type", "user", "source", "created_at")}
-            for t in out[:limit]]
+    return [
+        {k: t.get(k) for k in (*PROGRESS_KEYS, "type", "user", "source", "created_at")}
+        for t in out[:limit]
+    ]
 
 
 def event_stream(body: AsyncIterator[str]) -> StreamingResponse:
@@ -143,9 +164,11 @@ async def summary_for(st: ServerState, user: User) -> dict[str, Any]:
     while True:
         page = await st.indexer.get("/agents", cursor=cursor, limit=5000, **scoped)
         for a in page["items"]:
-            for key, value in (("by_status", a["status"]),
-                               ("by_version", a.get("version") or "unknown"),
-                               *(("by_group", g) for g in a.get("groups", []))):
+            for key, value in (
+                ("by_status", a["status"]),
+                ("by_version", a.get("version") or "unknown"),
+                *(("by_group", g) for g in a.get("groups", [])),
+            ):
                 out[key][value] = out[key].get(value, 0) + 1
             out["total"] += 1
         cursor = page["next_cursor"]
@@ -153,11 +176,19 @@ async def summary_for(st: ServerState, user: User) -> dict[str, Any]:
             return out
 
 
-@router.get("/tasks/{task_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}},
-                             "description": "`progress` events on every change, then `done`"}})
-async def watch_task(task_id: int, request: Request, st: State, user: TaskReader
-                     ) -> StreamingResponse:
+@router.get(
+    "/tasks/{task_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`progress` events on every change, then `done`",
+        }
+    },
+)
+async def watch_task(
+    task_id: int, request: Request, st: State, user: TaskReader
+) -> StreamingResponse:
     """Server-sent events: the task's status and counts per status, until it is final."""
     task = await st.indexer.get(f"/tasks/{task_id}")  # 404 before the stream starts
     if not await Reader(st, user, "task:read").task(task):
