@@ -96,3 +96,29 @@ def test_bad_ruleset_refused_on_each_node_rules_kept(store_url: str, tmp_path: P
         assert message.startswith("ruleset refused, rules in force kept"), message
         assert "rules" in message
         assert httpx.get(f"{srv.api}/health").json()["node"] == srv.node_id
+
+
+def test_two_servers_starting_at_once_on_a_new_store_both_come_up(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Both create `admin` at the same moment; the indexer refuses the second write (the node
+    credential may only create the first): that node must start all the same, and exactly
+    one password file names the one admin (found by the multinode benchmark)."""
+    from support import Indexer, Role, wait_http
+
+    idx = Indexer(store_url, tmp_path / "indexer").start()
+    nodes = [Server(idx, tmp_path / f"server{i}") for i in range(2)]
+    try:
+        for n in nodes:
+            Role.start(n)
+        for n in nodes:
+            wait_http(f"{n.api}/health", proc=n.proc, timeout=30)
+        made = [n for n in nodes if (n.data_dir / "admin.password").exists()]
+        assert len(made) == 1, [n.log()[-2000:] for n in nodes]
+        for n in nodes:  # the one admin logs in on either node
+            password = (made[0].data_dir / "admin.password").read_text().strip()
+            login(n.api, "admin", password).get("/tasks").raise_for_status()
+    finally:
+        for n in nodes:
+            n.stop()
+        idx.stop()

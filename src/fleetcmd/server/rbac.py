@@ -242,16 +242,28 @@ async def ensure_admin(indexer: IndexerClient, data_dir: Path) -> str | None:
         if exc.status != 404:
             raise
     password = secrets.token_urlsafe(18)
-    await indexer.put(
-        f"/indexes/rbac/users/{ADMIN}",
-        {
-            "password_hash": await asyncio.to_thread(hash_password, password),
-            "roles": ["administrator"],
-            "disabled": False,
-            "generation": 0,
-            "created_at": time.time(),
-        },
-    )
+    digest = await asyncio.to_thread(hash_password, password)
+    try:
+        await indexer.put(
+            f"/indexes/rbac/users/{ADMIN}",
+            {
+                "password_hash": digest,
+                "roles": ["administrator"],
+                "disabled": False,
+                "generation": 0,
+                "created_at": time.time(),
+            },
+        )
+    except IndexerError as exc:
+        # Refused once `admin` exists: another node starting at the same moment made it
+        # first (its password is in that node's data folder), unless the refused write is
+        # the repeat of our own whose answer was lost.
+        if exc.status != 403:
+            raise
+        doc = await indexer.get(f"/indexes/rbac/users/{ADMIN}")
+        if not isinstance(doc, dict) or doc.get("password_hash") != digest:
+            log.info("user 'admin' was created by another node meanwhile")
+            return None
     path = data_dir / "admin.password"
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
