@@ -27,7 +27,6 @@ def task_from_row(r: tuple[Any, ...]) -> Task:
 class TasksTx(TxCore):
     """Writing a task and its first commands; fanning a parent out to agents."""
 
-    # -- tasks and first commands ---------------------------------------------------------------
     def insert_task(
         self,
         type_: str,
@@ -177,7 +176,6 @@ class TasksTx(TxCore):
 class TasksStore(StoreCore):
     """Reading tasks, and retention of finished ones."""
 
-    # -- tasks and commands ---------------------------------------------------------------------
     def get_task(self, task_id: int) -> Task:
         with self.reading() as tx:
             row = tx.one(f"SELECT {TASK_COLS} FROM tasks WHERE id = :id", {"id": task_id})
