@@ -32,7 +32,7 @@ REQUIREMENTS: dict[str, tuple[str, list[str]]] = {
     ),
     "R6": (
         "Group content attached to commands as delivered; stored once per version",
-        ["src/fleetcmd/indexer/delivery.py", "src/fleetcmd/store/base.py"],
+        ["src/fleetcmd/indexer/delivery.py", "src/fleetcmd/store/groups.py"],
     ),
     "R7": (
         "On start the agent asks for its groups and configuration",

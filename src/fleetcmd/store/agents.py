@@ -1,0 +1,294 @@
+"""Agents: the agents index and its group memberships (`agent_groups`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from fleetcmd.errors import Conflict, NotFound
+from fleetcmd.model.records import Agent, Page, dumps, loads
+from fleetcmd.store.core import StoreCore, TxCore
+from fleetcmd.store.protocol import chunks
+
+if TYPE_CHECKING:
+    from fleetcmd.store.base import SqlTx
+
+
+class AgentsTx(TxCore):
+    """Agent reads and writes inside a task's transaction (groups, rename, removal)."""
+
+    def agents_groups(self, ids: list[str] | None, group: str | None) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        if group is not None:
+            rows = self.all(
+                "SELECT a.id, a.groups FROM agent_groups g JOIN agents a ON a.id = g.agent_id "
+                "WHERE g.group_name = :g AND a.status <> 'removed' ORDER BY a.id",
+                {"g": group},
+            )
+            return {r[0]: loads(r[1]) for r in rows}
+        for part in chunks(ids or [], 20_000):
+            for r in self.all(
+                f"SELECT id, groups FROM agents WHERE status <> 'removed' AND "
+                f"{self.in_list('id', 'ids')}",
+                {"ids": self.list_param(part)},
+            ):
+                out[r[0]] = loads(r[1])
+        return out
+
+    def set_agents_groups(self, groups_by_agent: dict[str, list[str]]) -> None:
+        ids = list(groups_by_agent)
+        for part in chunks(ids, 20_000):
+            self.ex(
+                f"DELETE FROM agent_groups WHERE {self.in_list('agent_id', 'ids')}",
+                {"ids": self.list_param(part)},
+            )
+        self.many(
+            "UPDATE agents SET groups = :groups, updated_at = :now WHERE id = :id",
+            [{"groups": dumps(g), "now": self.now, "id": a} for a, g in groups_by_agent.items()],
+        )
+        self.many(
+            "INSERT INTO agent_groups (group_name, agent_id) VALUES (:g, :a)",
+            [{"g": g, "a": a} for a, gs in groups_by_agent.items() for g in gs],
+        )
+
+    def agent(self, agent_id: str) -> Agent | None:
+        row = self.one(f"SELECT {Agent.COLUMNS} FROM agents WHERE id = :id", {"id": agent_id})
+        return None if row is None else Agent.from_row(row)
+
+    def agent_named(self, name: str, other_than: str | None = None) -> str | None:
+        """The id of the agent (removed ones included) holding `name`, other than `other_than`."""
+        row = self.one(
+            "SELECT id FROM agents WHERE name = :n AND id <> :id",
+            {"n": name, "id": other_than or ""},
+        )
+        return None if row is None else str(row[0])
+
+    def rename_agent(self, agent_id: str, name: str) -> None:
+        clash = self.agent_named(name, other_than=agent_id)
+        if clash:
+            raise Conflict(f"agent name '{name}' is already used by agent {clash}")
+        self.ex(
+            "UPDATE agents SET name = :n, updated_at = :now WHERE id = :id",
+            {"n": name, "now": self.now, "id": agent_id},
+        )
+
+    def remove_agent(self, agent_id: str) -> None:
+        """Agents are tombstoned, not dropped: the Comms API must keep refusing them and their
+        deletion command still has to be routed to the node they are connected to."""
+        self.ex("DELETE FROM agent_groups WHERE agent_id = :id", {"id": agent_id})
+        self.ex(
+            "UPDATE agents SET status = 'removed', groups = '[]', secret_hash = NULL, "
+            "name = :tomb, updated_at = :now WHERE id = :id",
+            {"id": agent_id, "now": self.now, "tomb": f"removed-{agent_id}"},
+        )
+
+
+class AgentsStore(StoreCore):
+    """Enrollment, the servers' batched updates, and the agent reads."""
+
+    def register_agents(self, agents: list[dict[str, Any]]) -> int:
+        """Insert or update agents (id, name, groups, version, status, info, secret_hash,
+        enrollment_request)."""
+        with self.transaction() as tx:
+            groups = sorted({g for a in agents for g in a.get("groups", [])})
+            tx.ensure_groups(groups)
+            self._insert_agents(tx, agents)
+        return len(agents)
+
+    def _insert_agents(self, tx: SqlTx, agents: list[dict[str, Any]]) -> None:
+        names = [a["name"] for a in agents]
+        if len(set(names)) != len(names):
+            raise Conflict("two agents in the request have the same name")
+        wanted = {a["name"]: a["id"] for a in agents}
+        for part in chunks(names, 20_000):
+            for name, owner in tx.all(
+                f"SELECT name, id FROM agents WHERE {tx.in_list('name', 'names')}",
+                {"names": tx.list_param(part)},
+            ):
+                if wanted[name] != owner:
+                    raise Conflict(f"agent name '{name}' is already used by agent {owner}")
+        requests = {r: a["id"] for a in agents if (r := a.get("enrollment_request"))}
+        for part in chunks(list(requests), 20_000):
+            for request, owner in tx.all(
+                "SELECT enrollment_request, id FROM agents WHERE "
+                f"{tx.in_list('enrollment_request', 'requests')}",
+                {"requests": tx.list_param(part)},
+            ):
+                if requests[request] != owner:
+                    raise Conflict(f"enrollment request {request} already enrolled agent {owner}")
+        rows = [
+            {
+                "id": a["id"],
+                "name": a["name"],
+                "groups": dumps(a.get("groups", [])),
+                "status": a.get("status", "never_connected"),
+                "version": a.get("version"),
+                "info": dumps(a.get("info", {})),
+                "secret": a.get("secret_hash"),
+                "request": a.get("enrollment_request"),
+                "now": tx.now,
+            }
+            for a in agents
+        ]
+        tx.many(
+            "INSERT INTO agents (id, name, groups, status, version, info, secret_hash, "
+            "enrollment_request, created_at, updated_at) VALUES (:id, :name, :groups, :status, "
+            ":version, :info, :secret, :request, :now, :now) "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+            "groups = excluded.groups, version = excluded.version, info = excluded.info, "
+            "updated_at = excluded.updated_at",
+            rows,
+        )
+        ids = [a["id"] for a in agents]
+        for part in chunks(ids, 20_000):
+            tx.ex(
+                f"DELETE FROM agent_groups WHERE {tx.in_list('agent_id', 'ids')}",
+                {"ids": tx.list_param(part)},
+            )
+        tx.many(
+            "INSERT INTO agent_groups (group_name, agent_id) VALUES (:g, :a)",
+            [{"g": g, "a": a["id"]} for a in agents for g in a.get("groups", [])],
+        )
+
+    def get_agent(self, agent_id: str) -> Agent:
+        with self.reading() as tx:
+            agent = tx.agent(agent_id)
+        if agent is None:
+            raise NotFound(f"agent {agent_id} not found")
+        return agent
+
+    def list_agents(
+        self,
+        *,
+        group: str | None = None,
+        status: str | None = None,
+        node: str | None = None,
+        search: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+        scope_groups: Sequence[str] | None = None,
+        scope_ids: Sequence[str] | None = None,
+    ) -> Page:
+        """`scope_groups`/`scope_ids` (either given): only agents in one of those groups or
+        with one of those ids (what a scoped user may read; ids alone: a lookup)."""
+        where: list[str] = ["a.status <> 'removed'"]
+        params: dict[str, Any] = {"limit": limit + 1}
+        if group is not None:
+            where.append("a.id IN (SELECT agent_id FROM agent_groups WHERE group_name = :g)")
+            params["g"] = group
+        if status is not None:
+            where.append("a.status = :status")
+            params["status"] = status
+        if node is not None:
+            where.append("a.node = :node")
+            params["node"] = node
+        if search:
+            where.append("(a.name LIKE :q OR a.id LIKE :q)")
+            params["q"] = "".join(c for c in search if c not in "%_\\") + "%"
+        if cursor:
+            where.append("a.id > :after")
+            params["after"] = cursor
+        cols = ", ".join(f"a.{c.strip()}" for c in Agent.COLUMNS.split(","))
+        with self.reading() as tx:
+            if scope_groups is not None or scope_ids is not None:
+                params["sg"] = tx.list_param(list(scope_groups or []))
+                params["si"] = tx.list_param(list(scope_ids or []))
+                where.append(
+                    f"({tx.in_list('a.id', 'si')} OR a.id IN (SELECT agent_id FROM "
+                    f"agent_groups WHERE {tx.in_list('group_name', 'sg')}))"
+                )
+            rows = tx.all(
+                f"SELECT {cols} FROM agents a WHERE {' AND '.join(where)} "
+                "ORDER BY a.id LIMIT :limit",
+                params,
+            )
+        agents = [Agent.from_row(r) for r in rows[:limit]]
+        return Page(agents, agents[-1].id if len(rows) > limit else None)
+
+    def agent_summary(self) -> dict[str, Any]:
+        with self.reading() as tx:
+            by_status = dict(
+                tx.all(
+                    "SELECT status, count(*) FROM agents WHERE status <> 'removed' GROUP BY status"
+                )
+            )
+            by_version = dict(
+                tx.all(
+                    "SELECT coalesce(version, 'unknown'), count(*) FROM agents "
+                    "WHERE status <> 'removed' GROUP BY 1"
+                )
+            )
+            by_group = dict(tx.all("SELECT group_name, count(*) FROM agent_groups GROUP BY 1"))
+        return {
+            "by_status": by_status,
+            "by_version": by_version,
+            "by_group": by_group,
+            "total": sum(by_status.values()),
+        }
+
+    def update_agents(self, updates: list[dict[str, Any]]) -> int:
+        """Batch of partial agent updates from servers: status, node, last_seen, version,
+        config_hash, info. Removed agents stay removed."""
+        allowed = ("status", "node", "last_seen", "version", "config_hash", "info", "secret_hash")
+        n = 0
+        with self.transaction() as tx:
+            by_shape: dict[tuple[tuple[str, ...], bool], list[dict[str, Any]]] = {}
+            for u in updates:
+                keys = tuple(sorted(k for k in u if k in allowed))
+                if not keys:
+                    continue
+                row = {k: (dumps(u[k]) if k == "info" else u[k]) for k in keys}
+                row["id"] = u["id"]
+                row["now"] = tx.now
+                # `if_node`: apply only while the agent is still attached to that node (a node
+                # detaching agents it lost must not detach them from the node they moved to).
+                if u.get("if_node") is not None:
+                    row["if_node"] = u["if_node"]
+                by_shape.setdefault((keys, "if_node" in row), []).append(row)
+            for (keys, conditional), rows in by_shape.items():
+                sets = ", ".join(f"{k} = :{k}" for k in keys)
+                tx.many(
+                    f"UPDATE agents SET {sets}, updated_at = :now "
+                    "WHERE id = :id AND status <> 'removed'"
+                    + (" AND node = :if_node" if conditional else ""),
+                    rows,
+                )
+                n += len(rows)
+        return n
+
+    def agent_secret_hash(self, agent_id: str) -> tuple[str | None, str]:
+        with self.reading() as tx:
+            row = tx.one("SELECT secret_hash, status FROM agents WHERE id = :id", {"id": agent_id})
+        if row is None:
+            raise NotFound(f"agent {agent_id} not found")
+        return row[0], row[1]
+
+    def agent_by_enrollment(self, request_id: str) -> dict[str, Any]:
+        """The agent an enrollment request created: what the Comms API needs to answer a
+        repeat of that request (id, name, groups, status, secret hash)."""
+        with self.reading() as tx:
+            row = tx.one(
+                "SELECT id, name, groups, status, secret_hash FROM agents "
+                "WHERE enrollment_request = :r",
+                {"r": request_id},
+            )
+        if row is None:
+            raise NotFound(f"no agent was enrolled by request {request_id}")
+        return {
+            "id": row[0],
+            "name": row[1],
+            "groups": loads(row[2]) or [],
+            "status": row[3],
+            "secret_hash": row[4],
+        }
+
+    def removed_agents(self, since: float, limit: int = 10_000) -> list[tuple[str, float]]:
+        """(id, removed at) of agents removed at or after `since`, oldest first: server nodes
+        follow this to refuse a deleted agent's unexpired token at once."""
+        with self.reading() as tx:
+            rows = tx.all(
+                "SELECT id, updated_at FROM agents WHERE status = 'removed' AND updated_at >= :s "
+                "ORDER BY updated_at, id LIMIT :n",
+                {"s": since, "n": limit},
+            )
+        return [(str(r[0]), float(r[1])) for r in rows]
