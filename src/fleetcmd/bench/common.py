@@ -136,6 +136,21 @@ class Cluster:
             # every server node shares one token-signing key
             "FLEETCMD_JWT_KEY": "bench-jwt-key-" + "0" * 32,
         }
+        try:
+            self._launch(env, store_url, data_dir, servers, indexers, log_level)
+        except BaseException:
+            self.stop()  # a role that did not come up must not leave the others running
+            raise
+
+    def _launch(
+        self,
+        env: dict[str, str],
+        store_url: str,
+        data_dir: str,
+        servers: int,
+        indexers: int,
+        log_level: str,
+    ) -> None:
         py = [sys.executable, "-m", "fleetcmd.cli"]
         self.indexer_urls: list[str] = []
         for i in range(indexers):
