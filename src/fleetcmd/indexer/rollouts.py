@@ -225,19 +225,16 @@ def control(
 
 
 def _task_type(tx: SqlTx, task_id: int) -> str:
-    r = tx.one("SELECT type FROM tasks WHERE id = :t", {"t": task_id})
+    r = sql.task_fields(tx, task_id, "type")
     if r is None:
         raise NotFound(f"task {task_id} not found")
     return str(r[0])
 
 
 def _wave_command(tx: SqlTx, task_id: int, wave: int) -> int:
-    r = tx.one(
-        "SELECT command_id FROM rollout_waves WHERE task_id = :t AND wave = :w",
-        {"t": task_id, "w": wave},
-    )
+    r = sql.wave_command(tx, task_id, wave)
     assert r is not None
-    return int(r[0])
+    return r
 
 
 def _pause(tx: SqlTx, ro: Rollout, why: str) -> int:
@@ -376,11 +373,11 @@ def follow_up(tx: SqlTx, task_id: int) -> int:
     late = sql.applied_not_undone(tx, waves, rb)
     sent = 0
     if late:
-        task = tx.one("SELECT source, username FROM tasks WHERE id = :t", {"t": rb})
+        task = sql.task_fields(tx, rb, "source", "username")
         assert task is not None
         sent = _send_inverse(tx, rb, plan, late, str(task[0]), str(task[1]))
         log.info("task %s: %d late success(es) get the inverse in task %s", task_id, sent, rb)
-    done = tx.one("SELECT completed_at FROM tasks WHERE id = :t", {"t": task_id})
+    done = sql.task_fields(tx, task_id, "completed_at")
     if done is not None and done[0] is not None:
         sql.update(tx, task_id, next_at=None)  # its last look: nothing can succeed any more
     return sent
@@ -419,10 +416,7 @@ class RolloutScheduler:
             if r is None or r["state"] != State.RUNNING or not r["planned"]:
                 return
             ro = _rollout(tx, r)
-            task = tx.one(
-                "SELECT cancelled, completed_at, username, type FROM tasks WHERE id = :t",
-                {"t": task_id},
-            )
+            task = sql.task_fields(tx, task_id, "cancelled", "completed_at", "username", "type")
             if task is None:
                 return
             if task[0]:

@@ -298,3 +298,22 @@ def cancel_undelivered(tx: SqlTx, wave_commands: list[int], why: str) -> int:
         "lease_expires_at = NULL",
     )
     return len(rows)
+
+
+def task_fields(tx: SqlTx, task_id: int, *columns: str) -> tuple[Any, ...] | None:
+    """Some columns of a task's row (`type`, `source`, `username`, `cancelled`,
+    `completed_at`), or None when there is no such task."""
+    allowed = {"type", "source", "username", "cancelled", "completed_at"}
+    if not columns or not set(columns) <= allowed:
+        raise ValueError(f"task columns must be among {sorted(allowed)}")
+    row = tx.one(f"SELECT {', '.join(columns)} FROM tasks WHERE id = :t", {"t": task_id})
+    return None if row is None else tuple(row)
+
+
+def wave_command(tx: SqlTx, task_id: int, wave: int) -> int | None:
+    """The id of the command that stands for one wave of a rollout."""
+    r = tx.one(
+        "SELECT command_id FROM rollout_waves WHERE task_id = :t AND wave = :w",
+        {"t": task_id, "w": wave},
+    )
+    return None if r is None else int(r[0])
