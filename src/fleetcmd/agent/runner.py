@@ -452,9 +452,11 @@ class Agent:
             log.warning(
                 "ack of %s failed (%s); nothing runs until a delivery is confirmed", ids, exc
             )
-            for cmd in fresh:
-                self._unanswered[str(cmd["id"])] = cmd
-            fresh, confirmed = [], set()
+            if not _refused(exc):  # a refusal for good (4xx) is an answer: not asked again
+                for cmd in fresh:
+                    self._unanswered[str(cmd["id"])] = cmd
+                fresh = []
+            confirmed = set()
         refused = [c for c in fresh if str(c["id"]) not in confirmed]
         fresh = [c for c in fresh if str(c["id"]) in confirmed]
         for cmd in refused:
