@@ -212,6 +212,7 @@ def test_a_command_whose_delivery_is_not_confirmed_never_runs(fake: FakeComms, s
     wait_until(lambda: fake.acked.count(60) == 2, 5, what="second ack of 60")
     time.sleep(0.3)
     assert "60" not in fake.results
+    assert status_of(r.agent.dir.root)["executed"] == 2  # 61 and 62; 60 never ran
     r.stop()
     r2 = start()  # a restart answers neither 60 nor anything else as interrupted
     assert r2.agent.id == aid

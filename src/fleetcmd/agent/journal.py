@@ -53,14 +53,19 @@ def _set_wal(conn: sqlite3.Connection, wait: float = 10.0) -> None:
 
 
 def read_counts(path: Path) -> tuple[int, int]:
-    """(journaled ids, queued results) read without writing: `agent-status` must never take
-    a write lock on the database of an agent that is running or starting."""
+    """(confirmed ids, queued results) read without writing: `agent-status` must never take
+    a write lock on the database of an agent that is running or starting. Ids only offered
+    or refused never ran and are not counted."""
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
     try:
         counts = []
-        for table in ("journal", "outbox"):
+        for table, where in (
+            ("journal", f" WHERE state NOT IN ('{OFFERED}', '{REFUSED}')"),
+            ("outbox", ""),
+        ):
             try:
-                counts.append(int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]))
+                sql = f"SELECT count(*) FROM {table}{where}"
+                counts.append(int(conn.execute(sql).fetchone()[0]))
             except sqlite3.OperationalError as exc:
                 if "no such table" not in str(exc):
                     raise
