@@ -32,7 +32,7 @@ from fleetcmd.server.management.app import create_management_app
 from fleetcmd.server.metrics import ServerMetrics
 from fleetcmd.server.packages import PackageStore
 from fleetcmd.server.presence import Presence
-from fleetcmd.server.puller import Puller
+from fleetcmd.server.puller import Puller, renew_leases
 from fleetcmd.server.rbac import RbacCache, ensure_admin
 from fleetcmd.server.state import ServerState
 from fleetcmd.server.tokens import TokenIssuer
@@ -69,16 +69,10 @@ def build_state(options: ServerOptions) -> ServerState:
     mailboxes = Mailboxes()
 
     async def flush_held(ids: list[int]) -> list[bool]:
-        asked_at = time.monotonic()
         with metrics.bulk.labels("held").time():
-            data = await indexer.post(
-                "/leases/renew",
-                {"owner": owner, "ids": sorted(set(ids)), "lease": options.lease},
-                idempotent=True,
-            )
-        held = set(data["held"])
-        mailboxes.extend(sorted(held), asked_at + options.lease - min(1.0, options.lease / 10))
-        return [i in held for i in ids]
+            lost, _ = await renew_leases(indexer, owner, mailboxes, sorted(set(ids)), options.lease)
+        gone = set(lost)
+        return [i not in gone for i in ids]
 
     async def flush_targets(ids: list[int]) -> list[dict[str, Any] | None]:
         with metrics.bulk.labels("targets").time():

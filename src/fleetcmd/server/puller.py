@@ -12,6 +12,8 @@ import time
 from typing import Any
 
 from fleetcmd.server import handlers
+from fleetcmd.server.indexer_client import IndexerClient
+from fleetcmd.server.mailbox import Mailboxes
 from fleetcmd.server.state import ServerState
 
 log = logging.getLogger("fleetcmd.server.puller")
@@ -25,6 +27,27 @@ PULL_LIMIT = 1000
 AGENT_BATCHES_IN_FLIGHT = 2
 
 
+def lease_until(asked_at: float, lease: float) -> float:
+    """Local end of a lease claimed or renewed by a request sent at `asked_at` (monotonic),
+    with a margin: the store's lease ends no earlier than that."""
+    return asked_at + lease - min(1.0, lease / 10)
+
+
+async def renew_leases(
+    indexer: IndexerClient, owner: str, mailboxes: Mailboxes, ids: list[int], lease: float
+) -> tuple[list[int], set[str]]:
+    """Renew the leases of mailboxed commands in one request and extend the entries still
+    held. Returns the ids lost (final, released or another node's now) and the agents
+    whose held-back entries may be handed again. Used by the renewal loop and, through a
+    bulker, before a mailbox hands out an entry it has not had confirmed lately."""
+    asked_at = time.monotonic()
+    data = await indexer.post(
+        "/leases/renew", {"owner": owner, "ids": ids, "lease": lease}, idempotent=True
+    )
+    woken = mailboxes.extend(data["held"], lease_until(asked_at, lease))
+    return [int(i) for i in data["lost"]], woken
+
+
 class Puller:
     def __init__(self, st: ServerState) -> None:
         self.st = st
@@ -36,10 +59,7 @@ class Puller:
         await self._pull_loop("agent", self.deliver, overlap=AGENT_BATCHES_IN_FLIGHT)
 
     def lease_until(self, asked_at: float) -> float:
-        """Local end of a lease claimed or renewed by a request sent at `asked_at`
-        (monotonic), with a margin: the store's lease ends no earlier than that."""
-        lease = self.st.options.lease
-        return asked_at + lease - min(1.0, lease / 10)
+        return lease_until(asked_at, self.st.options.lease)
 
     async def claim_for(self, agent_ids: list[str]) -> None:
         """Right after agents connect: claim what waits for them without waiting for the
@@ -113,23 +133,19 @@ class Puller:
         st = self.st
         ids = st.mailboxes.held_ids()
         for i in range(0, len(ids), CHUNK):
-            asked_at = time.monotonic()
-            data = await st.indexer.post(
-                "/leases/renew",
-                {"owner": self.owner, "ids": ids[i : i + CHUNK], "lease": st.options.lease},
-                idempotent=True,
+            lost, woken = await renew_leases(
+                st.indexer, self.owner, st.mailboxes, ids[i : i + CHUNK], st.options.lease
             )
-            for agent_id in st.mailboxes.extend(data["held"], self.lease_until(asked_at)):
+            for agent_id in woken:
                 box = st.mailboxes.get(agent_id)
                 if box is not None:
                     box.wake()
-            if data["lost"]:
+            if lost:
                 log.warning(
-                    "lost the lease of %d command(s); dropping them from mailboxes",
-                    len(data["lost"]),
+                    "lost the lease of %d command(s); dropping them from mailboxes", len(lost)
                 )
-                st.mailboxes.drop(data["lost"])
-                st.metrics.lost.inc(len(data["lost"]))
+                st.mailboxes.drop(lost)
+                st.metrics.lost.inc(len(lost))
         st.metrics.mailbox_depth.set(st.mailboxes.depth())
 
     async def away_loop(self, interval: float = 1.0) -> None:

@@ -114,8 +114,9 @@ async def acknowledge(st: ServerState, agent_id: str, ids: list[int]) -> list[in
     its ack (cancelled, expired) or that another node holds now never runs."""
     # Handed by this node, or (asked again after this node or the agent restarted) aimed
     # at this agent in the stream: the agent holds a command signed for it.
-    owned = await owned_by(st, agent_id, list(dict.fromkeys(ids)))
-    mine = [cid for cid in dict.fromkeys(ids) if cid in owned]
+    unique = list(dict.fromkeys(ids))
+    owned = await owned_by(st, agent_id, unique)
+    mine = [cid for cid in unique if cid in owned]
     if not mine:
         return []
     box = st.mailboxes.get(agent_id)
