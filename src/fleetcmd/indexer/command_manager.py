@@ -17,7 +17,7 @@ from fleetcmd.errors import FleetError, LeaseLost
 from fleetcmd.indexer import rollouts
 from fleetcmd.indexer.expansions import EXPANSIONS
 from fleetcmd.model.catalog import CATALOG
-from fleetcmd.model.nesting import MAX_DEPTH, Unreadable
+from fleetcmd.model.nesting import Unreadable
 from fleetcmd.model.records import Command
 from fleetcmd.store import ClaimFilter
 from fleetcmd.store.base import SqlStore
@@ -61,9 +61,7 @@ class CommandManager:
             if spec is None or handler is None:
                 raise FleetError(f"no expansion for action '{cmd.action_name}'")
             if isinstance(cmd.action_args, Unreadable):
-                raise FleetError(
-                    f"arguments nested deeper than {MAX_DEPTH} levels (stored before that limit)"
-                )
+                raise FleetError(Unreadable.why("arguments"))
             params = spec.params.model_validate(cmd.action_args)
             with self.store.transaction() as tx:
                 held = tx.lease_held(cmd.id, self.owner)

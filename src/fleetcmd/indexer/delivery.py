@@ -16,7 +16,7 @@ from typing import Any
 
 from fleetcmd.errors import NotFound
 from fleetcmd.indexer.signing import CommandSigner
-from fleetcmd.model.nesting import MAX_DEPTH, Unreadable
+from fleetcmd.model.nesting import Unreadable
 from fleetcmd.model.records import Command, dumps
 from fleetcmd.store import Result
 from fleetcmd.store.base import SqlStore
@@ -82,5 +82,5 @@ def _undeliverable(cmd: Command, what: str) -> Result:
         cmd.id,
         "failure",
         1,
-        f"not delivered: {what} nested deeper than {MAX_DEPTH} levels (stored before that limit)",
+        f"not delivered: {Unreadable.why(what)}",
     )

@@ -89,6 +89,11 @@ class Unreadable(dict[str, Any]):
     """Stands in for a stored value nested deeper than `MAX_DEPTH` (written before the
     limit): readers show it, deliveries refuse it."""
 
+    @staticmethod
+    def why(what: str) -> str:
+        """Why a reader that needs the value itself (to expand, deliver or apply it) refuses."""
+        return f"{what} nested deeper than {MAX_DEPTH} levels (stored before that limit)"
+
     def __init__(self, limit: int = MAX_DEPTH) -> None:
         super().__init__(
             unreadable=f"stored value nested deeper than {limit} levels; "

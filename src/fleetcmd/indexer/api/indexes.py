@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fleetcmd.errors import Forbidden, InvalidParams, TooDeep
 from fleetcmd.indexer.state import IndexerState, authorized
-from fleetcmd.model.nesting import MAX_DEPTH, Unreadable
+from fleetcmd.model.nesting import Unreadable
 from fleetcmd.model.params import NAME_RE
 
 router = APIRouter(tags=["indexes"])
@@ -213,10 +213,7 @@ def _applicable(config: dict[str, Any]) -> dict[str, Any]:
     """A configuration agents may apply: never the marker of one stored too deep (which a
     reader by hash is shown)."""
     if isinstance(config, Unreadable):
-        raise TooDeep(
-            f"configuration nested deeper than {MAX_DEPTH} levels (stored before "
-            "that limit); file a new group-configuration-change"
-        )
+        raise TooDeep(Unreadable.why("configuration") + "; file a new group-configuration-change")
     return config
 
 
