@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from fleetcmd.model.catalog import CATALOG  # noqa: E402
 
 REQUIREMENTS: dict[str, tuple[str, list[str]]] = {
     "R1": (
@@ -44,23 +47,8 @@ REQUIREMENTS: dict[str, tuple[str, list[str]]] = {
         ["tools/trace.py", "tests/conftest.py"],
     ),
 }
-ROWS = {
-    1: "group-assignment-change",
-    2: "group-configuration-change",
-    3: "agent-upgrade",
-    4: "agent-package-new",
-    5: "agent-rename",
-    6: "sca-policy-change",
-    7: "sca-content-update",
-    8: "vulnerability-rescan",
-    9: "cve-content-update",
-    10: "active-response-configuration",
-    11: "active-response-execution",
-    12: "ruleset-update",
-    13: "server-config-change",
-    14: "agent-deletion",
-    15: "rbac-change",
-}
+# One row per command of the catalog (SPEC §4), C1-C15.
+ROWS = {spec.number: spec.task_type for spec in CATALOG.values()}
 for n, name in ROWS.items():
     REQUIREMENTS[f"C{n}"] = (
         f"Row {n}: {name} end to end",

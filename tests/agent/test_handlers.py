@@ -204,7 +204,9 @@ def test_unknown_action_fails(ctx: Context) -> None:
 
 
 def test_execution_has_the_command_timeout(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(handlers.HANDLERS, "rename", lambda c, a: time.sleep(2) or {})
+    monkeypatch.setitem(
+        handlers.HANDLERS, "rename", (handlers.a.Rename, lambda c, a: time.sleep(2) or {})
+    )
     start = time.monotonic()
     r = execute(ctx, command("rename", {"name": "x"}, timeout=0.2))
     assert r.status == "failure" and r.code == handlers.TIMED_OUT

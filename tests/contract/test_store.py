@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
 from fleetcmd.errors import Conflict, InvalidParams, NotFound
 from fleetcmd.indexer.command_manager import CommandManager
-from fleetcmd.indexer.expansions import EXPANSIONS
+from fleetcmd.indexer.parts import PARTS
 from fleetcmd.indexer.task_manager import TaskManager, TaskRequest
 from fleetcmd.store import ClaimFilter, Result
 from fleetcmd.store.base import SqlStore
@@ -115,13 +116,15 @@ def test_an_exception_mid_expansion_leaves_no_child_and_no_parent_change(
         TaskRequest("group-configuration-change", {"group": "web", "configuration": {"v": 9}})
     )
     before_group = store.get_group("web")
-    real = EXPANSIONS["group-configuration-change"]
+    part = PARTS["group-configuration-change"]
+    real = part.expand
+    assert real is not None
 
     def crash(tx, cmd, spec, prm):  # type: ignore[no-untyped-def]
         real(tx, cmd, spec, prm)  # writes the index change and all 50 children...
         raise RuntimeError("power cut")  # ...then dies before committing
 
-    monkeypatch.setitem(EXPANSIONS, "group-configuration-change", crash)
+    monkeypatch.setitem(PARTS, "group-configuration-change", replace(part, expand=crash))
     cm = CommandManager(store, owner="cm-1", lease=1)
     assert cm.run_once() == 1
     assert store.list_commands(task_id=task.id, target_type="agent").items == []
@@ -130,7 +133,7 @@ def test_an_exception_mid_expansion_leaves_no_child_and_no_parent_change(
     assert store.get_group("web").version == before_group.version
     assert store.counts("task", task.id) == {"processing": 1}
     # the lease lapses, another command manager picks it up and finishes the job
-    monkeypatch.setitem(EXPANSIONS, "group-configuration-change", real)
+    monkeypatch.setitem(PARTS, "group-configuration-change", part)
     store.sweep(now=time.time() + 2)
     assert CommandManager(store, owner="cm-2").run_once() == 1
     assert store.counts("task", task.id) == {"pending": 50}

@@ -1,7 +1,8 @@
 """What the agent does for each action it receives: one function per action name.
 
-A handler gets the command's `args` and returns the result `data`; raising `Refused` (or a
-`ConfigError`) makes the command a `failure` with that message (and the data it carries).
+A handler gets the command's arguments, parsed into its action's model (model/actions.py), and
+returns the result `data`; arguments of the wrong shape, or raising `Refused` (or a
+`ConfigError`), make the command a `failure` with that message (and the data it carries).
 Handlers never claim success for work they did not do: an upgrade's result, for instance, is
 only written by the version that runs after the restart (see agent/upgrade.py).
 """
@@ -23,6 +24,7 @@ from fleetcmd.agent.modules.active_response import ActiveResponse
 from fleetcmd.agent.modules.inventory import Inventory
 from fleetcmd.agent.modules.sca import Sca
 from fleetcmd.agent.state import AgentState, InvalidName, StateDir, check_name
+from fleetcmd.model import actions as a
 from fleetcmd.model.config import config_hash
 
 log = logging.getLogger("fleetcmd.agent.handlers")
@@ -78,7 +80,7 @@ class Context:
         self.state_dir.save_state(self.applied)
 
 
-Handler = Callable[[Context, dict[str, Any]], dict[str, Any]]
+Handler = Callable[[Context, Any], dict[str, Any]]
 
 
 # -- configuration (R1, R2, R5, R6) ---------------------------------------------------------------
@@ -89,16 +91,16 @@ def _groups(value: Any) -> list[str]:
 
 
 def resolve_config(
-    ctx: Context, groups: list[str], args: dict[str, Any]
+    ctx: Context, groups: list[str], args: a.ConfigAttached
 ) -> tuple[dict[str, Any], str]:
     """The merged configuration a command refers to, checked against the hash it carries."""
-    expected = args.get("config_hash")
-    if not isinstance(expected, str) or not expected:
+    expected = args.config_hash
+    if not expected:
         raise Refused("command carries no 'config_hash'; cannot verify the configuration")
-    config = args.get("config")
+    config: Any = args.config
     if config is None:
-        ref = args.get("config_ref")
-        if not isinstance(ref, dict):
+        ref = args.config_ref
+        if ref is None:
             raise Refused("command carries neither 'config' nor 'config_ref'")
         ref_groups = _groups(ref.get("groups", groups))
         # R1: the configuration was too large to travel attached; ask the server for it.
@@ -125,16 +127,16 @@ def apply_config(ctx: Context, groups: list[str], config: dict[str, Any], digest
     return changes
 
 
-def set_groups(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    groups = _groups(args.get("groups"))
+def set_groups(ctx: Context, args: a.SetGroups) -> dict[str, Any]:
+    groups = _groups(args.groups)
     config, digest = resolve_config(ctx, groups, args)
     changes = apply_config(ctx, groups, config, digest)
     return {"groups": groups, "config_hash": digest, "changes": changes}
 
 
-def apply_group_config(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    groups = _groups(args.get("groups", ctx.applied.groups))
-    group = args.get("group")
+def apply_group_config(ctx: Context, args: a.ApplyGroupConfig) -> dict[str, Any]:
+    groups = _groups(ctx.applied.groups if args.groups is None else args.groups)
+    group = args.group
     if group is not None and group not in groups:
         raise Refused(f"group '{group}' is not one of this agent's groups {groups}")
     config, digest = resolve_config(ctx, groups, args)
@@ -143,51 +145,44 @@ def apply_group_config(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- identity --------------------------------------------------------------------------------------
-def rename(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    name = args.get("name")
-    if not isinstance(name, str) or not name.strip():
+def rename(ctx: Context, args: a.Rename) -> dict[str, Any]:
+    name = args.name
+    if not name.strip():
         raise Refused("'name' must be a non-empty string")
     ctx.applied.name = name
     ctx.save()
     return {"name": name}
 
 
-def delete(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+def delete(ctx: Context, args: a.Delete) -> dict[str, Any]:
     """Answer first; the runner then sends the answer, forgets the credentials and exits."""
     ctx.removing = True
     return {"deleted": True}
 
 
 # -- SCA (rows 6 and 7) ----------------------------------------------------------------------------
-def _policy_id(args: dict[str, Any]) -> str:
-    policy_id = args.get("policy_id")
-    if not isinstance(policy_id, str):
-        raise Refused("'policy_id' must be a string")
-    return check_name(policy_id)
-
-
-def sca_policy(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+def sca_policy(ctx: Context, args: a.ScaPolicy) -> dict[str, Any]:
     """Row 6: store (then evaluate) or remove a group's policy."""
-    policy_id = _policy_id(args)
-    if args.get("delete"):
+    policy_id = check_name(args.policy_id)
+    if args.delete:
         existed = ctx.sca.remove(policy_id)
         return {"policy_id": policy_id, "deleted": True, "existed": existed}
-    policy = args.get("policy")
-    if not isinstance(policy, dict | str):
+    policy = args.policy
+    if policy is None:
         raise Refused("'policy' must be an object (or 'delete': true)")
     summary = ctx.sca.store(policy_id, policy, ctx.deadline)
     return {"policy_id": policy_id, "stored": True, "summary": summary}
 
 
-def sca_content(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+def sca_content(ctx: Context, args: a.ScaContent) -> dict[str, Any]:
     """Row 7: the content manager published a new version of a policy this agent uses.
     The content travels attached as `policy` (like configurations, R6); an agent given only
     the id and version fetches it (`GET /agents/sca/{policy_id}`)."""
-    policy_id = _policy_id(args)
-    version = args.get("version")
-    if not isinstance(version, str) or not version:
-        raise Refused("'version' must be a string")
-    policy = args.get("policy")
+    policy_id = check_name(args.policy_id)
+    version = args.version
+    if not version:
+        raise Refused("'version' must be a non-empty string")
+    policy: Any = args.policy
     if policy is None:
         policy = _fetch_policy(ctx, policy_id, version)
     if not isinstance(policy, dict):
@@ -222,7 +217,7 @@ def _fetch_policy(ctx: Context, policy_id: str, version: str) -> Any:
 
 
 # -- inventory (row 8) -----------------------------------------------------------------------------
-def vulnerability_rescan(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+def vulnerability_rescan(ctx: Context, args: a.VulnerabilityRescan) -> dict[str, Any]:
     """Row 8: re-send the package inventory now, so the engine matches it again."""
     if ctx.inventory is None:
         raise Refused("this agent has no inventory module")
@@ -236,33 +231,29 @@ def vulnerability_rescan(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- active response (rows 10 and 11) --------------------------------------------------------------
-def ar_config(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    name = args.get("name")
-    if not isinstance(name, str):
-        raise Refused("'name' must be a string")
-    if args.get("enabled", True) is False:
+def ar_config(ctx: Context, args: a.ArConfig) -> dict[str, Any]:
+    name = args.name
+    if not args.enabled:
         existed = ctx.active_response.remove(name)
         return {"name": name, "removed": True, "existed": existed}
-    definition = args.get("definition")
-    if not isinstance(definition, dict):
+    definition = args.definition
+    if definition is None:
         raise Refused("'definition' must be an object when the response is enabled")
     ctx.active_response.store(name, definition)
     return {"name": name, "stored": True}
 
 
-def ar_execute(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+def ar_execute(ctx: Context, args: a.ArExecute) -> dict[str, Any]:
     """Row 11: run an allow-listed response; a non-zero exit or a timeout is a failure that
     still reports the exit code and output."""
-    ok, data, message = ctx.active_response.execute(
-        args.get("name"), args.get("arguments"), ctx.deadline
-    )
+    ok, data, message = ctx.active_response.execute(args.name, args.arguments, ctx.deadline)
     if not ok:
         raise Refused(message, data, TIMED_OUT if data.get("timed_out") else FAILED)
     return data
 
 
 # -- upgrade (row 3) -------------------------------------------------------------------------------
-def upgrade(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+def upgrade(ctx: Context, args: a.Upgrade) -> dict[str, Any]:
     """Download, verify and install; the switch and the result happen in the runner and in
     the version that runs next (success only once it has checked in)."""
     if ctx.comms is None:
@@ -283,17 +274,21 @@ def upgrade(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return {"version": prepared.target.version, "restarting": True}
 
 
-HANDLERS: dict[str, Handler] = {
-    "set-groups": set_groups,
-    "apply-group-config": apply_group_config,
-    "rename": rename,
-    "delete": delete,
-    "sca-policy": sca_policy,
-    "sca-content": sca_content,
-    "vulnerability-rescan": vulnerability_rescan,
-    "ar-config": ar_config,
-    "ar-execute": ar_execute,
-    "upgrade": upgrade,
+# Action name (the catalog's, model/actions.py) -> its arguments' model and the handler.
+HANDLERS: dict[str, tuple[type[a.ActionArgs], Handler]] = {
+    model.action: (model, handler)
+    for model, handler in (
+        (a.SetGroups, set_groups),
+        (a.ApplyGroupConfig, apply_group_config),
+        (a.Rename, rename),
+        (a.Delete, delete),
+        (a.ScaPolicy, sca_policy),
+        (a.ScaContent, sca_content),
+        (a.VulnerabilityRescan, vulnerability_rescan),
+        (a.ArConfig, ar_config),
+        (a.ArExecute, ar_execute),
+        (a.Upgrade, upgrade),
+    )
 }
 
 
@@ -303,11 +298,14 @@ def execute(ctx: Context, command: dict[str, Any]) -> Result:
     action = command.get("action") or {}
     name = str(action.get("name", ""))
     args = action.get("args") or {}
-    handler = HANDLERS.get(name)
-    if handler is None:
+    known = HANDLERS.get(name)
+    if known is None:
         return Result.failure(cid, f"action {name} unknown to this agent version", UNSUPPORTED)
-    if not isinstance(args, dict):
-        return Result.failure(cid, f"action {name}: 'args' must be an object")
+    model, handler = known
+    try:
+        typed = model.parse(args)
+    except a.BadArgs as exc:
+        return Result.failure(cid, f"action {name}: {exc}")
     timeout = command.get("timeout") or DEFAULT_TIMEOUT
     outcome: list[Result] = []
     deadline = time.monotonic() + max(float(timeout) - MARGIN, float(timeout) / 2)
@@ -317,7 +315,7 @@ def execute(ctx: Context, command: dict[str, Any]) -> Result:
             with ctx.lock:  # handlers never overlap, even one outliving its timeout
                 ctx.command_id, ctx.deadline = cid, deadline
                 try:
-                    data = handler(ctx, args)
+                    data = handler(ctx, typed)
                 finally:
                     ctx.command_id = ctx.deadline = None
             outcome.append(Result.success(cid, data))

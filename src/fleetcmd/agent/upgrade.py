@@ -56,6 +56,7 @@ from typing import Any
 
 import fleetcmd
 from fleetcmd.agent.state import StateDir, process_alive, write_json
+from fleetcmd.model.actions import Upgrade
 
 log = logging.getLogger("fleetcmd.agent.upgrade")
 
@@ -387,14 +388,14 @@ def prepare(
     state: StateDir,
     comms: Any,
     command_id: Any,
-    args: dict[str, Any],
+    args: Upgrade,
     trust_keys: list[str],
     deadline_s: float,
 ) -> PendingUpgrade | dict[str, Any]:
     """Download, verify and install; returns the switch to make, or the result data when
     there is nothing to do. Raises UpgradeRefused; on any refusal nothing is switched."""
-    version = args.get("version")
-    name = args.get("package") or "fleetcmd"
+    version = args.version
+    name = args.package or "fleetcmd"
     if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
         raise UpgradeRefused("'version' must be a version string")
     if not isinstance(name, str) or not PACKAGE_NAME_RE.fullmatch(name):

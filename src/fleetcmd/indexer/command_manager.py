@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from fleetcmd.errors import FleetError, LeaseLost
 from fleetcmd.indexer import rollouts
-from fleetcmd.indexer.expansions import EXPANSIONS
+from fleetcmd.indexer.parts import NOTHING, PARTS
 from fleetcmd.model.catalog import CATALOG
 from fleetcmd.model.nesting import Unreadable
 from fleetcmd.model.records import Command
@@ -56,7 +56,7 @@ class CommandManager:
     def expand(self, cmd: Command) -> int:
         started = time.perf_counter()
         spec = CATALOG.get(cmd.action_name)
-        handler = EXPANSIONS.get(cmd.action_name)
+        handler = PARTS.get(cmd.action_name, NOTHING).expand
         try:
             if spec is None or handler is None:
                 raise FleetError(f"no expansion for action '{cmd.action_name}'")

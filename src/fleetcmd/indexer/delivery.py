@@ -16,12 +16,14 @@ from typing import Any
 
 from fleetcmd.errors import NotFound
 from fleetcmd.indexer.signing import CommandSigner
+from fleetcmd.model.actions import ACTIONS
 from fleetcmd.model.nesting import Unreadable
 from fleetcmd.model.records import Command, dumps
 from fleetcmd.store import Result
 from fleetcmd.store.base import SqlStore
 
-CONFIG_ACTIONS = frozenset({"set-groups", "apply-group-config"})
+# What each action has attached on its way out (model/actions.py `attaches`).
+ATTACHES = {name: a.attaches for name, a in ACTIONS.items() if a.attaches}
 
 
 def outgoing(
@@ -40,7 +42,8 @@ def outgoing(
             refused.append(_undeliverable(cmd, "its arguments"))
             continue
         doc = cmd.to_json()
-        if cmd.action_name in CONFIG_ACTIONS:
+        attaches = ATTACHES.get(cmd.action_name)
+        if attaches == "config":
             groups = list(cmd.action_args.get("groups", []))
             key = tuple(groups)
             if key not in configs:
@@ -55,7 +58,7 @@ def outgoing(
                 args["config"] = merged
             else:
                 args["config_ref"] = {"groups": groups, "hash": h}
-        elif cmd.action_name == "sca-content":
+        elif attaches == "sca-policy":
             args = doc["action"]["args"]
             policy_id = str(args.get("policy_id", ""))
             if policy_id not in policies:

@@ -1,6 +1,8 @@
 """What the command manager does for each indexer-bound command: the seed's steps
-"4- Change index" and "5- Write child commands". One function per catalog entry; each runs
-inside the expansion's transaction and returns (children written, summary for the parent)."""
+"4- Change index" and "5- Write child commands". One function per catalog entry (listed in
+`indexer/parts.py`); each runs inside the expansion's transaction, builds its children's
+arguments with their action's model (model/actions.py) and returns (children written, summary
+for the parent)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fleetcmd.errors import InvalidParams, NotFound
-from fleetcmd.indexer.task_manager import selection_of
+from fleetcmd.model import actions as a
 from fleetcmd.model import params as p
 from fleetcmd.model.catalog import CommandSpec
 from fleetcmd.model.records import Command
@@ -19,15 +21,16 @@ Expansion = Callable[[SqlTx, Command, CommandSpec, Any], tuple[int, dict[str, An
 
 
 def _fanout(
-    cmd: Command, spec: CommandSpec, args: dict[str, Any], with_groups: bool = False
+    cmd: Command, spec: CommandSpec, args: a.ActionArgs, with_groups: bool = False
 ) -> Fanout:
+    assert args.action == spec.action, (args.action, spec.action)
     return Fanout(
         task_id=cmd.task_id,
         parent_id=cmd.id,
         source="command-manager",
         user=cmd.user,
         action_name=spec.action,
-        action_args=args,
+        action_args=args.dump(),
         timeout=cmd.timeout,
         expires_at=cmd.expires_at,
         with_groups=with_groups,
@@ -66,7 +69,9 @@ def group_assignment(
             "unchanged": len(current) - len(changed),
         }
     tx.set_agents_groups(changed)
-    n = tx.fan_out(_fanout(cmd, spec, {}, with_groups=True), AgentSelection(ids=tuple(changed)))
+    n = tx.fan_out(
+        _fanout(cmd, spec, a.SetGroups(), with_groups=True), AgentSelection(ids=tuple(changed))
+    )
     summary["changed"] = len(changed)
     return n, summary
 
@@ -79,7 +84,7 @@ def group_configuration(
         _fanout(
             cmd,
             spec,
-            {"group": prm.group, "version": version, "group_config_hash": h},
+            a.ApplyGroupConfig(group=prm.group, version=version, group_config_hash=h),
             with_groups=True,
         ),
         AgentSelection(groups=(prm.group,)),
@@ -95,7 +100,7 @@ def agent_rename(
         raise NotFound(f"agent {prm.agent} not found")
     tx.rename_agent(prm.agent, prm.name)
     n = tx.fan_out(
-        _fanout(cmd, spec, {"name": prm.name, "previous": agent.name}),
+        _fanout(cmd, spec, a.Rename(name=prm.name, previous=agent.name)),
         AgentSelection(ids=(prm.agent,)),
     )
     return n, {"agent": prm.agent, "name": prm.name, "previous": agent.name}
@@ -109,7 +114,7 @@ def sca_policy(
         tx.delete_document("sca", doc)
     else:
         tx.put_document("sca", doc, prm.policy)
-    args = {"policy_id": prm.policy_id, "policy": prm.policy, "delete": prm.delete}
+    args = a.ScaPolicy(policy_id=prm.policy_id, policy=prm.policy, delete=prm.delete)
     n = tx.fan_out(_fanout(cmd, spec, args), AgentSelection(groups=(prm.group,)))
     return n, {"policy_id": prm.policy_id, "group": prm.group, "deleted": prm.delete}
 
@@ -118,8 +123,8 @@ def active_response_execution(
     tx: SqlTx, cmd: Command, spec: CommandSpec, prm: p.ActiveResponseExecution
 ) -> tuple[int, dict[str, Any]]:
     n = tx.fan_out(
-        _fanout(cmd, spec, {"name": prm.name, "arguments": prm.arguments, "reason": prm.reason}),
-        selection_of(prm.target),
+        _fanout(cmd, spec, a.ArExecute(name=prm.name, arguments=prm.arguments, reason=prm.reason)),
+        prm.target.selection(),
     )
     return n, {"name": prm.name, "targets": n}
 
@@ -130,18 +135,8 @@ def agent_deletion(
     agent = tx.agent(prm.agent)
     if agent is None or agent.status == "removed":
         raise NotFound(f"agent {prm.agent} not found")
-    n = tx.fan_out(_fanout(cmd, spec, {}), AgentSelection(ids=(prm.agent,)))
+    n = tx.fan_out(_fanout(cmd, spec, a.Delete()), AgentSelection(ids=(prm.agent,)))
     tx.remove_agent(prm.agent)
     # What waits for it ends now; its `delete` waits only if a node can hand it over.
     tx.settle_removed(agent_id=prm.agent, connected=agent.status == "active" and bool(agent.node))
     return n, {"agent": prm.agent, "name": agent.name}
-
-
-EXPANSIONS: dict[str, Expansion] = {
-    "group-assignment-change": group_assignment,
-    "group-configuration-change": group_configuration,
-    "agent-rename": agent_rename,
-    "sca-policy-change": sca_policy,
-    "active-response-execution": active_response_execution,
-    "agent-deletion": agent_deletion,
-}

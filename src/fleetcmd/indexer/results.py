@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from fleetcmd.model.catalog import AGENT_FIELDS
 from fleetcmd.store import Result
 from fleetcmd.store.base import SqlStore
 
-AGENT_FIELDS = ("config_hash", "version")
+# Which fields: the catalog's actions say (model/actions.py `reports`).
 
 
 def record_results(store: SqlStore, results: list[Result]) -> list[dict[str, Any]]:

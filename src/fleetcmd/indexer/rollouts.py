@@ -17,11 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 from fleetcmd.errors import Conflict, InvalidParams, NotFound
-from fleetcmd.model import params as p
-from fleetcmd.model.catalog import CATALOG, Target
+from fleetcmd.indexer.reversals import REVERSALS
+from fleetcmd.model.catalog import CATALOG, REVERSIBLE, Target
 from fleetcmd.model.rollout import (
     CONTROLS,
-    REVERSIBLE,
     Rollout,
     RolloutPolicy,
     State,
@@ -66,28 +65,9 @@ def prepare_expansion(tx: SqlTx, task_id: int, task_type: str, parsed: Any) -> N
 
 
 def capture(tx: SqlTx, task_type: str, parsed: Any) -> dict[str, Any] | None:
-    """What the change replaces, read before the index changes."""
-    if isinstance(parsed, p.GroupConfigurationChange):
-        group = tx.group(parsed.group)
-        return {"group": parsed.group, "config_hash": group.config_hash if group else None}
-    if isinstance(parsed, p.ScaPolicyChange):
-        doc = f"{parsed.group}/{parsed.policy_id}"
-        return {
-            "group": parsed.group,
-            "policy_id": parsed.policy_id,
-            "policy": tx.document("sca", doc),
-        }
-    if isinstance(parsed, p.ActiveResponseConfiguration):
-        doc = f"{parsed.group}/{parsed.name}"
-        return {
-            "group": parsed.group,
-            "name": parsed.name,
-            "definition": tx.document("active-response", doc),
-        }
-    if isinstance(parsed, p.AgentUpgrade):
-        # Each agent's version before the upgrade travels in its command (`from_version`).
-        return {"package": parsed.package}
-    return None
+    """What the change replaces, read before the index changes (None: not reversible)."""
+    reverse = REVERSALS.get(task_type)
+    return None if reverse is None else reverse.capture(tx, parsed)
 
 
 def stager(policy: RolloutPolicy, task_type: str) -> Callable[[SqlTx, Fanout, AgentSelection], int]:
@@ -286,43 +266,16 @@ def _rollback(
 def _undo_index(tx: SqlTx, task_type: str, inverse: dict[str, Any], rb: int) -> dict[str, Any]:
     """Put the index back as it was; returns what each agent that applied the change gets."""
     spec = CATALOG[task_type]
-    plan: dict[str, Any] = {"action": spec.action, "timeout": spec.timeout, "with_groups": False}
-    if task_type == "group-configuration-change":
-        previous = (
-            sql.config_content(tx, inverse["config_hash"]) if inverse.get("config_hash") else None
-        ) or {}
-        h, version = tx.put_group_config(inverse["group"], previous, rb)
-        plan["args"] = {"group": inverse["group"], "version": version, "group_config_hash": h}
-        plan["with_groups"] = True
-    elif task_type == "sca-policy-change":
-        doc = f"{inverse['group']}/{inverse['policy_id']}"
-        policy = inverse.get("policy")
-        if policy is None:
-            tx.delete_document("sca", doc)
-        else:
-            tx.put_document("sca", doc, policy)
-        plan["args"] = {
-            "policy_id": inverse["policy_id"],
-            "policy": policy,
-            "delete": policy is None,
-        }
-    elif task_type == "active-response-configuration":
-        doc = f"{inverse['group']}/{inverse['name']}"
-        definition = inverse.get("definition")
-        if definition is None:
-            tx.delete_document("active-response", doc)
-        else:
-            tx.put_document("active-response", doc, definition)
-        plan["args"] = {
-            "group": inverse["group"],
-            "name": inverse["name"],
-            "definition": definition,
-            "enabled": definition is not None,
-        }
-    else:  # agent-upgrade: each agent goes back to the version it ran before (per agent)
-        plan["args"] = {"package": inverse.get("package")}
-        plan["to_previous_version"] = True
-    return plan
+    args, with_groups = REVERSALS[task_type].undo(tx, inverse, rb)
+    assert args.action == spec.action, (args.action, spec.action)
+    return {
+        "action": spec.action,
+        "timeout": spec.timeout,
+        "with_groups": with_groups,
+        "args": args.dump(),
+        # agent-upgrade: each agent goes back to the version it ran before (per agent)
+        "to_previous_version": task_type == "agent-upgrade",
+    }
 
 
 def _send_inverse(

@@ -13,11 +13,11 @@ from typing import Any
 
 from fleetcmd.errors import Conflict, Forbidden, InvalidParams
 from fleetcmd.indexer import rollouts
-from fleetcmd.indexer.rbac import apply_changes
+from fleetcmd.indexer.parts import NOTHING, PARTS
 from fleetcmd.model import params as p
 from fleetcmd.model.catalog import CommandSpec, Expansion, Target, validate
 from fleetcmd.model.records import Task, dumps
-from fleetcmd.store import AgentSelection, Fanout, NewCommand
+from fleetcmd.store import Fanout, NewCommand
 from fleetcmd.store.base import SqlStore, SqlTx
 
 log = logging.getLogger("fleetcmd.task_manager")
@@ -41,22 +41,6 @@ class TaskRequest:
     rollout: dict[str, Any] | None = None  # a rollout policy (docs/rollouts.md)
     # Written with the task (tasks a node files in its own name: `user_proofs`).
     audit: dict[str, Any] | None = None
-
-
-def selection_of(sel: p.AgentSelector) -> AgentSelection:
-    if sel.all:
-        return AgentSelection(all=True)
-    if sel.group is not None:
-        return AgentSelection(groups=(sel.group,))
-    assert sel.agents is not None
-    return AgentSelection(ids=tuple(dict.fromkeys(sel.agents)))
-
-
-def stored_params(parsed: p.Params) -> dict[str, Any]:
-    """The params kept in the task and its commands (secrets such as password hashes out)."""
-    if isinstance(parsed, p.RbacChange):
-        return parsed.redacted()
-    return parsed.model_dump(mode="json")
 
 
 class TaskManager:
@@ -103,7 +87,7 @@ class TaskManager:
     def _replay(self, task_id: int, req: TaskRequest) -> Task:
         task = self.store.get_task(task_id)
         _, parsed = validate(req.type, req.params)
-        if task.type != req.type or dumps(task.params) != dumps(stored_params(parsed)):
+        if task.type != req.type or dumps(task.params) != dumps(parsed.stored()):
             raise Conflict(
                 f"idempotency key already used by task {task_id} with another request",
                 task_id=task_id,
@@ -112,7 +96,7 @@ class TaskManager:
 
     def _write(self, tx: SqlTx, spec: CommandSpec, parsed: p.Params, req: TaskRequest) -> int:
         self._check_references(tx, spec, parsed)
-        params = stored_params(parsed)
+        params = parsed.stored()
         task_id = tx.insert_task(spec.task_type, params, req.source, req.user, req.idempotency_key)
         if req.audit is not None:
             tx.append_audit({**req.audit, "target": f"task:{task_id}"})
@@ -121,7 +105,9 @@ class TaskManager:
         if req.rollout is not None:
             policy = rollouts.validate_request(spec.task_type, req.rollout)
             rollouts.begin(tx, task_id, spec.task_type, policy, parsed)
-        self._update_index_first(tx, spec, parsed)
+        index_first = PARTS.get(spec.task_type, NOTHING).index_first
+        if index_first is not None:
+            index_first(tx, parsed)
         if spec.expansion is Expansion.BY_COMMAND_MANAGER:
             tx.insert_commands(
                 task_id,
@@ -132,7 +118,9 @@ class TaskManager:
                 [NewCommand(Target.INDEXER, "command-manager", spec.task_type, params)],
             )
         elif spec.expansion is Expansion.BY_TASK_MANAGER:
-            selection = self._agent_selection(tx, spec, parsed)
+            selection = parsed.selection(tx)
+            if selection is None:
+                raise InvalidParams(f"{spec.task_type}: no agent selection")
             tx.fan_out(
                 Fanout(
                     task_id,
@@ -140,7 +128,7 @@ class TaskManager:
                     req.source,
                     req.user,
                     spec.action,
-                    self._agent_args(spec, parsed, params),
+                    parsed.agent_args(),
                     timeout,
                     expires_at,
                 ),
@@ -160,84 +148,23 @@ class TaskManager:
 
     # -- checks before anything is written ------------------------------------------------------
     def _check_references(self, tx: SqlTx, spec: CommandSpec, parsed: p.Params) -> None:
-        agents: list[str] = []
-        groups: list[str] = []
-        if isinstance(parsed, p.GroupAssignmentChange):
-            agents = list(parsed.agents or [])
-            groups = list(parsed.groups) + [
-                g for g in (parsed.from_group, parsed.delete_group) if g
-            ]
-        elif isinstance(parsed, p.AgentSelector):
-            agents, groups = list(parsed.agents or []), [parsed.group] if parsed.group else []
-        elif isinstance(parsed, p.ActiveResponseExecution):
-            agents = list(parsed.target.agents or [])
-            groups = [parsed.target.group] if parsed.target.group else []
-        elif isinstance(parsed, p.AgentRename | p.AgentDeletion):
-            agents = [parsed.agent]
-        elif isinstance(parsed, p.ScaPolicyChange | p.ActiveResponseConfiguration):
-            groups = [parsed.group]
-        if agents:
-            missing = sorted(set(agents) - tx.known_agents(list(dict.fromkeys(agents))))
+        named = parsed.names()
+        if named.agents:
+            agents = list(dict.fromkeys(named.agents))
+            missing = sorted(set(agents) - tx.known_agents(agents))
             if missing:
                 raise InvalidParams(
                     f"{spec.task_type}: {len(missing)} unknown agent(s): "
                     + ", ".join(missing[:20]),
                     unknown_agents=missing[:100],
                 )
-        for g in dict.fromkeys(groups):
+        for g in dict.fromkeys(named.groups):
             if tx.group(g) is None:
                 raise InvalidParams(
                     f"{spec.task_type}: group '{g}' does not exist (a group-configuration-change "
                     "creates it)",
                     unknown_group=g,
                 )
-        if isinstance(parsed, p.AgentRename):
-            # Refused now rather than failing later; the rename's own transaction checks
-            # again, for two renames to one name filed before either ran.
-            holder = tx.agent_named(parsed.name, other_than=parsed.agent)
-            if holder is not None:
-                raise Conflict(
-                    f"{spec.task_type}: agent name '{parsed.name}' is already used by agent "
-                    f"{holder}",
-                    name_taken=parsed.name,
-                    agent=holder,
-                )
-
-    # -- the index change that the flow makes before the command is written ---------------------
-    def _update_index_first(self, tx: SqlTx, spec: CommandSpec, parsed: p.Params) -> None:
-        if isinstance(parsed, p.ActiveResponseConfiguration):
-            doc = f"{parsed.group}/{parsed.name}"
-            if parsed.enabled:
-                tx.put_document("active-response", doc, parsed.definition)
-            else:
-                tx.delete_document("active-response", doc)
-        elif isinstance(parsed, p.ServerConfigChange):
-            current = tx.document("server-configuration", "settings") or {}
-            current.update(parsed.settings)
-            tx.put_document("server-configuration", "settings", current)
-        elif isinstance(parsed, p.RulesetUpdate) and parsed.rules is not None:
-            tx.put_document("ruleset", "rules", {"version": parsed.version, "rules": parsed.rules})
-        elif isinstance(parsed, p.RbacChange):
-            apply_changes(tx, parsed.changes)
-
-    def _agent_selection(self, tx: SqlTx, spec: CommandSpec, parsed: p.Params) -> AgentSelection:
-        if isinstance(parsed, p.AgentSelector):
-            return selection_of(parsed)
-        if isinstance(parsed, p.ActiveResponseConfiguration):
-            return AgentSelection(groups=(parsed.group,))
-        if isinstance(parsed, p.ScaContentUpdate):
-            groups = sorted(
-                {
-                    doc.split("/", 1)[0]
-                    for doc in tx.documents("sca", "")
-                    if doc.endswith(f"/{parsed.policy_id}")
-                }
-            )
-            return AgentSelection(groups=tuple(groups))
-        raise InvalidParams(f"{spec.task_type}: no agent selection")
-
-    @staticmethod
-    def _agent_args(spec: CommandSpec, parsed: p.Params, params: dict[str, Any]) -> dict[str, Any]:
-        if isinstance(parsed, p.AgentSelector):
-            return {k: v for k, v in params.items() if k not in ("agents", "group", "all")}
-        return params
+        check = PARTS.get(spec.task_type, NOTHING).check
+        if check is not None:
+            check(tx, parsed)

@@ -1,7 +1,12 @@
 """The one catalog of the 15 commands (SPEC §4).
 
-The task manager, the command manager, the server, the agent and the docs all read this
-table. Adding a command means adding one `CommandSpec` here and its handlers at each end.
+The task manager, the command manager, the server, the agent, the dashboard, the rollouts
+and the docs all read this table. An entry links a task type to its parts: its params
+(model/params.py: what it names, reaches and selects), the arguments of the action its receiver
+runs (model/actions.py), whether a rollout can reverse it. The roles register the rest under
+the entry's names (the receiver's handler, the indexer's steps in indexer/parts.py, the
+dashboard's form); tests/unit/test_catalog_complete.py names any part an entry lacks.
+docs/architecture.md, "adding a command", walks through it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from fleetcmd.errors import InvalidParams, RemovedCommand, TooDeep, UnknownTaskType
+from fleetcmd.model import actions as a
 from fleetcmd.model import params as p
 from fleetcmd.model.nesting import MAX_DEPTH, value_too_deep
 
@@ -40,11 +46,17 @@ class CommandSpec:
     params: type[p.Params]
     index_change: str  # which index changes, for docs and audit
     expansion: Expansion
-    action: str  # what reaches the server or agent
+    args: type[a.ActionArgs]  # the action that reaches the server or agent, and its arguments
     timeout: float  # default execution timeout, seconds
     summary: str
     attended: bool = True  # may be filed by people (dashboard / management API)
     unattended: bool = False  # may be filed by the content manager or engine
+    reversible: bool = False  # a rollout can send it back (indexer/reversals.py)
+
+    @property
+    def action(self) -> str:
+        """The name the receiver dispatches on."""
+        return self.args.action
 
     @property
     def receiver(self) -> Target:
@@ -64,7 +76,7 @@ CATALOG: dict[str, CommandSpec] = {
             p.GroupAssignmentChange,
             "agents (groups); groups on deletion",
             Expansion.BY_COMMAND_MANAGER,
-            "set-groups",
+            a.SetGroups,
             60,
             "Set, add or remove groups of agents, or delete a group",
         ),
@@ -75,9 +87,10 @@ CATALOG: dict[str, CommandSpec] = {
             p.GroupConfigurationChange,
             "groups (configuration, version)",
             Expansion.BY_COMMAND_MANAGER,
-            "apply-group-config",
+            a.ApplyGroupConfig,
             60,
             "Replace a group's configuration",
+            reversible=True,
         ),
         CommandSpec(
             3,
@@ -86,9 +99,10 @@ CATALOG: dict[str, CommandSpec] = {
             p.AgentUpgrade,
             "-",
             Expansion.BY_TASK_MANAGER,
-            "upgrade",
+            a.Upgrade,
             600,
             "Upgrade agents to a version",
+            reversible=True,
         ),
         CommandSpec(
             4,
@@ -97,7 +111,7 @@ CATALOG: dict[str, CommandSpec] = {
             p.AgentPackageNew,
             "-",
             Expansion.PER_SERVER_NODE,
-            "fetch-package",
+            a.FetchPackage,
             300,
             "Servers fetch a new agent package to serve it",
             attended=False,
@@ -110,7 +124,7 @@ CATALOG: dict[str, CommandSpec] = {
             p.AgentRename,
             "agents (name, unique)",
             Expansion.BY_COMMAND_MANAGER,
-            "rename",
+            a.Rename,
             60,
             "Rename an agent",
         ),
@@ -121,10 +135,11 @@ CATALOG: dict[str, CommandSpec] = {
             p.ScaPolicyChange,
             "sca",
             Expansion.BY_COMMAND_MANAGER,
-            "sca-policy",
+            a.ScaPolicy,
             120,
             "Set or delete an SCA policy for a group",
             unattended=True,
+            reversible=True,
         ),
         CommandSpec(
             7,
@@ -133,7 +148,7 @@ CATALOG: dict[str, CommandSpec] = {
             p.ScaContentUpdate,
             "sca (by content manager)",
             Expansion.BY_TASK_MANAGER,
-            "sca-content",
+            a.ScaContent,
             120,
             "Agents using a policy replace its content",
             attended=False,
@@ -146,7 +161,7 @@ CATALOG: dict[str, CommandSpec] = {
             p.VulnerabilityRescan,
             "cve (by content manager)",
             Expansion.BY_TASK_MANAGER,
-            "vulnerability-rescan",
+            a.VulnerabilityRescan,
             300,
             "Agents re-send their package inventory",
             unattended=True,
@@ -158,7 +173,7 @@ CATALOG: dict[str, CommandSpec] = {
             p.CveContentUpdate,
             "cve (by content manager)",
             Expansion.PER_SERVER_NODE,
-            "cve-reload",
+            a.CveReload,
             300,
             "Servers reload CVE data into the engine",
             attended=False,
@@ -171,10 +186,11 @@ CATALOG: dict[str, CommandSpec] = {
             p.ActiveResponseConfiguration,
             "active-response",
             Expansion.BY_TASK_MANAGER,
-            "ar-config",
+            a.ArConfig,
             60,
             "Set or remove an active response for a group",
             unattended=True,
+            reversible=True,
         ),
         CommandSpec(
             11,
@@ -183,7 +199,7 @@ CATALOG: dict[str, CommandSpec] = {
             p.ActiveResponseExecution,
             "- (reads agents and groups)",
             Expansion.BY_COMMAND_MANAGER,
-            "ar-execute",
+            a.ArExecute,
             120,
             "Run an allow-listed active response on agents",
             unattended=True,
@@ -195,7 +211,7 @@ CATALOG: dict[str, CommandSpec] = {
             p.RulesetUpdate,
             "ruleset",
             Expansion.PER_SERVER_NODE,
-            "ruleset-reload",
+            a.RulesetReload,
             120,
             "Servers reload the engine's rules",
             unattended=True,
@@ -207,7 +223,7 @@ CATALOG: dict[str, CommandSpec] = {
             p.ServerConfigChange,
             "server-configuration",
             Expansion.PER_SERVER_NODE,
-            "server-config",
+            a.ServerConfig,
             60,
             "Servers apply a configuration change without restarting",
         ),
@@ -218,7 +234,7 @@ CATALOG: dict[str, CommandSpec] = {
             p.AgentDeletion,
             "agents (removed)",
             Expansion.BY_COMMAND_MANAGER,
-            "delete",
+            a.Delete,
             60,
             "Delete an agent: it stops connecting and forgets its credentials",
         ),
@@ -229,7 +245,7 @@ CATALOG: dict[str, CommandSpec] = {
             p.RbacChange,
             "rbac",
             Expansion.PER_SERVER_NODE,
-            "rbac-refresh",
+            a.RbacRefresh,
             60,
             "Servers refresh their RBAC cache",
         ),
@@ -281,6 +297,9 @@ def validate(task_type: str, params: Any) -> tuple[CommandSpec, p.Params]:
     return spec, parsed
 
 
-def action_names() -> dict[str, CommandSpec]:
-    """Receiver-side action name -> spec (the server and agent dispatch on these)."""
-    return {s.action: s for s in CATALOG.values()}
+# Task types whose change has an inverse the rollout can send back (docs/rollouts.md).
+REVERSIBLE = frozenset(t for t, s in CATALOG.items() if s.reversible)
+# Receiver-side action name -> spec (the server and agent dispatch on these).
+BY_ACTION: dict[str, CommandSpec] = {s.action: s for s in CATALOG.values()}
+# Fields of a successful result that update the agents index (indexer/results.py).
+AGENT_FIELDS = tuple(dict.fromkeys(f for s in CATALOG.values() for f in s.args.reports))

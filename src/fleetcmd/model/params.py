@@ -1,4 +1,10 @@
-"""Parameter schemas of the 15 task types (pydantic at the edge, strict: unknown keys refused)."""
+"""Parameter schemas of the 15 task types (pydantic at the edge, strict: unknown keys refused).
+
+Each type also answers, by itself, what it names, what it reaches (RBAC) and which agents its
+commands are written for (model/targets.py), and what of it is stored: callers never keep
+their own list of task types. A type that leaves `reach` to the base class is refused by the
+catalog's completeness test (tests/unit/test_catalog_complete.py): nothing falls back to a
+default reach silently."""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fleetcmd.model.targets import EVERYTHING, AgentSelection, Lookup, Names, Reach
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -29,6 +37,34 @@ def _name(value: str, what: str) -> str:
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def names(self) -> Names:
+        """Agents and groups named by these params, which must exist when the task is filed."""
+        return Names()
+
+    def reach(self) -> Reach:
+        """What filing the task touches (server/access.py checks it against the user)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say what it reaches")
+
+    def selection(self, lookup: Lookup) -> AgentSelection | None:
+        """The agents the task manager writes commands for (agent-bound types only)."""
+        return None
+
+    def stored(self) -> dict[str, Any]:
+        """What the task and its commands keep (secrets such as password hashes out)."""
+        return self.model_dump(mode="json")
+
+    def agent_args(self) -> dict[str, Any]:
+        """The arguments of the command each selected agent gets (model/actions.py)."""
+        return self.stored()
+
+
+class Everything(Params):
+    """Types applied by every server node, or to content any group may use: they reach
+    everything, so only a user whose scope is everything files them."""
+
+    def reach(self) -> Reach:
+        return EVERYTHING
+
 
 class AgentSelector(Params):
     """Which agents an agent-bound task reaches: a list, a group, or all of them."""
@@ -47,6 +83,27 @@ class AgentSelector(Params):
         if self.group is not None:
             _name(self.group, "group")
         return self
+
+    def names(self) -> Names:
+        return Names(tuple(self.agents or ()), (self.group,) if self.group else ())
+
+    def reach(self) -> Reach:
+        if self.all:
+            return EVERYTHING
+        return Reach(agents=tuple(self.agents or ()), groups=(self.group,) if self.group else ())
+
+    def selection(self, lookup: Lookup | None = None) -> AgentSelection:
+        if self.all:
+            return AgentSelection(all=True)
+        if self.group is not None:
+            return AgentSelection(groups=(self.group,))
+        return AgentSelection(ids=tuple(dict.fromkeys(self.agents or ())))
+
+    def agent_args(self) -> dict[str, Any]:
+        return {k: v for k, v in self.stored().items() if k not in SELECTOR_FIELDS}
+
+
+SELECTOR_FIELDS = frozenset(AgentSelector.model_fields)
 
 
 class GroupAssignmentChange(Params):
@@ -82,6 +139,22 @@ class GroupAssignmentChange(Params):
             raise ValueError(f"mode '{self.mode}' needs at least one group")
         return self
 
+    def names(self) -> Names:
+        named = [g for g in (self.from_group, self.delete_group) if g]
+        return Names(tuple(self.agents or ()), (*self.groups, *named))
+
+    def reach(self) -> Reach:
+        if self.delete_group is not None:
+            g = (self.delete_group,)
+            return Reach(groups=g, changes_groups=g)
+        source = (self.from_group,) if self.from_group else ()
+        # `set` (and `remove`) take agents out of the group they are moved from, too.
+        return Reach(
+            agents=tuple(self.agents or ()),
+            groups=source,
+            changes_groups=tuple(self.groups) + (source if self.mode != "add" else ()),
+        )
+
 
 class GroupConfigurationChange(Params):
     group: str
@@ -92,13 +165,17 @@ class GroupConfigurationChange(Params):
     def _g(cls, v: str) -> str:
         return _name(v, "group")
 
+    # Names no group that must exist: it creates the group it names.
+    def reach(self) -> Reach:
+        return Reach(groups=(self.group,), changes_groups=(self.group,))
+
 
 class AgentUpgrade(AgentSelector):
     version: str = Field(min_length=1, max_length=64)
     package: str | None = Field(default=None, max_length=128)
 
 
-class AgentPackageNew(Params):
+class AgentPackageNew(Everything):
     package: str = Field(min_length=1, max_length=128)
     version: str = Field(min_length=1, max_length=64)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -112,6 +189,12 @@ class AgentRename(Params):
     @classmethod
     def _n(cls, v: str) -> str:
         return _name(v, "agent name")
+
+    def names(self) -> Names:
+        return Names(agents=(self.agent,))
+
+    def reach(self) -> Reach:
+        return Reach(agents=(self.agent,))
 
 
 class ScaPolicyChange(Params):
@@ -128,8 +211,14 @@ class ScaPolicyChange(Params):
             raise ValueError("give either 'policy' (to set it) or 'delete': true")
         return self
 
+    def names(self) -> Names:
+        return Names(groups=(self.group,))
 
-class ScaContentUpdate(Params):
+    def reach(self) -> Reach:
+        return Reach(groups=(self.group,), changes_groups=(self.group,))
+
+
+class ScaContentUpdate(Everything):
     policy_id: str
     version: str = Field(min_length=1, max_length=64)
 
@@ -138,12 +227,16 @@ class ScaContentUpdate(Params):
     def _p(cls, v: str) -> str:
         return _name(v, "policy_id")
 
+    def selection(self, lookup: Lookup) -> AgentSelection:
+        """The agents of every group that uses the policy."""
+        return AgentSelection(groups=tuple(lookup.groups_with_document("sca", self.policy_id)))
+
 
 class VulnerabilityRescan(AgentSelector):
     reason: str = Field(default="", max_length=256)
 
 
-class CveContentUpdate(Params):
+class CveContentUpdate(Everything):
     version: str = Field(min_length=1, max_length=64)
 
 
@@ -161,6 +254,15 @@ class ActiveResponseConfiguration(Params):
             raise ValueError("an enabled active response needs its 'definition'")
         return self
 
+    def names(self) -> Names:
+        return Names(groups=(self.group,))
+
+    def reach(self) -> Reach:
+        return Reach(groups=(self.group,), changes_groups=(self.group,))
+
+    def selection(self, lookup: Lookup) -> AgentSelection:
+        return AgentSelection(groups=(self.group,))
+
 
 class ActiveResponseExecution(Params):
     name: str
@@ -173,18 +275,30 @@ class ActiveResponseExecution(Params):
     def _n(cls, v: str) -> str:
         return _name(v, "active response name")
 
+    def names(self) -> Names:
+        return self.target.names()
 
-class RulesetUpdate(Params):
+    def reach(self) -> Reach:
+        return self.target.reach()
+
+
+class RulesetUpdate(Everything):
     version: str = Field(min_length=1, max_length=64)
     rules: list[dict[str, Any]] | None = None
 
 
-class ServerConfigChange(Params):
+class ServerConfigChange(Everything):
     settings: dict[str, Any] = Field(min_length=1)
 
 
 class AgentDeletion(Params):
     agent: str = Field(min_length=1, max_length=64)
+
+    def names(self) -> Names:
+        return Names(agents=(self.agent,))
+
+    def reach(self) -> Reach:
+        return Reach(agents=(self.agent,))
 
 
 USER_FIELDS = frozenset({"password_hash", "roles", "disabled"})
@@ -226,12 +340,12 @@ class RbacDocChange(Params):
         return doc
 
 
-class RbacChange(Params):
+class RbacChange(Everything):
     """Servers refresh their RBAC cache; with `changes`, the rbac index changes first (the
     Management API's /security routes file these; a plain task carries only a reason)."""
 
     reason: str = Field(default="", max_length=256)
     changes: list[RbacDocChange] = Field(default_factory=list, max_length=100)
 
-    def redacted(self) -> dict[str, Any]:
+    def stored(self) -> dict[str, Any]:
         return {"reason": self.reason, "changes": [c.redacted() for c in self.changes]}

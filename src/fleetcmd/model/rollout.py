@@ -15,16 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fleetcmd.errors import InvalidParams
+from fleetcmd.model.catalog import REVERSIBLE
 
-# Task types whose change has an inverse the rollout can send back (issue 8 §4).
-REVERSIBLE = frozenset(
-    {
-        "agent-upgrade",
-        "group-configuration-change",
-        "sca-policy-change",
-        "active-response-configuration",
-    }
-)
 # A command of a wave not yet released waits in the stream under this target type: no claimer
 # asks for it, so releasing it is one UPDATE of the target type (no status move, no recount).
 HELD = "agent-held"

@@ -19,51 +19,12 @@ from typing import Any
 from fleetcmd.errors import FleetError, Forbidden
 from fleetcmd.model import params as p
 from fleetcmd.model.catalog import validate
+from fleetcmd.model.targets import Reach
 from fleetcmd.server.rbac import Scope, User
 from fleetcmd.server.state import ServerState
 
 LOOKUP_CHUNK = 200  # agent ids per indexer lookup (they travel in the query string)
 GROUP_PAGE = 5000
-
-
-@dataclass(frozen=True)
-class Reach:
-    agents: tuple[str, ...] = ()
-    groups: tuple[str, ...] = ()  # every member is reached
-    changes_groups: tuple[str, ...] = ()  # their configuration or membership changes
-    everything: bool = False
-
-
-def _selector(sel: p.AgentSelector) -> Reach:
-    if sel.all:
-        return Reach(everything=True)
-    return Reach(agents=tuple(sel.agents or ()), groups=(sel.group,) if sel.group else ())
-
-
-def task_reach(parsed: p.Params) -> Reach:
-    """Which agents and groups a task of these (validated) params reaches."""
-    if isinstance(parsed, p.GroupAssignmentChange):
-        if parsed.delete_group is not None:
-            g = (parsed.delete_group,)
-            return Reach(groups=g, changes_groups=g)
-        return Reach(
-            agents=tuple(parsed.agents or ()),
-            groups=(parsed.from_group,) if parsed.from_group else (),
-            changes_groups=tuple(parsed.groups)
-            + ((parsed.from_group,) if parsed.from_group and parsed.mode != "add" else ()),
-        )
-    if isinstance(
-        parsed, p.GroupConfigurationChange | p.ScaPolicyChange | p.ActiveResponseConfiguration
-    ):
-        return Reach(groups=(parsed.group,), changes_groups=(parsed.group,))
-    if isinstance(parsed, p.AgentSelector):
-        return _selector(parsed)
-    if isinstance(parsed, p.ActiveResponseExecution):
-        return _selector(parsed.target)
-    if isinstance(parsed, p.AgentRename | p.AgentDeletion):
-        return Reach(agents=(parsed.agent,))
-    # Servers (packages, CVE data, rules, settings, RBAC) and content used by any group.
-    return Reach(everything=True)
 
 
 def reach_of(type_: str, params: dict[str, Any]) -> Reach | None:
@@ -72,7 +33,7 @@ def reach_of(type_: str, params: dict[str, Any]) -> Reach | None:
         _, parsed = validate(type_, params)
     except FleetError:
         return None
-    return task_reach(parsed)
+    return parsed.reach()
 
 
 async def agents_groups(st: ServerState, ids: Iterable[str]) -> dict[str, list[str]]:
@@ -122,7 +83,7 @@ async def check_task(st: ServerState, user: User, type_: str, params: dict[str, 
         raise Forbidden(
             f"user '{user.name}' may not {action}", action=action, roles=list(user.roles)
         )
-    reach = task_reach(parsed)
+    reach = parsed.reach()
     if reach.everything and not scope.everything:
         raise Forbidden(
             f"user '{user.name}' may not {action} on every agent or server (needs {'*:*:*'})",

@@ -1,7 +1,8 @@
 """What a server node does with server-bound commands (catalog rows 4, 9, 12, 13, 15).
 
-One function per action, looked up by `action.name`; each returns a real outcome, and a
-failure says why (the content that did not parse, the package that did not verify)."""
+One function per action, looked up by `action.name`, given the command's arguments parsed into
+its action's model (model/actions.py); each returns a real outcome, and a failure says why (the
+content that did not parse, the package that did not verify)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetcmd.errors import FleetError
+from fleetcmd.model import actions as a
 from fleetcmd.server.engine import RulesetInvalid
 from fleetcmd.server.indexer_client import IndexerError
 from fleetcmd.server.state import ServerState
@@ -26,12 +28,11 @@ class Outcome:
     code: int = 0
 
 
-Handler = Callable[[ServerState, dict[str, Any]], Awaitable[Outcome]]
+Handler = Callable[[ServerState, Any], Awaitable[Outcome]]
 
 
-async def server_config(st: ServerState, command: dict[str, Any]) -> Outcome:
+async def server_config(st: ServerState, args: a.ServerConfig) -> Outcome:
     """Apply the stored server configuration plus this command's settings, live."""
-    args = command.get("action", {}).get("args") or {}
     settings: dict[str, Any] = {}
     try:
         stored = await st.indexer.get("/indexes/server-configuration/settings")
@@ -40,8 +41,7 @@ async def server_config(st: ServerState, command: dict[str, Any]) -> Outcome:
     except IndexerError as exc:
         if exc.status != 404:
             raise
-    if isinstance(args.get("settings"), dict):
-        settings.update(args["settings"])
+    settings.update(args.settings)
     changed = st.config.apply(settings)
     return Outcome(
         "success",
@@ -50,15 +50,15 @@ async def server_config(st: ServerState, command: dict[str, Any]) -> Outcome:
     )
 
 
-async def rbac_refresh(st: ServerState, command: dict[str, Any]) -> Outcome:
+async def rbac_refresh(st: ServerState, args: a.RbacRefresh) -> Outcome:
     counts = await st.rbac.refresh()
     return Outcome("success", "RBAC cache reloaded", {"node": st.options.node_id, **counts})
 
 
-async def ruleset_reload(st: ServerState, command: dict[str, Any]) -> Outcome:
+async def ruleset_reload(st: ServerState, args: a.RulesetReload) -> Outcome:
     """Row 12: the engine reloads its rules from the `ruleset` index, without a restart. A
     ruleset that does not parse is refused with the reason; the rules in force stay."""
-    asked = (command.get("action", {}).get("args") or {}).get("version")
+    asked = args.version
     try:
         loaded = await st.engine.load_rules()
     except RulesetInvalid as exc:
@@ -81,10 +81,9 @@ async def ruleset_reload(st: ServerState, command: dict[str, Any]) -> Outcome:
     )
 
 
-async def cve_reload(st: ServerState, command: dict[str, Any]) -> Outcome:
+async def cve_reload(st: ServerState, args: a.CveReload) -> Outcome:
     """Row 9: the engine reloads its CVE data and matches every stored inventory again."""
-    version = (command.get("action", {}).get("args") or {}).get("version")
-    result = await st.engine.reload_cves(str(version) if version is not None else None)
+    result = await st.engine.reload_cves(args.version)
     return Outcome(
         "success",
         f"CVE data {result['version']}: {result['records']} record(s), "
@@ -94,12 +93,11 @@ async def cve_reload(st: ServerState, command: dict[str, Any]) -> Outcome:
     )
 
 
-async def fetch_package(st: ServerState, command: dict[str, Any]) -> Outcome:
+async def fetch_package(st: ServerState, args: a.FetchPackage) -> Outcome:
     """Row 4: fetch the package record and bytes from the indexer, verify, store, serve."""
-    args = command.get("action", {}).get("args") or {}
-    ident = f"{args.get('package')}-{args.get('version')}"
+    ident = f"{args.package}-{args.version}"
     try:
-        meta = await st.packages.fetch(ident, args.get("sha256"))
+        meta = await st.packages.fetch(ident, args.sha256)
     except FleetError as exc:
         return Outcome(
             "failure", exc.message, {"node": st.options.node_id, "package": ident}, exc.http_status
@@ -111,22 +109,31 @@ async def fetch_package(st: ServerState, command: dict[str, Any]) -> Outcome:
     )
 
 
-HANDLERS: dict[str, Handler] = {
-    "server-config": server_config,
-    "rbac-refresh": rbac_refresh,
-    "fetch-package": fetch_package,
-    "cve-reload": cve_reload,
-    "ruleset-reload": ruleset_reload,
+# Action name (the catalog's, model/actions.py) -> its arguments' model and the handler.
+HANDLERS: dict[str, tuple[type[a.ActionArgs], Handler]] = {
+    model.action: (model, handler)
+    for model, handler in (
+        (a.ServerConfig, server_config),
+        (a.RbacRefresh, rbac_refresh),
+        (a.FetchPackage, fetch_package),
+        (a.CveReload, cve_reload),
+        (a.RulesetReload, ruleset_reload),
+    )
 }
 
 
 async def handle(st: ServerState, command: dict[str, Any]) -> Outcome:
     name = str(command.get("action", {}).get("name", ""))
-    handler = HANDLERS.get(name)
-    if handler is None:
+    known = HANDLERS.get(name)
+    if known is None:
         return Outcome("failure", f"unknown server action '{name}'", None, 400)
+    model, handler = known
     try:
-        return await handler(st, command)
+        args = model.parse(command.get("action", {}).get("args") or {})
+    except a.BadArgs as exc:
+        return Outcome("failure", f"{name}: {exc}", None, 400)
+    try:
+        return await handler(st, args)
     except Exception as exc:
         log.exception(
             "command %s (task %s) %s failed", command.get("id"), command.get("task_id"), name

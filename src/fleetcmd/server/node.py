@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 
 from fleetcmd import __version__, gctune, serving
+from fleetcmd.model import actions
 from fleetcmd.ratelimit import RateLimiter
 from fleetcmd.server import handlers
 from fleetcmd.server.bulker import Bulker
@@ -199,7 +200,7 @@ async def prepare(st: ServerState) -> None:
             st.options.node_id,
         )
     await st.rbac.refresh()
-    outcome = await handlers.server_config(st, {"action": {"args": {}}})
+    outcome = await handlers.server_config(st, actions.ServerConfig())
     log.info("live configuration loaded (%s)", outcome.message)
 
 

@@ -44,6 +44,20 @@ class DocumentsTx(TxCore):
         )
         return {r[0]: loads(r[1]) for r in rows if r[0].startswith(prefix)}
 
+    def groups_with_document(self, index: str, name: str) -> list[str]:
+        """Groups holding a `<group>/<name>` document in `index` (`content/` is not a group)."""
+        rows = self.all(
+            "SELECT doc_id FROM documents WHERE index_name = :i ORDER BY doc_id", {"i": index}
+        )
+        suffix = f"/{name}"
+        return sorted(
+            {
+                d.split("/", 1)[0]
+                for (d,) in rows
+                if d.endswith(suffix) and d.count("/") == 1 and not d.startswith("content/")
+            }
+        )
+
     def document_page(
         self, index: str, prefix: str, after: str | None, limit: int, descending: bool = False
     ) -> tuple[list[tuple[str, Any]], bool]:

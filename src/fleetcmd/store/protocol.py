@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleetcmd.model.records import Agent, Command, Group, Page, Task
+from fleetcmd.model.targets import AgentSelection
 
 
 @dataclass(frozen=True)
@@ -76,15 +77,6 @@ class NewCommand:
     action_name: str
     action_args: dict[str, Any]
     parent_id: int | None = None
-
-
-@dataclass(frozen=True)
-class AgentSelection:
-    """Agents a fan-out reaches: all, members of any of `groups`, or the listed `ids`."""
-
-    all: bool = False
-    groups: tuple[str, ...] | None = None
-    ids: tuple[str, ...] | None = None
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleetcmd.model.actions import ACTIONS
 from fleetcmd.server import audit
 from fleetcmd.server.comms.auth import AgentId, State
 from fleetcmd.server.comms.ownership import owned_by
@@ -18,6 +19,12 @@ from fleetcmd.server.state import ServerState
 
 router = APIRouter(tags=["results"])
 log = logging.getLogger("fleetcmd.server.comms.results")
+
+
+def removes_agent(action: str) -> bool:
+    """A successful result of this action removes the agent (model/actions.py)."""
+    model = ACTIONS.get(action)
+    return model is not None and model.removes_agent
 
 
 class ResultIn(BaseModel):
@@ -60,7 +67,7 @@ async def record(
                 outcome,
             )
             if (
-                owned[r.id] == "delete"
+                removes_agent(owned[r.id])
                 and r.status == "success"
                 and outcome in ("recorded", "duplicate")
             ):
