@@ -76,9 +76,8 @@ def _check(name: str, hint: Any, value: Any) -> Any:
     return value
 
 
-def added() -> Any:
-    """A field that the fan-out or delivery adds, not the indexer step that builds the args."""
-    return field(default=None, metadata={"added": True})
+# Marks a field that the fan-out or delivery adds, not the indexer step that builds the args.
+ADDED = {"added": True}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,7 +108,7 @@ class ActionArgs:
         return cls(**values)
 
     def dump(self) -> dict[str, Any]:
-        """The JSON the command carries; fields added on the way (`added()`) only when set."""
+        """The JSON the command carries; fields added on the way (`ADDED`) only when set."""
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
@@ -128,10 +127,14 @@ def _optional(hint: Any) -> bool:
 class ConfigAttached(ActionArgs):
     """What delivery adds to a configuration action (R1, R6)."""
 
-    groups: list[str] | None = added()  # the agent's full group list (the fan-out adds it)
-    config_hash: str | None = added()
-    config: dict[str, Any] | None = added()
-    config_ref: dict[str, Any] | None = added()  # {"groups": [...], "hash": ...}: fetch it
+    groups: list[str] | None = field(
+        default=None, metadata=ADDED
+    )  # the agent's full group list (the fan-out adds it)
+    config_hash: str | None = field(default=None, metadata=ADDED)
+    config: dict[str, Any] | None = field(default=None, metadata=ADDED)
+    config_ref: dict[str, Any] | None = field(
+        default=None, metadata=ADDED
+    )  # {"groups": [...], "hash": ...}: fetch it
 
     attaches: ClassVar[str | None] = "config"
     reports: ClassVar[tuple[str, ...]] = ("config_hash",)
@@ -179,7 +182,9 @@ class ScaContent(ActionArgs):
     attaches: ClassVar[str | None] = "sca-policy"
     policy_id: str
     version: str
-    policy: dict[str, Any] | None = added()  # attached when it fits; else the agent fetches it
+    policy: dict[str, Any] | None = field(
+        default=None, metadata=ADDED
+    )  # attached when it fits; else the agent fetches it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,7 +217,9 @@ class Upgrade(ActionArgs):
     reports: ClassVar[tuple[str, ...]] = ("version",)
     version: str
     package: str | None = None
-    from_version: str | None = added()  # a rollout adds each agent's version before the change
+    from_version: str | None = field(
+        default=None, metadata=ADDED
+    )  # a rollout adds each agent's version before the change
 
 
 # -- server nodes ---------------------------------------------------------------------------------
