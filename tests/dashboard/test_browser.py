@@ -184,7 +184,7 @@ def test_validation_errors_next_to_their_fields(admin: Any, fleet: DashFleet, sh
 
 
 def test_every_attended_form_renders(admin: Any) -> None:
-    from fleetcmd.dashboard.forms import FORMS
+    from fleetcmd.server.dashboard.forms import FORMS
 
     for task_type in FORMS:
         response = admin.goto(f"/app/tasks/new/{task_type}")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from fleetcmd.dashboard.forms import FORMS, FieldErrors, map_api_errors
-from fleetcmd.dashboard.pager import Pager
 from fleetcmd.errors import InvalidParams
 from fleetcmd.model.catalog import CATALOG, validate
+from fleetcmd.server.dashboard.forms import FORMS, FieldErrors, map_api_errors
+from fleetcmd.server.dashboard.pager import Pager
 
 
 def test_every_attended_type_has_a_form() -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from fleetcmd.agent import handlers as agent_handlers
-from fleetcmd.dashboard.forms import FORMS
 from fleetcmd.indexer.parts import PARTS
 from fleetcmd.indexer.reversals import REVERSALS
 from fleetcmd.model import actions as a
 from fleetcmd.model import params as p
 from fleetcmd.model.catalog import CommandSpec, Expansion, Target
 from fleetcmd.server import handlers as server_handlers
+from fleetcmd.server.dashboard.forms import FORMS
 
 
 def overrides(cls: type, method: str) -> bool:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 
 from fleetcmd.agent import handlers as agent_handlers
-from fleetcmd.dashboard.forms import FORMS
 from fleetcmd.indexer.parts import PARTS
 from fleetcmd.indexer.reversals import REVERSALS
 from fleetcmd.model import actions as a
 from fleetcmd.model import params as p
 from fleetcmd.model.catalog import CATALOG, CommandSpec, Expansion, Target
 from fleetcmd.server import handlers as server_handlers
+from fleetcmd.server.dashboard.forms import FORMS
 from support.catalog import missing_parts
 
 

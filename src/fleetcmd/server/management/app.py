@@ -9,8 +9,8 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import PlainTextResponse
 
 from fleetcmd import __version__
-from fleetcmd.dashboard import mount_dashboard
 from fleetcmd.httpkit import NO_TELEMETRY, BodyLimit
+from fleetcmd.server.dashboard import mount_dashboard
 from fleetcmd.server.management import (
     audit,
     auth,

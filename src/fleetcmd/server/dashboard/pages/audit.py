@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from fleetcmd.dashboard.pager import Pager
-from fleetcmd.dashboard.pages import Viewing
-from fleetcmd.dashboard.pages.tasks import _epoch
-from fleetcmd.dashboard.render import page
+from fleetcmd.server.dashboard.pager import Pager
+from fleetcmd.server.dashboard.pages import Viewing
+from fleetcmd.server.dashboard.pages.tasks import _epoch
+from fleetcmd.server.dashboard.render import page
 
 router = APIRouter()
 OUTCOMES = ("success", "failure", "denied", "throttled", "refused")

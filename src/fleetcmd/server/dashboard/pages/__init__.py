@@ -7,7 +7,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import Depends, Request
 
-from fleetcmd.dashboard.session import Viewer, check_post, viewer
+from fleetcmd.server.dashboard.session import Viewer, check_post, viewer
 from fleetcmd.server.state import ServerState
 
 Viewing = Annotated[Viewer, Depends(viewer)]

@@ -9,13 +9,13 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from fleetcmd.dashboard.pager import Pager
-from fleetcmd.dashboard.pages import Viewing, read_form
-from fleetcmd.dashboard.render import page, redirect
-from fleetcmd.dashboard.session import Denied
 from fleetcmd.errors import Forbidden
 from fleetcmd.model.catalog import CATALOG, Expansion
 from fleetcmd.server import audit
+from fleetcmd.server.dashboard.pager import Pager
+from fleetcmd.server.dashboard.pages import Viewing, read_form
+from fleetcmd.server.dashboard.render import page, redirect
+from fleetcmd.server.dashboard.session import Denied
 from fleetcmd.server.indexer_client import IndexerError
 from fleetcmd.server.management.auth import user_proof
 from fleetcmd.server.management.live import event_stream, task_events

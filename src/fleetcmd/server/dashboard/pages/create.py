@@ -9,10 +9,10 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from fleetcmd.dashboard.forms import FORMS, FieldErrors, TaskForm, map_api_errors
-from fleetcmd.dashboard.pages import Viewing, read_form
-from fleetcmd.dashboard.render import page, redirect
 from fleetcmd.errors import Forbidden, NotFound
+from fleetcmd.server.dashboard.forms import FORMS, FieldErrors, TaskForm, map_api_errors
+from fleetcmd.server.dashboard.pages import Viewing, read_form
+from fleetcmd.server.dashboard.render import page, redirect
 from fleetcmd.server.indexer_client import IndexerError, IndexerUnavailable
 from fleetcmd.server.management.tasks import TaskIn, file_task
 

@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from fleetcmd.dashboard.pages import Viewing
-from fleetcmd.dashboard.render import page
+from fleetcmd.server.dashboard.pages import Viewing
+from fleetcmd.server.dashboard.render import page
 from fleetcmd.server.management import reports
 from fleetcmd.server.management.live import (
     active_tasks,

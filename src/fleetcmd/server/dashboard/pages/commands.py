@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from fleetcmd.dashboard.pages import Viewing
-from fleetcmd.dashboard.render import page
+from fleetcmd.server.dashboard.pages import Viewing
+from fleetcmd.server.dashboard.render import page
 
 router = APIRouter()
 

@@ -9,9 +9,9 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from fleetcmd.dashboard.pager import Pager
-from fleetcmd.dashboard.pages import Viewing
-from fleetcmd.dashboard.render import page
+from fleetcmd.server.dashboard.pager import Pager
+from fleetcmd.server.dashboard.pages import Viewing
+from fleetcmd.server.dashboard.render import page
 from fleetcmd.server.indexer_client import IndexerError
 from fleetcmd.server.management import reports
 from fleetcmd.server.management.fleet import agent_doc

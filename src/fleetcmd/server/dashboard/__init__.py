@@ -2,6 +2,6 @@
 API's login and RBAC. Pages read the fleet through the indexer like the API routes do, and
 every list is paginated server-side so a page costs the same with 100 or 100,000 agents."""
 
-from fleetcmd.dashboard.app import create_dashboard_app, mount_dashboard
+from fleetcmd.server.dashboard.app import create_dashboard_app, mount_dashboard
 
 __all__ = ["create_dashboard_app", "mount_dashboard"]

@@ -8,9 +8,9 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from fleetcmd.dashboard.pages import read_form
-from fleetcmd.dashboard.render import page, redirect
-from fleetcmd.dashboard.session import (
+from fleetcmd.server.dashboard.pages import read_form
+from fleetcmd.server.dashboard.render import page, redirect
+from fleetcmd.server.dashboard.session import (
     SESSION_COOKIE,
     Denied,
     LoginRequired,

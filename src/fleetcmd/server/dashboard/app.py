@@ -15,7 +15,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 
-from fleetcmd.dashboard.pages import (
+from fleetcmd.errors import FleetError
+from fleetcmd.server.dashboard.pages import (
     agents,
     alerts,
     audit,
@@ -26,13 +27,12 @@ from fleetcmd.dashboard.pages import (
     overview,
     tasks,
 )
-from fleetcmd.dashboard.render import STATIC, page
-from fleetcmd.dashboard.session import Denied, LoginRequired, Viewer, viewer
-from fleetcmd.errors import FleetError
+from fleetcmd.server.dashboard.render import STATIC, page
+from fleetcmd.server.dashboard.session import Denied, LoginRequired, Viewer, viewer
 from fleetcmd.server.indexer_client import IndexerError, IndexerUnavailable
 from fleetcmd.server.state import ServerState
 
-log = logging.getLogger("fleetcmd.dashboard")
+log = logging.getLogger("fleetcmd.server.dashboard")
 
 
 class _Static(StaticFiles):

@@ -16,8 +16,8 @@ from markupsafe import Markup
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from fleetcmd import __version__
-from fleetcmd.dashboard.session import Viewer, apply_refresh
 from fleetcmd.model.status import FINAL, Status
+from fleetcmd.server.dashboard.session import Viewer, apply_refresh
 
 HERE = Path(__file__).parent
 DASH = "\u2013"  # what an empty cell shows
