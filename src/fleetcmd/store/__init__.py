@@ -1,17 +1,10 @@
-"""The store: one protocol (`protocol.Store`), two backends chosen by URL."""
+"""The store: one interface (`SqlStore`, `SqlTx` in store/base.py), two backends chosen by URL."""
 
 from __future__ import annotations
 
+from fleetcmd.model.targets import AgentSelection
 from fleetcmd.store.base import SqlStore
-from fleetcmd.store.protocol import (
-    AgentSelection,
-    ClaimFilter,
-    Fanout,
-    NewCommand,
-    Result,
-    Store,
-    SweepReport,
-)
+from fleetcmd.store.types import ClaimFilter, Fanout, NewCommand, Result, SweepReport
 
 
 def open_store(url: str, migrate: bool = True) -> SqlStore:
@@ -39,7 +32,6 @@ __all__ = [
     "NewCommand",
     "Result",
     "SqlStore",
-    "Store",
     "SweepReport",
     "open_store",
 ]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from fleetcmd.errors import Conflict, NotFound
 from fleetcmd.model.records import Agent, Page, dumps, loads
 from fleetcmd.store.core import StoreCore, TxCore
-from fleetcmd.store.protocol import chunks
+from fleetcmd.store.types import chunks
 
 if TYPE_CHECKING:
     from fleetcmd.store.base import SqlTx
@@ -71,6 +71,28 @@ class AgentsTx(TxCore):
             "UPDATE agents SET name = :n, updated_at = :now WHERE id = :id",
             {"n": name, "now": self.now, "id": agent_id},
         )
+
+    def report_agent_fields(self, reported: dict[int, dict[str, str]]) -> None:
+        """Results' agent fields (command id -> {field: value}) onto the agents that ran them."""
+        rows: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for part in chunks(sorted(reported), 20_000):
+            for cid, kind, agent_id in self.all(
+                "SELECT id, target_type, target_id FROM commands WHERE "
+                + self.in_list("id", "ids"),
+                {"ids": self.list_param(part)},
+            ):
+                if kind == "agent":
+                    fields = reported[int(cid)]
+                    rows.setdefault(tuple(sorted(fields)), []).append(
+                        {**fields, "id": agent_id, "now": self.now}
+                    )
+        for keys, batch in rows.items():
+            sets = ", ".join(f"{k} = :{k}" for k in keys)
+            self.many(
+                f"UPDATE agents SET {sets}, updated_at = :now "
+                "WHERE id = :id AND status <> 'removed'",
+                batch,
+            )
 
     def remove_agent(self, agent_id: str) -> None:
         """Agents are tombstoned, not dropped: the Comms API must keep refusing them and their

@@ -36,7 +36,7 @@ class SqlTx(StreamTx, TasksTx, AgentsTx, GroupsTx, DocumentsTx, AuditTx, NodesTx
 class SqlStore(
     StreamStore, TasksStore, AgentsStore, GroupsStore, DocumentsStore, AuditStore, NodesStore
 ):
-    """Shared implementation of the `Store` protocol."""
+    """The store, as every consumer sees it (both backends subclass it)."""
 
 
 __all__ = [

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from fleetcmd.errors import InvalidParams
 from fleetcmd.model.records import Command, dumps
 from fleetcmd.model.status import ACTIVE, FINAL, Status, rollup, sources_of
-from fleetcmd.store.protocol import AgentSelection, Fanout, UpkeepReport, chunks
+from fleetcmd.model.targets import AgentSelection
+from fleetcmd.store.types import Fanout, UpkeepReport, chunks
 
 if TYPE_CHECKING:
     from fleetcmd.store.base import SqlTx
@@ -257,7 +258,7 @@ class TxCore(ABC):
 
 
 class StoreCore(ABC):
-    """Connections and transactions; the concept mixins add the `Store` protocol's methods."""
+    """Connections and transactions; the concept mixins add the store's methods."""
 
     url: str
     for_update = ""

@@ -24,7 +24,7 @@ from psycopg_pool import ConnectionPool
 
 from fleetcmd.errors import StoreUnavailable
 from fleetcmd.store.base import Moved, SqlStore, SqlTx, migrations, schema_version
-from fleetcmd.store.protocol import UpkeepReport
+from fleetcmd.store.types import UpkeepReport
 
 log = logging.getLogger("fleetcmd.store.postgres")
 

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from fleetcmd.model.status import ACTIVE, FINAL
-from fleetcmd.store.protocol import PurgeReport
+from fleetcmd.store.types import PurgeReport
 
 if TYPE_CHECKING:
     from fleetcmd.store.base import SqlStore, SqlTx

@@ -15,8 +15,9 @@ from typing import Any, Literal
 from fleetcmd.model.records import dumps, loads
 from fleetcmd.model.rollout import HELD, HELD_EXPIRY, WAVE_ACTION
 from fleetcmd.model.status import Status
+from fleetcmd.model.targets import AgentSelection
 from fleetcmd.store.base import SqlTx
-from fleetcmd.store.protocol import AgentSelection, Fanout, chunks
+from fleetcmd.store.types import Fanout, chunks
 
 ROLLOUT_COLS = (
     "task_id, policy, state, planned, current_wave, reason, inverse, rollback_task_id, "

@@ -14,7 +14,7 @@ from typing import Any
 from fleetcmd.errors import StoreUnavailable
 from fleetcmd.model.records import dumps
 from fleetcmd.store.base import Moved, SqlStore, SqlTx, migrations, schema_version
-from fleetcmd.store.protocol import UpkeepReport
+from fleetcmd.store.types import UpkeepReport
 
 SCHEMA_VERSION = schema_version("sqlite")
 

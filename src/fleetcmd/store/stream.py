@@ -10,7 +10,7 @@ from fleetcmd.errors import InvalidParams, LeaseLost, NotFound
 from fleetcmd.model.records import Command, Page, dumps
 from fleetcmd.model.status import FINAL, Status
 from fleetcmd.store.core import ACTIVE_SQL, COLS, UNDELIVERED_SQL, StoreCore, TxCore, cursor_id
-from fleetcmd.store.protocol import ClaimFilter, Result, SweepReport, chunks
+from fleetcmd.store.types import ClaimFilter, Result, SweepReport, chunks
 
 if TYPE_CHECKING:
     from fleetcmd.store.base import SqlTx
@@ -349,8 +349,14 @@ class StreamStore(StoreCore):
                 raise InvalidParams(f"status '{status}' cannot be marked; use results")
         return sorted(r[0] for r in rows)
 
-    def complete(self, results: list[Result]) -> list[dict[str, Any]]:
-        """Record results, idempotent per command id: a repeat of a final result is a no-op."""
+    def complete(
+        self, results: list[Result], agent_fields: tuple[str, ...] = ()
+    ) -> list[dict[str, Any]]:
+        """Record results, idempotent per command id: a repeat of a final result is a no-op.
+
+        In the same transaction, a success recorded now whose data carries any of
+        `agent_fields` (strings: the configuration hash the agent now runs, its new version)
+        updates its agent's row (the catalog's `AGENT_FIELDS`)."""
         outcome: dict[int, str] = {}
         by_id = {r.id: r for r in results}
         for r in results:
@@ -368,6 +374,7 @@ class StreamStore(StoreCore):
                 )
             }
             updates = []
+            reported: dict[int, dict[str, str]] = {}
             for cid in wanted:
                 res = by_id[cid]
                 row = current.get(cid)
@@ -397,12 +404,17 @@ class StreamStore(StoreCore):
                     tx.touched_parents.add(parent_id)
                 tx.touched_tasks.add(task_id)
                 outcome[cid] = "recorded"
+                fields = _reported(res.data, agent_fields) if res.status == Status.SUCCESS else {}
+                if fields:
+                    reported[cid] = fields
             tx.many(
                 "UPDATE commands SET status = :s, result_code = :code, result_message = :msg, "
                 "result_data = :data, completed_at = :now, updated_at = :now, "
                 "lease_owner = NULL, lease_expires_at = NULL WHERE id = :id",
                 updates,
             )
+            if reported:
+                tx.report_agent_fields(reported)
         return [{"id": r.id, "outcome": outcome[r.id]} for r in results]
 
     def cancel_task(self, task_id: int) -> int:
@@ -481,3 +493,9 @@ class StreamStore(StoreCore):
                 )
                 report.disconnected = int(cur.rowcount)
         return report
+
+
+def _reported(data: Any, fields: tuple[str, ...]) -> dict[str, str]:
+    if not fields or not isinstance(data, dict):
+        return {}
+    return {k: data[k] for k in fields if isinstance(data.get(k), str)}

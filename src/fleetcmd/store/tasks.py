@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 from fleetcmd.errors import NotFound
 from fleetcmd.model.records import Page, Task, dumps, loads
+from fleetcmd.model.targets import AgentSelection
 from fleetcmd.store import retention
 from fleetcmd.store.core import StoreCore, TxCore, cursor_id
-from fleetcmd.store.protocol import AgentSelection, Fanout, NewCommand, PurgeReport, chunks
+from fleetcmd.store.types import Fanout, NewCommand, PurgeReport, chunks
 
 if TYPE_CHECKING:
     from fleetcmd.store.base import SqlStore, SqlTx

@@ -14,6 +14,7 @@ from fleetcmd.httpkit import wait_for
 from fleetcmd.indexer.delivery import outgoing
 from fleetcmd.indexer.results import record_results
 from fleetcmd.indexer.state import IndexerState, authorized
+from fleetcmd.model.wire import NodeResultsIn
 from fleetcmd.store import ClaimFilter, Result
 
 # A lease owner is a server node id (up to 128 characters) and its incarnation: NODE#INC.
@@ -115,22 +116,8 @@ async def release_previous(body: IncarnationIn, st: Auth) -> dict[str, Any]:
     return {"data": {"released": n}}
 
 
-class ResultIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: int = Field(ge=1, le=2**63 - 1)
-    status: Literal["success", "failure"]
-    code: int = Field(default=0, ge=-(2**31), le=2**31 - 1)  # an exit code fits 32 bits
-    message: str = Field(default="", max_length=8000)
-    data: Any = None
-
-
-class ResultsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    results: list[ResultIn] = Field(max_length=50_000)
-
-
 @router.post("/results")
-async def results(body: ResultsIn, st: Auth) -> dict[str, Any]:
+async def results(body: NodeResultsIn, st: Auth) -> dict[str, Any]:
     """Record a batch of results; idempotent per command id (a repeat is reported, not redone)."""
     items = [Result(r.id, r.status, r.code, r.message, r.data) for r in body.results]
     outcome = await run_in_threadpool(record_results, st.store, items)

@@ -5,36 +5,18 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from fleetcmd.indexer.state import IndexerState, authorized
 from fleetcmd.indexer.task_manager import TaskRequest
+from fleetcmd.model.wire import TaskToIndexer
 
 router = APIRouter(tags=["tasks"])
 Auth = Annotated[IndexerState, Depends(authorized)]
 
 
-class TaskIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: str = Field(min_length=1, max_length=64)
-    params: dict[str, Any] = Field(default_factory=dict)
-    source: str = "management-api"
-    user: str | None = Field(default=None, min_length=1, max_length=128)
-    proof: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=4096,
-        description="The person's user proof (`POST /user-proofs`).",
-    )
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
-    timeout: float | None = Field(default=None, gt=0, le=30 * 86400)
-    expires_in: float | None = Field(default=None, gt=0, le=30 * 86400)
-    rollout: dict[str, Any] | None = None
-
-
 @router.post("/tasks", status_code=202)
-async def submit_task(body: TaskIn, st: Auth, response: Response) -> dict[str, Any]:
+async def submit_task(body: TaskToIndexer, st: Auth, response: Response) -> dict[str, Any]:
     """Filed under the user its proof names, else in the node's own name (audited)."""
     people = body.type == "rbac-change" and bool(body.params.get("changes"))
     who = await run_in_threadpool(st.proofs.attribute, body.user, body.proof, people=people)

@@ -25,9 +25,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from fleetcmd.errors import FleetError
 from fleetcmd.httpkit import invalid_request, too_deep, too_large
 from fleetcmd.model.nesting import MAX_DEPTH, text_too_deep
+from fleetcmd.model.wire import AgentResultsIn
 from fleetcmd.server.comms.auth import AgentRemoved
 from fleetcmd.server.comms.checkin import AckIn, PollQuery, acknowledge, take
-from fleetcmd.server.comms.results import ResultsIn, record
+from fleetcmd.server.comms.results import record
 from fleetcmd.server.indexer_client import IndexerError
 from fleetcmd.server.state import ServerState
 from fleetcmd.server.tokens import AGENT, bearer
@@ -54,7 +55,7 @@ async def _ack(st: ServerState, agent_id: str, _: Scope, body: bytes) -> dict[st
 async def _results(st: ServerState, agent_id: str, scope: Scope, body: bytes) -> dict[str, object]:
     client = scope.get("client")
     address = client[0] if client else None
-    return {"results": await record(st, agent_id, _parse(ResultsIn, body).results, address)}
+    return {"results": await record(st, agent_id, _parse(AgentResultsIn, body).results, address)}
 
 
 ROUTES: dict[tuple[str, str], Route] = {
@@ -69,7 +70,7 @@ class _Invalid(Exception):
         self.body = body
 
 
-M = TypeVar("M", AckIn, ResultsIn)
+M = TypeVar("M", AckIn, AgentResultsIn)
 
 
 def _parse(model: type[M], body: bytes) -> M:

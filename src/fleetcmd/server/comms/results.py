@@ -6,12 +6,12 @@ serves the same function without FastAPI's per-request cost."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
 
 from fleetcmd.model.actions import ACTIONS
+from fleetcmd.model.wire import AgentResultsIn, ResultIn
 from fleetcmd.server import audit
 from fleetcmd.server.comms.auth import AgentId, State
 from fleetcmd.server.comms.ownership import owned_by
@@ -25,20 +25,6 @@ def removes_agent(action: str) -> bool:
     """A successful result of this action removes the agent (model/actions.py)."""
     model = ACTIONS.get(action)
     return model is not None and model.removes_agent
-
-
-class ResultIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: int = Field(ge=1, le=2**63 - 1)
-    status: Literal["success", "failure"]
-    code: int = Field(default=0, ge=-(2**31), le=2**31 - 1)  # an exit code fits 32 bits
-    message: str = Field(default="", max_length=8000)
-    data: Any = None
-
-
-class ResultsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    results: list[ResultIn] = Field(max_length=10_000)
 
 
 async def record(
@@ -87,7 +73,7 @@ async def record(
 
 @router.post("/agents/results")
 async def post_results(
-    body: ResultsIn, request: Request, agent_id: AgentId, st: State
+    body: AgentResultsIn, request: Request, agent_id: AgentId, st: State
 ) -> dict[str, Any]:
     answer = await record(st, agent_id, body.results, audit.client_address(request))
     return {"data": {"results": answer}}

@@ -7,9 +7,9 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from fleetcmd.errors import FleetError
+from fleetcmd.model.wire import TaskIn
 from fleetcmd.server import audit
 from fleetcmd.server.access import Reader, check_task
 from fleetcmd.server.indexer_client import IndexerError
@@ -22,16 +22,6 @@ Creator = Annotated[User, Depends(require("task:create"))]
 Reader_ = Annotated[User, Depends(require("task:read"))]
 Canceller = Annotated[User, Depends(require("task:cancel"))]
 HOP_KEY_PREFIX = "hop:"  # keys the server makes for tasks filed without one
-
-
-class TaskIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: str = Field(min_length=1, max_length=64)
-    params: dict[str, Any] = Field(default_factory=dict)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
-    timeout: float | None = Field(default=None, gt=0, le=30 * 86400)
-    expires_in: float | None = Field(default=None, gt=0, le=30 * 86400)
-    rollout: dict[str, Any] | None = None  # a rollout policy (docs/rollouts.md)
 
 
 async def file_task(

@@ -10,11 +10,12 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from fleetcmd.errors import Forbidden, NotFound
+from fleetcmd.model.wire import TaskIn
 from fleetcmd.server.dashboard.forms import FORMS, FieldErrors, TaskForm, map_api_errors
 from fleetcmd.server.dashboard.pages import Viewing, read_form
 from fleetcmd.server.dashboard.render import page, redirect
 from fleetcmd.server.indexer_client import IndexerError, IndexerUnavailable
-from fleetcmd.server.management.tasks import TaskIn, file_task
+from fleetcmd.server.management.tasks import file_task
 
 router = APIRouter()
 SOURCE = "dashboard"
