@@ -5,6 +5,10 @@ acknowledge → execute (under the command's timeout) → journal the result →
 The order is what makes execution exactly-once per command id and results durable; see
 docs/agent.md. Errors reaching the server back off with jitter and never end the process; only
 a deletion (or SIGTERM/SIGINT) does, with exit code 0.
+
+Over 500 lines on purpose: this is the one thread's whole life, and the exactly-once order
+above is only reviewable when every step that journals, acks, runs and sends sits in one
+class; the work itself is elsewhere (handlers, modules, journal, outbox, upgrade, comms).
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 """Agent upgrades (row 3): download, verify, install side by side, switch, restart, and roll
 back when the new version does not check in.
 
+Over 500 lines on purpose: this is code that replaces the running program, and every check on
+that path (signature, hash, archive members, the boot marker and its rollback) is kept in one
+module to be reviewed together.
+
 Layout, all under `STATE_DIR/versions/`::
 
     <version>/src/fleetcmd/…   an installed version (extracted whole, then renamed into place)

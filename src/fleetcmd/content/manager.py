@@ -10,6 +10,9 @@ Restarts never file a task twice: every task carries an idempotency key made of
 feed + item + version, and an item is marked done (in DATA_DIR/content-state.json) only after
 its index document and its tasks were both accepted. The index documents are the truth; the
 state file only spares work.
+
+Over 500 lines on purpose: the verification chain (manifest, item, schema) and the filing
+that depends on it read top to bottom as one procedure; the feed client is content/feed.py.
 """
 
 from __future__ import annotations

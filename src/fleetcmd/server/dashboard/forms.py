@@ -2,7 +2,9 @@
 
 A form turns posted fields into the task's `params` (checking only what the browser cannot
 send well: JSON text, confirmations), and maps the API's 422 answers back onto the fields
-that caused them, so the operator sees each error next to its input."""
+that caused them, so the operator sees each error next to its input.
+
+Over 500 lines because most of it is data: the table of twelve forms, a field per parameter."""
 
 from __future__ import annotations
 
