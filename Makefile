@@ -5,12 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PG ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: venv browser run test bench chaos lint format trace clean lock
+.PHONY: venv browser run test bench chaos lint format trace clean lock dist
 
-$(STAMP): pyproject.toml constraints.txt
+# The product and, beside it, the lab (lab/: benchmarks and chaos, `fleetcmd bench …`), both
+# editable; the lab is its own distribution, never in the product's wheel.
+$(STAMP): pyproject.toml lab/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]' -e lab
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -61,18 +63,22 @@ chaos: venv
 
 ## lint: ruff (lint and format), mypy and the import rules (import-linter, pyproject.toml)
 lint: venv
-	$(BIN)/ruff check src tests tools
-	$(BIN)/ruff format --check src tests tools
+	$(BIN)/ruff check src lab tests tools
+	$(BIN)/ruff format --check src lab tests tools
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 format: venv
-	$(BIN)/ruff check --fix src tests
-	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src lab tests
+	$(BIN)/ruff format src lab tests
+
+## dist: the product's wheel and sdist in dist/ (the lab is not in them)
+dist: venv
+	$(BIN)/python -m build --outdir dist .
 
 ## lock: refresh the constraints file from the current virtualenv
 lock: venv
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^fleetcmd' > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from fleetcmd.bench import backlog, delivery, fanout, footprint, latency, multinode, storm
+from fleetcmd_lab.bench import backlog, delivery, fanout, footprint, latency, multinode, storm
 from support import PG_DSN, need_pg
 
 
@@ -90,7 +90,7 @@ def test_multinode_counts_duplicates_and_losses(capsys: pytest.CaptureFixture[st
 
 
 def test_rollout_bench_runs_and_reports(capsys: pytest.CaptureFixture[str]) -> None:
-    from fleetcmd.bench import rollout
+    from fleetcmd_lab.bench import rollout
 
     line = rollout.run(40, None, wave_percent=50, pause=0.5, spread=0.5, canary_percent=5)
     figures = line["figures"]

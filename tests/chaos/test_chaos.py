@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fleetcmd.chaos.faults import KINDS
-from fleetcmd.chaos.runner import ChaosConfig, run
+from fleetcmd_lab.chaos.faults import KINDS
+from fleetcmd_lab.chaos.runner import ChaosConfig, run
 from support import PG_DSN, need_pg
 
 SEED = int(os.environ.get("FLEETCMD_CHAOS_SEED", "20261126"))

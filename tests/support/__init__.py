@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from fleetcmd.launch import Process, clean_env, fleetcmd_argv, free_port, wait_url
 
 PG_DSN = os.environ.get("FLEETCMD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = bool(os.environ.get("CI")) or os.environ.get("FLEETCMD_REQUIRE_PG") == "1"
@@ -57,76 +57,37 @@ def store_url_for(kind: str, tmp: Path) -> Iterator[str]:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer within {timeout}s: {last}")
+    """Until `url` answers anything but a 5xx (fleetcmd.launch.wait_url)."""
+    wait_url(url, timeout, proc, accept=lambda status: status < 500, interval=0.05)
 
 
-FLEETCMD = [sys.executable, "-m", "fleetcmd.cli"]
+FLEETCMD = fleetcmd_argv()
 
 
-class Role:
-    """A real fleetcmd process (indexer, server, agent…) with its log file."""
+class Role(Process):
+    """A real fleetcmd process (indexer, server, agent…) with its log file, started by the
+    product's launcher (fleetcmd.launch)."""
 
     def __init__(
         self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None
     ) -> None:
-        self.name = name
+        log = log_dir / f"{name}.log"
+        super().__init__(name, fleetcmd_argv(*args), log, clean_env(**(env or {})))
         self.args = args
-        self.log_path = log_dir / f"{name}.log"
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Role:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(
-            FLEETCMD + self.args,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            start_new_session=True,
-        )
+    def start(self, wait: float = 60.0) -> Role:
+        super().start(wait)
         return self
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-
-    def stop(self) -> None:
-        self.kill(signal.SIGTERM)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """`sig` (SIGKILL by default); after SIGTERM or SIGINT, SIGKILL if not ended in 10 s."""
+        if sig == signal.SIGKILL:
+            super().kill()
+        elif sig in (signal.SIGTERM, signal.SIGINT):
+            self.stop(10.0, sig)
+        else:
+            self.send(sig)
 
 
 class Indexer(Role):

@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from fleetcmd.agent.supervision import fleetcmd_process, processes
+from fleetcmd.launch import Process, clean_env, fleetcmd_argv, wait_url
 from fleetcmd.settings import default_store_url, node_token, secret_file, write_secret
 
 DEFAULT_GROUP_CONFIG = {
@@ -50,25 +49,12 @@ STOP_TIMEOUT = 15.0
 
 
 @dataclass
-class Child:
-    name: str
-    argv: list[str]
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, env: dict[str, str]) -> None:
-        out = open(self.log, "ab")  # noqa: SIM115 - handed to the child for its lifetime
-        self.proc = subprocess.Popen(
-            self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+class Child(Process):
+    """A role process of this system (fleetcmd.launch), stopped by `AllInOne.stop`."""
 
     def live_pids(self) -> list[int]:
         """The processes to stop for this child, in the order to stop them."""
-        assert self.proc is not None
-        return [self.proc.pid] if self.alive() else []
+        return [self.pid] if self.alive() else []
 
 
 @dataclass
@@ -77,16 +63,16 @@ class LocalAgent(Child):
     the previous version under another pid, outside this process tree."""
 
     state_dir: Path = Path()
-    pid: int | None = None  # the process that runs the agent now
+    agent_pid: int | None = None  # the process that runs the agent now
     lost_at: float | None = None  # when that process was found gone
     ended: str = ""  # how the process followed last ended
     gone: bool = False  # ended for good (reported)
     failed: bool = False  # ...and not on purpose
 
-    def start(self, env: dict[str, str]) -> None:
-        super().start(env)
-        assert self.proc is not None
-        self.pid = self.proc.pid
+    def start(self, wait: float = 60.0) -> LocalAgent:
+        super().start(wait)
+        self.agent_pid = self.proc.pid if self.proc is not None else None
+        return self
 
     def _running(self, pid: int) -> bool:
         assert self.proc is not None
@@ -96,34 +82,34 @@ class LocalAgent(Child):
         """The watchdog first (else it would start the agent again), then the agent."""
         found = processes(self.state_dir)
         pids = [found.watchdog] if found.watchdog is not None else []
-        pids += [p for p in (self.pid, found.agent) if p is not None and self._running(p)]
+        pids += [p for p in (self.agent_pid, found.agent) if p is not None and self._running(p)]
         return list(dict.fromkeys(pids))
 
     def check(self) -> str | None:
         """Follow the agent; a sentence when something happened to it."""
         assert self.proc is not None
-        if self.gone or (self.pid is not None and self._running(self.pid)):
+        if self.gone or (self.agent_pid is not None and self._running(self.agent_pid)):
             return None
         now = time.monotonic()
         ended = (
             f"exited with code {self.proc.returncode}"
-            if self.pid == self.proc.pid
-            else f"(pid {self.pid}) exited"
+            if self.agent_pid == self.proc.pid
+            else f"(pid {self.agent_pid}) exited"
         )
         if self.lost_at is None:
             self.lost_at, self.ended = now, ended
         found = processes(self.state_dir)
         if found.agent is not None:
-            self.pid, self.lost_at = found.agent, None
+            self.agent_pid, self.lost_at = found.agent, None
             return f"{self.name}: its process {self.ended}; {found.restart()}, as pid {found.agent}"
         if found.watchdog is not None and now - self.lost_at < RESTART_GRACE:
             return None  # the upgrade watchdog is starting it again
         self.gone = True
-        code = self.proc.returncode if self.pid == self.proc.pid else None
+        code = self.proc.returncode if self.agent_pid == self.proc.pid else None
         if found.removed:
             return f"{self.name} was deleted from the fleet and stopped"
         self.failed = code != 0
-        return f"{self.name} {self.ended}; see {self.log}"
+        return f"{self.name} {self.ended}; see {self.log_path}"
 
 
 @dataclass
@@ -149,22 +135,21 @@ class AllInOne:
             self.token_file = write_secret(self.data_dir / "run" / "node.token", self.token)
         self.enrollment_key_file = self.data_dir / "enrollment.key"
         secret_file(self.enrollment_key_file, 24)
-        self.env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
-        self.env["PYTHONUNBUFFERED"] = "1"
+        self.env = clean_env(drop=SECRET_ENV)
         self.failures: list[str] = []
         self.indexer_url = f"http://{self.host}:{self.ports.indexer}"
         self.management_url = f"http://{self.host}:{self.ports.management}"
         self.comms_url = f"http://{self.host}:{self.ports.comms}"
 
     def _child(self, name: str, *args: str, state_dir: Path | None = None) -> Child:
-        argv = [sys.executable, "-m", "fleetcmd.cli", *args]
+        argv = fleetcmd_argv(*args)
         log = self.data_dir / "logs" / f"{name}.log"
         child = (
-            Child(name, argv, log)
+            Child(name, argv, log, self.env)
             if state_dir is None
-            else LocalAgent(name, argv, log, state_dir=state_dir)
+            else LocalAgent(name, argv, log, self.env, state_dir=state_dir)
         )
-        child.start(self.env)
+        child.start()
         self.children.append(child)
         return child
 
@@ -255,19 +240,7 @@ class AllInOne:
         return [signing.pub_path(dev_key(self.data_dir)), *self.trust_keys]
 
     def _wait(self, url: str, child: Child, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not child.alive():
-                raise RuntimeError(f"{child.name} exited; see {child.log}")
-            try:
-                if httpx.get(url, timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(
-            f"{child.name} did not answer {url} within {timeout:.0f}s; see {child.log}"
-        )
+        wait_url(url, timeout, child)
 
     def _ensure_default_group(self) -> None:
         """First start only: a `default` group with a sensible configuration, filed as a task
@@ -345,9 +318,8 @@ class AllInOne:
                             self.failures.append(event)
                 elif not child.alive() and child.name not in reported:
                     reported.add(child.name)
-                    assert child.proc is not None
-                    code = child.proc.returncode
-                    event = f"{child.name} exited with code {code}; see {child.log}"
+                    code = child.returncode()
+                    event = f"{child.name} exited with code {code}; see {child.log_path}"
                     out(event)
                     self.failures.append(event)
                     if child.name in ("indexer", "server"):

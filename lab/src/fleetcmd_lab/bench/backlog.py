@@ -12,10 +12,10 @@ import contextlib
 import time
 from typing import Any
 
-from fleetcmd.bench import fanout, latency
-from fleetcmd.bench.common import report, scratch_store, work_dir
 from fleetcmd.model.records import dumps
 from fleetcmd.store.base import SqlStore
+from fleetcmd_lab.bench import fanout, latency
+from fleetcmd_lab.bench.common import report, scratch_store, work_dir
 
 TARGET_SLOWER_PCT = 20.0
 AGE_DAYS = 40

@@ -23,10 +23,10 @@ from typing import Any
 
 import httpx
 
-from fleetcmd.chaos import faults as fault_kinds
-from fleetcmd.chaos.cluster import GROUPS, Cluster, ClusterSpec
-from fleetcmd.chaos.invariants import Evidence, RealAgent, Report, check
 from fleetcmd.content.sample import SAMPLE_SOURCE
+from fleetcmd_lab.chaos import faults as fault_kinds
+from fleetcmd_lab.chaos.cluster import GROUPS, Cluster, ClusterSpec
+from fleetcmd_lab.chaos.invariants import Evidence, RealAgent, Report, check
 
 # Peak resident memory allowed per process during a run (MB): the SPEC's figures with room
 # for a loaded machine; a queue without a bound shows up here first.
@@ -330,7 +330,7 @@ def run(cfg: ChaosConfig, say: Callable[[str], None] = print) -> ChaosResult:
     try:
         evidence = Evidence(
             store_url,
-            [RealAgent(a.name, cluster.agent_dir(a.name), a.log) for a in cluster.agents],
+            [RealAgent(a.name, cluster.agent_dir(a.name), a.log_path) for a in cluster.agents],
             [root / f"sims-{i}" for i in range(2) if (root / f"sims-{i}").exists()],
             sampler.peaks,
             RSS_LIMITS,

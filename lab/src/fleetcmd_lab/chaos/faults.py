@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from fleetcmd.chaos.cluster import GROUPS, Cluster
+from fleetcmd_lab.chaos.cluster import GROUPS, Cluster
 
 KINDS = (
     "kill-indexer",  # SIGKILL right after a large fan-out was filed (mid-expansion)
@@ -420,7 +420,7 @@ class Injector:
         s.kill()
         started = time.monotonic()
         s.start()
-        assert s.health is not None
+        assert s.health
         worst = 0.0
         unanswered = 0
         back = None
@@ -428,7 +428,7 @@ class Injector:
         while time.monotonic() - started < 30 + f.hold:
             t0 = time.monotonic()
             try:
-                httpx.get(s.health, timeout=5.0)
+                httpx.get(s.health[0], timeout=5.0)
                 worst = max(worst, time.monotonic() - t0)
             except httpx.HTTPError:
                 unanswered += 1

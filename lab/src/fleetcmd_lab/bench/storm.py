@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from fleetcmd.bench.common import (
+from fleetcmd_lab.bench.common import (
     Cluster,
     cpu_seconds,
     report,
@@ -31,7 +31,7 @@ from fleetcmd.bench.common import (
     wait_connected,
     work_dir,
 )
-from fleetcmd.bench.latency import pct
+from fleetcmd_lab.bench.latency import pct
 
 GROUP = "storm"
 PROBE_INTERVAL = 0.25

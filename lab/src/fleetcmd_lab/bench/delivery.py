@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fleetcmd.bench.common import (
+from fleetcmd_lab.bench.common import (
     Cluster,
     cpu_seconds,
     iso_ts,
@@ -46,7 +46,7 @@ def run(
             )
             ready = sim.read_event("ready")
             wait_connected(store, agents, "sim")
-            procs = {"server": cluster.server_pids[0], "indexer": cluster.procs[0].pid}
+            procs = {"server": cluster.server_pids[0], "indexer": cluster.indexer_pid}
             procs["simulator"] = sim.proc.pid
             cpu0 = {k: cpu_seconds(p) for k, p in procs.items()}
             with profiled(procs, profile):

@@ -4,7 +4,7 @@ Each simulated agent enrolls (or reuses saved credentials), authenticates, long-
 what it receives and posts a success result, as `fleetcmd agent` does but without a state
 folder. It runs as its own process so the load does not share the server's interpreter:
 
-    python -m fleetcmd.bench.simulator --server URL[,URL…] --enrollment-key K --agents N
+    python -m fleetcmd_lab.bench.simulator --server URL[,URL…] --enrollment-key K --agents N
 
 Agents are spread over the servers given (agent i polls server i mod n). Each agent keeps one
 keep-alive connection and speaks HTTP/1.1 over asyncio streams directly: a general-purpose

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from fleetcmd.bench.common import (
+from fleetcmd_lab.bench.common import (
     Cluster,
     iso_ts,
     report,

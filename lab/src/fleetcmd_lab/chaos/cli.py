@@ -41,8 +41,8 @@ def chaos(
 ) -> None:
     """Break the running system on purpose (kills, stops, cuts, full disk, storms), then
     check that no task, command or result was lost and nothing ran twice."""
-    from fleetcmd.chaos.faults import KINDS
-    from fleetcmd.chaos.runner import ChaosConfig, run
+    from fleetcmd_lab.chaos.faults import KINDS
+    from fleetcmd_lab.chaos.runner import ChaosConfig, run
 
     wanted = [k.strip() for k in kinds.split(",") if k.strip()] or None
     for k in wanted or []:

@@ -7,7 +7,7 @@ outcome; every failed call backs off with full jitter (so thousands reconnecting
 server restart spread out). Every execution is appended to a record file (one JSON line:
 agent, command id, status) which the invariant checker reads. Run as its own process:
 
-    python -m fleetcmd.chaos.simagents --server URL --enrollment-key K --agents N \
+    python -m fleetcmd_lab.chaos.simagents --server URL --enrollment-key K --agents N \
         --prefix sim --record FILE --summary FILE
 
 SIGTERM stops polling, drains the outboxes (bounded wait) and writes the summary."""

@@ -10,11 +10,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from fleetcmd.launch import Process, clean_env, fleetcmd_argv, free_port, stop_all, wait_url
 from fleetcmd.store import open_store
 from fleetcmd.store.base import SqlStore
 
@@ -79,14 +81,6 @@ def report(
     return line
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def rss_mb(pid: int, peak: bool = False) -> float:
     """Resident memory of a process in MB (VmHWM: its peak so far)."""
     key = "VmHWM:" if peak else "VmRSS:"
@@ -105,7 +99,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Cluster:
-    """An indexer and N server processes on loopback, for benchmarks that need real roles."""
+    """An indexer and N server processes on loopback (fleetcmd.launch), for benchmarks that
+    need real roles."""
 
     def __init__(
         self,
@@ -116,7 +111,6 @@ class Cluster:
         log_level: str = "warning",
     ) -> None:
         import signal
-        import subprocess
         import threading
 
         if threading.current_thread() is threading.main_thread():
@@ -126,16 +120,14 @@ class Cluster:
         self.dir = data_dir
         self.token = "bench-node-token"
         self.enrollment_key = "bench-enrollment-key"
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self._argv: dict[int, tuple[list[str], dict[str, str], str]] = {}  # pid -> how to restart
-        env = {
-            **os.environ,
-            "FLEETCMD_TOKEN": self.token,
-            "PYTHONUNBUFFERED": "1",
-            "FLEETCMD_ENROLLMENT_KEY": self.enrollment_key,
+        self.roles: list[Process] = []
+        self.servers: list[Process] = []
+        env = clean_env(
+            FLEETCMD_TOKEN=self.token,
+            FLEETCMD_ENROLLMENT_KEY=self.enrollment_key,
             # every server node shares one token-signing key
-            "FLEETCMD_JWT_KEY": "bench-jwt-key-" + "0" * 32,
-        }
+            FLEETCMD_JWT_KEY="bench-jwt-key-" + "0" * 32,
+        )
         try:
             self._launch(env, store_url, data_dir, servers, indexers, log_level)
         except BaseException:
@@ -151,14 +143,13 @@ class Cluster:
         indexers: int,
         log_level: str,
     ) -> None:
-        py = [sys.executable, "-m", "fleetcmd.cli"]
         self.indexer_urls: list[str] = []
         for i in range(indexers):
             port = free_port()
             self.indexer_urls.append(f"http://127.0.0.1:{port}")
             self._start(
+                f"indexer-{i}",
                 [
-                    *py,
                     "indexer",
                     "--port",
                     str(port),
@@ -176,20 +167,18 @@ class Cluster:
                     "0",
                 ],
                 env,
-                f"indexer-{i}",
             )
-        for url in self.indexer_urls:
-            _wait(f"{url}/health")
+        for role, url in zip(self.roles, self.indexer_urls, strict=True):
+            wait_url(f"{url}/health", 60, role)
         self.comms_urls: list[str] = []
         self.management_urls: list[str] = []
-        self.server_pids: list[int] = []
         for i in range(servers):
             comms, mgmt = free_port(), free_port()
             self.comms_urls.append(f"http://127.0.0.1:{comms}")
             self.management_urls.append(f"http://127.0.0.1:{mgmt}")
-            p = self._start(
+            server = self._start(
+                f"server-{i}",
                 [
-                    *py,
                     "server",
                     "--indexer",
                     self.indexer_urls[i % indexers],
@@ -210,46 +199,33 @@ class Cluster:
                     log_level,
                 ],
                 env,
-                f"server-{i}",
             )
-            self.server_pids.append(p.pid)
-        for url in self.comms_urls + self.management_urls:
-            _wait(f"{url}/health")
+            self.servers.append(server)
+        for server, *urls in zip(self.servers, self.comms_urls, self.management_urls, strict=True):
+            for url in urls:
+                wait_url(f"{url}/health", 60, server)
         self.indexer = self.indexer_urls[0]
 
-    def _start(self, argv: list[str], env: dict[str, str], name: str) -> Any:
-        import resource
-        import subprocess
+    def _start(self, name: str, args: list[str], env: dict[str, str]) -> Process:
+        """Started, not waited for: the roles of one kind come up side by side."""
+        log = Path(self.dir) / f"{name}.log"
+        role = Process(name, fleetcmd_argv(*args), log, env, many_files=True).start()
+        self.roles.append(role)
+        return role
 
-        def raise_limits() -> None:
-            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    @property
+    def server_pids(self) -> list[int]:
+        return [s.pid for s in self.servers]
 
-        os.makedirs(self.dir, exist_ok=True)
-        log = open(f"{self.dir}/{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        p = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=raise_limits,
-            start_new_session=True,
-        )
-        self.procs.append(p)
-        self._argv[p.pid] = (argv, env, name)
-        return p
+    @property
+    def indexer_pid(self) -> int:
+        return self.roles[0].pid
 
     def restart_server(self, i: int = 0) -> None:
         """SIGKILL server i and start it again at once on the same ports (a crash and its
         supervisor's restart); returns when the process is started, not when it listens."""
-        import signal
-
-        old = next(p for p in self.procs if p.pid == self.server_pids[i])
-        old.send_signal(signal.SIGKILL)
-        old.wait()
-        argv, env, name = self._argv.pop(old.pid)
-        self.procs.remove(old)
-        self.server_pids[i] = self._start(argv, env, name).pid
+        self.servers[i].kill()
+        self.servers[i].start(wait=0)
 
     def client(self) -> Any:
         import httpx
@@ -277,30 +253,7 @@ class Cluster:
         raise TimeoutError(f"task {task_id} not final after {timeout}s")
 
     def stop(self) -> None:
-        import signal
-
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except Exception:
-                p.kill()
-
-
-def _wait(url: str, timeout: float = 60) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not come up")
+        stop_all(self.roles, timeout=10)
 
 
 def iso_ts(iso: str) -> float:
@@ -439,7 +392,7 @@ class Simulator:
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._held: list[dict[str, Any]] = []  # taken off the queue by events_named, not read
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fleetcmd.bench.simulator", *argv],
+            [sys.executable, "-m", "fleetcmd_lab.bench.simulator", *argv],
             stdout=subprocess.PIPE,
             stderr=open(log_path, "ab"),  # noqa: SIM115 - owned by the child
             text=True,

@@ -9,7 +9,7 @@ import time
 from itertools import pairwise
 from typing import Any
 
-from fleetcmd.bench.common import Cluster, report, scratch_store, start_simulator
+from fleetcmd_lab.bench.common import Cluster, report, scratch_store, start_simulator
 
 GROUP = "bench"
 

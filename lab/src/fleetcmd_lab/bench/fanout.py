@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fleetcmd.bench.common import report, scratch_store
 from fleetcmd.indexer.command_manager import CommandManager
 from fleetcmd.indexer.task_manager import TaskManager, TaskRequest
 from fleetcmd.model.records import dumps
 from fleetcmd.store.base import SqlStore
+from fleetcmd_lab.bench.common import report, scratch_store
 
 GROUP = "bench"
 

@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fleetcmd.bench.common import (
+from fleetcmd.store.base import SqlStore
+from fleetcmd_lab.bench.common import (
     Cluster,
     iso_ts,
     profiled,
@@ -21,7 +22,6 @@ from fleetcmd.bench.common import (
     wait_connected,
     work_dir,
 )
-from fleetcmd.store.base import SqlStore
 
 GROUP = "lat"
 TARGET_P50_MS = 50.0
@@ -130,7 +130,7 @@ def _run(
         wait_connected(store, 1, prefix)
         agent_id = f"{prefix}000000"
         measure(cluster, sim, store, agent_id, min(10, tasks))  # warm-up, not counted
-        procs = {"server": cluster.server_pids[0], "indexer": cluster.procs[0].pid}
+        procs = {"server": cluster.server_pids[0], "indexer": cluster.indexer_pid}
         side: dict[str, float] = {}
 
         def timed() -> None:

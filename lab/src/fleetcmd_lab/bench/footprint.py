@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from fleetcmd.bench.common import (
+from fleetcmd.launch import Process, fleetcmd_argv
+from fleetcmd_lab.bench.common import (
     Cluster,
     cpu_seconds,
     report,
@@ -32,7 +33,7 @@ def _agent_id(state_dir: str, timeout: float = 120) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = subprocess.run(
-            [sys.executable, "-m", "fleetcmd.cli", "agent-status", "--state-dir", state_dir],
+            fleetcmd_argv("agent-status", "--state-dir", state_dir),
             capture_output=True,
             text=True,
         )
@@ -58,12 +59,9 @@ def run(
                 )
             )
             state = f"{d}/agent-state"
-            log = open(f"{d}/agent.log", "ab")  # noqa: SIM115 - owned by the child
-            agent = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fleetcmd.cli",
+            agent = Process(
+                "agent",
+                fleetcmd_argv(
                     "agent",
                     "--server",
                     cluster.comms_urls[0],
@@ -77,11 +75,9 @@ def run(
                     GROUP,
                     "--log-level",
                     "warning",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+                ),
+                Path(d) / "agent.log",
+            ).start()
             agent_id = _agent_id(state)
             # settled: enrolled, start-up inventory and configuration done, long-polling
             with cluster.client() as c:
@@ -130,10 +126,6 @@ def run(
             }
             return report("footprint", kind, {"idle_seconds": idle, "changes": changes}, figures)
         finally:
-            if agent is not None and agent.poll() is None:
-                agent.terminate()
-                try:
-                    agent.wait(10)
-                except subprocess.TimeoutExpired:
-                    agent.kill()
+            if agent is not None:
+                agent.stop(10)
             cluster.stop()

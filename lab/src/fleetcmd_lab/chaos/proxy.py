@@ -26,7 +26,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-log = logging.getLogger("fleetcmd.chaos.proxy")
+log = logging.getLogger("fleetcmd_lab.chaos.proxy")
 
 Mode = Literal["pass", "delay", "drop", "blackhole"]
 CHUNK = 64 * 1024

@@ -12,9 +12,7 @@ appends to its own log in the run folder, across restarts, so a log shows each l
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,7 +21,8 @@ from typing import Any
 
 import httpx
 
-from fleetcmd.chaos.proxy import ProxyHost
+from fleetcmd.launch import Process, clean_env, fleetcmd_argv, free_port
+from fleetcmd_lab.chaos.proxy import ProxyHost
 
 TOKEN = "chaos-node-token"
 ENROLLMENT_KEY = "chaos-enrollment-key"
@@ -31,102 +30,45 @@ JWT_KEY = "chaos-jwt-key-shared-by-server-nodes"
 GROUPS = ("chaos-a", "chaos-b")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float, proc: Proc | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and not proc.alive():
-            raise RuntimeError(f"{proc.name} exited ({proc.returncode()}); see {proc.log}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+SIGTERM = signal.SIGTERM  # (inside Proc, `signal` is its method)
 
 
 @dataclass
-class Proc:
-    """One role process: started, killed, stopped and continued by the injector."""
+class Proc(Process):
+    """One role process (fleetcmd.launch): started, killed, stopped and continued by the
+    injector. Each start is marked in its log, so that the log shows every life."""
 
-    name: str
-    role: str
-    argv: list[str]
-    log: Path
-    env: dict[str, str]
-    health: str | None = None
-    popen: subprocess.Popen[bytes] | None = None
-    starts: int = 0
+    role: str = ""
     stopped: bool = False  # SIGSTOPped
 
     def start(self, wait: float = 90.0) -> Proc:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
             out.write(f"===== start {self.starts + 1} at {time.time():.3f} =====\n".encode())
-            out.flush()
-            self.popen = subprocess.Popen(
-                self.argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                start_new_session=True,
-            )
-        self.starts += 1
         self.stopped = False
-        if self.health:
-            wait_http(self.health, wait, self)
+        super().start(wait)
         return self
-
-    @property
-    def pid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def returncode(self) -> int | None:
-        return None if self.popen is None else self.popen.poll()
 
     def signal(self, sig: int) -> None:
         if self.alive():
-            assert self.popen is not None
-            self.popen.send_signal(sig)
+            self.send(sig)
             if sig == signal.SIGSTOP:
                 self.stopped = True
             elif sig == signal.SIGCONT:
                 self.stopped = False
 
     def kill(self) -> None:
-        if self.alive():
-            assert self.popen is not None
-            if self.stopped:
-                self.popen.send_signal(signal.SIGCONT)
-            self.popen.kill()
-            self.popen.wait(10)
+        if self.stopped:
+            self.send(signal.SIGCONT)
+        super().kill()
         self.stopped = False
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM, then SIGKILL if it does not end in time."""
-        if not self.alive():
-            return
-        assert self.popen is not None
+    def stop(self, timeout: float = 20.0, sig: int = SIGTERM) -> bool:
+        """SIGTERM (a stopped process continued first), then SIGKILL if it does not end in
+        time."""
         if self.stopped:
             self.signal(signal.SIGCONT)
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(10)
+        return super().stop(timeout, sig)
 
 
 @dataclass
@@ -149,28 +91,35 @@ class Cluster:
     content: Proc | None = None
     agents: list[Proc] = field(default_factory=list)
     sims: list[Proc] = field(default_factory=list)
-    feed: Any = None  # the content publisher (fleetcmd.chaos.feed.Publisher)
+    feed: Any = None  # the content publisher (fleetcmd_lab.chaos.feed.Publisher)
 
     def __post_init__(self) -> None:
         self.root = self.spec.root
         self.root.mkdir(parents=True, exist_ok=True)
         self.logs = self.root / "logs"
-        self.env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "FLEETCMD_TOKEN": TOKEN,
-            "FLEETCMD_ENROLLMENT_KEY": ENROLLMENT_KEY,
-            "FLEETCMD_JWT_KEY": JWT_KEY,
-        }
+        self.env = clean_env(
+            FLEETCMD_TOKEN=TOKEN, FLEETCMD_ENROLLMENT_KEY=ENROLLMENT_KEY, FLEETCMD_JWT_KEY=JWT_KEY
+        )
         self.indexer_port = free_port()
         self.indexer_url = f"http://127.0.0.1:{self.indexer_port}"
 
     # -- wiring ---------------------------------------------------------------------------------
     def _fleetcmd(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "fleetcmd.cli", *args]
+        return fleetcmd_argv(*args)
+
+    @staticmethod
+    def _proc(
+        name: str,
+        role: str,
+        argv: list[str],
+        log: Path,
+        env: dict[str, str],
+        health: str | None = None,
+    ) -> Proc:
+        return Proc(name, argv, log, env, [health] if health else [], role=role)
 
     def start(self, say: Any = print) -> None:
-        self.indexer = Proc(
+        self.indexer = self._proc(
             "indexer",
             "indexer",
             self._fleetcmd(
@@ -194,7 +143,7 @@ class Cluster:
         comms_ports = [free_port() for _ in range(2)]
         for i, port in enumerate(comms_ports):
             self.servers.append(
-                Proc(
+                self._proc(
                     f"server-{i}",
                     "server",
                     self._fleetcmd(
@@ -235,11 +184,11 @@ class Cluster:
             self.agent_urls.append(f"http://127.0.0.1:{p.port}")
         self.setup_groups()
         if self.spec.content:
-            from fleetcmd.chaos.feed import Publisher
+            from fleetcmd_lab.chaos.feed import Publisher
 
             self.feed = Publisher.create(self.root / "cti")
             self.feed.publish()
-            self.content = Proc(
+            self.content = self._proc(
                 "content-manager",
                 "content",
                 self._fleetcmd(
@@ -274,7 +223,7 @@ class Cluster:
             }
             env = {**self.env, "FLEETCMD_AGENT_OPTIONS": json.dumps(options)}
             self.agents.append(
-                Proc(
+                self._proc(
                     name,
                     "agent",
                     [sys.executable, "-m", "fleetcmd.agent"],
@@ -289,13 +238,13 @@ class Cluster:
             d = self.root / f"sims-{i}"
             d.mkdir(exist_ok=True)
             self.sims.append(
-                Proc(
+                self._proc(
                     f"sims-{i}",
                     "sims",
                     [
                         sys.executable,
                         "-m",
-                        "fleetcmd.chaos.simagents",
+                        "fleetcmd_lab.chaos.simagents",
                         "--server",
                         self.agent_urls[i],
                         "--enrollment-key",
@@ -397,9 +346,7 @@ class Cluster:
             for p in group:
                 if p.stopped:
                     p.signal(signal.SIGCONT)
-                if p.alive():
-                    assert p.popen is not None
-                    p.popen.send_signal(signal.SIGTERM)
+                p.send(signal.SIGTERM)
             for p in group:
                 p.stop(90.0)
         for role in [self.content, *self.servers, self.indexer]:
