@@ -1,8 +1,11 @@
 """The sample CTI feed that `fleetcmd up` serves by default, signed with a development key.
 
-The source files live in `feeds/sample/` of the repository; the agent package is made from this
-very project, reproducibly (same tree, same bytes, same SHA-256), so rebuilding the sample feed
-on every start changes nothing that the content manager would act on.
+The source files ship inside the package (`content/sample_feed/`), so that an installed wheel
+serves the same feed as a checkout. The agent package is made from this very project,
+reproducibly (same tree, same bytes, same SHA-256), so rebuilding the sample feed on every start
+changes nothing that the content manager would act on: from a checkout, `pyproject.toml` and
+`src/fleetcmd`; installed from a wheel, the installed `fleetcmd` package laid out the same way
+(`src/fleetcmd/…`, which is what an agent's upgrade installs).
 
 The development key is created on first use in the data folder. It is for trying fleetcmd on one
 machine only: a production feed is signed with a key kept offline (`fleetcmd cti keygen`).
@@ -18,16 +21,29 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import fleetcmd
 from fleetcmd.content.feed import Manifest, SourceFile, build
 from fleetcmd.model import content_signing as signing
 
-REPO = Path(__file__).resolve().parents[3]
-SAMPLE_SOURCE = REPO / "feeds" / "sample"
+PACKAGE_DIR = Path(fleetcmd.__file__).resolve().parent
+REPO = PACKAGE_DIR.parents[1]  # the checkout's root, when running from one (is_checkout)
+SAMPLE_SOURCE = Path(__file__).resolve().parent / "sample_feed"
 PACKAGE_NAME = "fleetcmd"
 DEV_KEY = "cti-dev.key"
 
 
-def project_version(root: Path = REPO) -> str:
+def is_checkout(root: Path = REPO) -> bool:
+    """Whether `root` is a source tree: `pyproject.toml` beside `src/fleetcmd`."""
+    return (root / "pyproject.toml").is_file() and (root / "src" / "fleetcmd").is_dir()
+
+
+def project_version(root: Path | None = None) -> str:
+    """The version of a source tree (its pyproject.toml); by default of this checkout, or of
+    the installed package when there is none."""
+    if root is None:
+        if not is_checkout():
+            return fleetcmd.__version__
+        root = REPO
     text = (root / "pyproject.toml").read_text()
     m = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
     if m is None:
@@ -35,22 +51,35 @@ def project_version(root: Path = REPO) -> str:
     return m.group(1)
 
 
-def agent_package(out_dir: Path, root: Path = REPO) -> Path:
-    """`fleetcmd-<version>.tar.gz` of `src/fleetcmd` + `pyproject.toml`, byte-for-byte
-    reproducible: sorted entries, zeroed times and owners, normalised modes, gzip without a
-    timestamp."""
-    version = project_version(root)
-    prefix = f"{PACKAGE_NAME}-{version}"
-    sources = sorted(
+def _sources(package: Path) -> list[Path]:
+    return sorted(
         p
-        for p in (root / "src" / "fleetcmd").rglob("*")
+        for p in package.rglob("*")
         if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
     )
-    files = [root / "pyproject.toml", *sources]
+
+
+def agent_package(out_dir: Path, root: Path | None = None) -> Path:
+    """`fleetcmd-<version>.tar.gz` of `src/fleetcmd` + `pyproject.toml` of the source tree
+    `root` (default: this checkout, or the installed package, without pyproject.toml, when
+    there is no checkout), byte-for-byte reproducible: sorted entries, zeroed times and
+    owners, normalised modes, gzip without a timestamp."""
+    if root is None and is_checkout():
+        root = REPO
+    if root is not None:
+        tree = [root / "pyproject.toml", *_sources(root / "src" / "fleetcmd")]
+        files = [(p, p.relative_to(root).as_posix()) for p in tree]
+    else:
+        files = [
+            (p, f"src/fleetcmd/{p.relative_to(PACKAGE_DIR).as_posix()}")
+            for p in _sources(PACKAGE_DIR)
+        ]
+    version = project_version(root)
+    prefix = f"{PACKAGE_NAME}-{version}"
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in files:
-            info = tarfile.TarInfo(f"{prefix}/{path.relative_to(root).as_posix()}")
+        for path, name in files:
+            info = tarfile.TarInfo(f"{prefix}/{name}")
             data = path.read_bytes()
             info.size = len(data)
             info.mtime = 0
