@@ -94,8 +94,8 @@ def test_the_wheel_carries_the_data_and_not_the_lab(installed: Installed) -> Non
     for wanted in (
         "fleetcmd/store/sql/schema_sqlite.sql",
         "fleetcmd/store/sql/schema_postgres.sql",
-        "fleetcmd/dashboard/templates/base.html",
-        "fleetcmd/dashboard/static/app.css",
+        "fleetcmd/server/dashboard/templates/base.html",
+        "fleetcmd/server/dashboard/static/app.css",
         "fleetcmd/content/sample_feed/feed.yaml",
         "fleetcmd/content/sample_feed/sca/debian12-baseline.yaml",
         "fleetcmd/launch.py",
