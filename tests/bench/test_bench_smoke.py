@@ -9,7 +9,16 @@ import json
 
 import pytest
 
-from fleetcmd_lab.bench import backlog, delivery, fanout, footprint, latency, multinode, storm
+from fleetcmd_lab.bench import (
+    backlog,
+    delivery,
+    fanout,
+    footprint,
+    latency,
+    multinode,
+    preview,
+    storm,
+)
 from support import PG_DSN, need_pg
 
 
@@ -28,6 +37,17 @@ def test_fanout_runs_and_reports(kind: str, capsys: pytest.CaptureFixture[str]) 
     assert line["figures"]["children"] == 300
     assert line["figures"]["fanout_seconds"] > 0 and line["figures"]["raw_insert_seconds"] > 0
     assert _json_line(capsys.readouterr().out, "fanout")["params"] == {"agents": 300}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_preview_runs_and_reports(kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    if kind == "postgres":
+        need_pg()
+    line = preview.run(400, None if kind == "sqlite" else PG_DSN)
+    f = line["figures"]
+    assert f["selector_0"]["matched"] == 400 and f["selector_1"]["matched"] == 100
+    assert f["filed_commands"] == 100 and f["scoped_all"]["excluded_by_rbac"] == 300
+    assert _json_line(capsys.readouterr().out, "preview")["params"] == {"agents": 400}
 
 
 def test_delivery_records_every_result(capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,10 +17,9 @@ from dashboard.harness import (
     SHOTS,
     DashFleet,
     dash_fleet,
+    log_in,
     need_browser,
 )
-
-VIEWPORT = {"width": 1360, "height": 860}
 
 
 @pytest.fixture(scope="module")
@@ -42,20 +41,6 @@ def browser() -> Iterator[Any]:
             yield b
         finally:
             b.close()
-
-
-def log_in(browser: Any, fleet: DashFleet, user: str, password: str) -> Any:
-    context = browser.new_context(viewport=VIEWPORT, base_url=fleet.url)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.js_errors = errors
-    page.goto("/app/")
-    page.fill("input[name=username]", user)
-    page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
-    page.wait_for_url("**/app/")
-    return page
 
 
 @pytest.fixture(scope="module")

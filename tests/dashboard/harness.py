@@ -155,3 +155,17 @@ def dash_fleet(tmp: Path, real_agents: int = 2) -> Iterator[DashFleet]:
                 r.kill()
             for r in roles:
                 print(f"----- {r.name} log (tail) -----\n{r.log()[-2500:]}")
+
+
+def log_in(browser: Any, fleet: DashFleet, user: str, password: str) -> Any:
+    context = browser.new_context(viewport={"width": 1360, "height": 860}, base_url=fleet.url)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.js_errors = errors
+    page.goto("/app/")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/app/")
+    return page

@@ -46,6 +46,21 @@ def bench_fanout(
     fanout.run(agents, store)
 
 
+@bench_app.command("preview")
+def bench_preview(
+    agents: Annotated[int, typer.Option(help="Agents in the store.")] = 100_000,
+    store: Annotated[
+        str | None,
+        typer.Option(help="sqlite (default) or postgresql://…; a scratch file or schema is used."),
+    ] = None,
+) -> None:
+    """Task previews over N agents (selectors compiled to SQL, the matches frozen, counts
+    by status/group/node/version): seconds per selector, and filing from the token."""
+    from fleetcmd_lab.bench import preview
+
+    preview.run(agents, store)
+
+
 @bench_app.command("delivery")
 def bench_delivery(
     agents: Annotated[int, typer.Option(help="Simulated agents.")] = 10_000,

@@ -25,7 +25,7 @@ from fleetcmd.httpkit import (
     wait_for,
 )
 from fleetcmd.indexer import user_proofs
-from fleetcmd.indexer.api import audit, indexes, proofs, rollouts, stream, tasks
+from fleetcmd.indexer.api import audit, indexes, operators, proofs, rollouts, stream, tasks
 from fleetcmd.indexer.command_manager import CommandManager
 from fleetcmd.indexer.retention import retention_loop, upkeep_loop
 from fleetcmd.indexer.rollouts import RolloutScheduler
@@ -152,6 +152,7 @@ def create_app(store: SqlStore, options: IndexerOptions) -> FastAPI:
     )
     app.state.indexer = st
     install_error_handlers(app)
+    app.include_router(operators.router)
     app.include_router(tasks.router)
     app.include_router(stream.router)
     app.include_router(indexes.router)

@@ -122,9 +122,10 @@ def sca_policy(
 def active_response_execution(
     tx: SqlTx, cmd: Command, spec: CommandSpec, prm: p.ActiveResponseExecution
 ) -> tuple[int, dict[str, Any]]:
+    frozen = tx.task_target_set(cmd.task_id)  # a selector, a preview, a re-run, an approval
     n = tx.fan_out(
         _fanout(cmd, spec, a.ArExecute(name=prm.name, arguments=prm.arguments, reason=prm.reason)),
-        prm.target.selection(),
+        AgentSelection(frozen=frozen) if frozen is not None else prm.selection(),
     )
     return n, {"name": prm.name, "targets": n}
 

@@ -11,7 +11,7 @@ from fleetcmd.model import params as p
 from fleetcmd.store.base import SqlTx
 
 INDEX = "rbac"
-BUILTIN_ROLES = frozenset({"administrator", "operator", "readonly"})
+BUILTIN_ROLES = frozenset({"administrator", "operator", "readonly", "approver"})
 
 
 def apply_changes(tx: SqlTx, changes: list[p.RbacDocChange]) -> None:

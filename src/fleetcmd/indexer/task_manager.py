@@ -15,8 +15,11 @@ from fleetcmd.errors import Conflict, Forbidden, InvalidParams
 from fleetcmd.indexer import rollouts
 from fleetcmd.indexer.parts import NOTHING, PARTS
 from fleetcmd.model import params as p
+from fleetcmd.model import selectors
+from fleetcmd.model.approvals import POLICY_DOC, POLICY_INDEX, ApprovalPolicy
 from fleetcmd.model.catalog import CommandSpec, Expansion, Target, validate
 from fleetcmd.model.records import Task, dumps
+from fleetcmd.model.targets import AgentScope, AgentSelection
 from fleetcmd.store import Fanout, NewCommand
 from fleetcmd.store.base import SqlStore, SqlTx
 
@@ -41,6 +44,13 @@ class TaskRequest:
     rollout: dict[str, Any] | None = None  # a rollout policy (docs/rollouts.md)
     # Written with the task (tasks a node files in its own name: `user_proofs`).
     audit: dict[str, Any] | None = None
+    # Where a scoped user may file it: a selector's matches are narrowed to it.
+    scope: AgentScope | None = None
+    # The frozen set a preview made (`preview`): the task reaches exactly those agents.
+    preview_token: str | None = None
+    # A re-run (`rerun`): the original task and the set of its agents to run on again.
+    rerun_of: int | None = None
+    rerun_statuses: tuple[str, ...] = ()
 
 
 class TaskManager:
@@ -97,9 +107,44 @@ class TaskManager:
     def _write(self, tx: SqlTx, spec: CommandSpec, parsed: p.Params, req: TaskRequest) -> int:
         self._check_references(tx, spec, parsed)
         params = parsed.stored()
-        task_id = tx.insert_task(spec.task_type, params, req.source, req.user, req.idempotency_key)
+        selection = self._selection(tx, spec, parsed)
+        target_set = self._target_set(tx, spec, parsed, params, req, selection)
+        approval = self._approval(tx, spec, parsed, req, selection, target_set)
+        if approval is not None and target_set is None and selection is not None:
+            # Approvers approve the agents it reaches now, not whatever matches later.
+            target_set = tx.freeze(
+                selection, user=req.user, task_type=spec.task_type, params=params, ttl=0.0
+            )[0]
+        task_id = tx.insert_task(
+            spec.task_type,
+            params,
+            req.source,
+            req.user,
+            req.idempotency_key,
+            rerun_of=req.rerun_of,
+            target_set=target_set,
+            approval=approval,
+        )
+        if target_set is not None:
+            tx.bind_target_set(target_set, task_id)
         if req.audit is not None:
             tx.append_audit({**req.audit, "target": f"task:{task_id}"})
+        if approval is None:
+            self.write_commands(tx, task_id, spec, parsed, req, target_set)
+        return task_id
+
+    def write_commands(
+        self,
+        tx: SqlTx,
+        task_id: int,
+        spec: CommandSpec,
+        parsed: p.Params,
+        req: TaskRequest,
+        target_set: int | None,
+    ) -> None:
+        """The task's index change and first commands: when it is filed, or, for a task an
+        approval policy holds, when its last approval comes in (indexer/approvals.py)."""
+        params = parsed.stored()
         timeout = req.timeout or spec.timeout
         expires_at = tx.now + (req.expires_in or DEFAULT_DELIVERY_WINDOW)
         if req.rollout is not None:
@@ -118,7 +163,11 @@ class TaskManager:
                 [NewCommand(Target.INDEXER, "command-manager", spec.task_type, params)],
             )
         elif spec.expansion is Expansion.BY_TASK_MANAGER:
-            selection = parsed.selection(tx)
+            selection = (
+                AgentSelection(frozen=target_set)
+                if target_set is not None
+                else parsed.selection(tx)
+            )
             if selection is None:
                 raise InvalidParams(f"{spec.task_type}: no agent selection")
             tx.fan_out(
@@ -144,7 +193,145 @@ class TaskManager:
                 expires_at,
                 [NewCommand(Target.SERVER, node, spec.action, params) for node in nodes],
             )
-        return task_id
+
+    # -- targets and approvals ----------------------------------------------------------------
+    @staticmethod
+    def _selection(tx: SqlTx, spec: CommandSpec, parsed: p.Params) -> AgentSelection | None:
+        """The agents a type reaches through its selection (agent-bound types)."""
+        return parsed.selection(tx)
+
+    def _target_set(
+        self,
+        tx: SqlTx,
+        spec: CommandSpec,
+        parsed: p.Params,
+        params: dict[str, Any],
+        req: TaskRequest,
+        selection: AgentSelection | None,
+    ) -> int | None:
+        if req.rerun_of is not None:
+            set_id, size = tx.freeze_rerun(
+                req.rerun_of,
+                list(req.rerun_statuses),
+                req.scope,
+                user=req.user,
+                task_type=spec.task_type,
+                params=params,
+            )
+            if size == 0:
+                raise InvalidParams(
+                    f"no agent of task {req.rerun_of} ended in "
+                    f"{', '.join(req.rerun_statuses)}: nothing to re-run"
+                )
+            return set_id
+        if req.preview_token is not None:
+            if selection is None:
+                raise InvalidParams(f"{spec.task_type} reaches no agents by a selection")
+            return tx.claim_target_set(
+                req.preview_token, user=req.user, task_type=spec.task_type, params=params
+            )
+        if selection is not None and selection.selector is not None:
+            # A selector is evaluated once, when the task is filed, within the user's scope.
+            scoped = AgentSelection(selector=selection.selector, scope=req.scope)
+            return tx.freeze(
+                scoped, user=req.user, task_type=spec.task_type, params=params, ttl=0.0
+            )[0]
+        return None
+
+    def _approval(
+        self,
+        tx: SqlTx,
+        spec: CommandSpec,
+        parsed: p.Params,
+        req: TaskRequest,
+        selection: AgentSelection | None,
+        target_set: int | None,
+    ) -> dict[str, Any] | None:
+        """What the approval policy asks of this task (None: nothing, write it now)."""
+        if req.source not in ATTENDED_SOURCES:
+            return None
+        doc = tx.document(POLICY_INDEX, POLICY_DOC)
+        if not doc:
+            return None
+        policy = ApprovalPolicy.model_validate(doc)
+        agents: int | None = None
+        if target_set is not None:
+            agents = tx.target_set_size(target_set)
+        elif selection is not None:
+            agents = tx.count_agents(selection)
+        required = policy.required(spec.task_type, agents, _targets_all(parsed))
+        if required is None:
+            return None
+        return {
+            "required": required.approvals,
+            "deadline": tx.now + required.within,
+            "rules": required.rules,
+            "agents": agents,
+            "approved_by": [],
+            "request": {
+                "timeout": req.timeout,
+                "expires_in": req.expires_in,
+                "rollout": req.rollout,
+            },
+        }
+
+    def preview(self, req: TaskRequest, ttl: float) -> dict[str, Any]:
+        """Freeze what the task would reach now, without writing it: the summary and the
+        token a task filed with the same type and params reaches exactly that set with."""
+        spec, parsed = validate(req.type, req.params)
+        with self.store.transaction() as tx:
+            self._check_references(tx, spec, parsed)
+            selection = parsed.selection(tx)
+            if selection is None:
+                raise InvalidParams(
+                    f"{spec.task_type} reaches no agents by a selection: nothing to preview"
+                )
+            excluded = 0
+            if selection.selector is not None and req.scope is not None:
+                selection = AgentSelection(selector=selection.selector, scope=req.scope)
+                excluded = tx.count_agents(AgentSelection(selector=selection.selector))
+            set_id, token, size = tx.freeze(
+                selection,
+                user=req.user,
+                task_type=spec.task_type,
+                params=parsed.stored(),
+                ttl=ttl,
+            )
+            summary = tx.frozen_summary(set_id, size, selection)
+            approval = self._approval(tx, spec, parsed, req, selection, set_id)
+        return {
+            **summary,
+            "excluded_by_rbac": max(0, excluded - size),
+            "preview_token": token,
+            "expires_at": tx.now + ttl,
+            "needs_approval": None
+            if approval is None
+            else {"required": approval["required"], "within": approval["deadline"] - tx.now},
+        }
+
+    def rerun(self, task_id: int, statuses: list[str], req: TaskRequest) -> tuple[Task, bool]:
+        """A new task of the same type and params as `task_id`, reaching exactly the agents
+        whose commands of it ended in `statuses` (within the re-runner's scope)."""
+        original = self.store.get_task(task_id)
+        _, parsed = validate(original.type, original.params)
+        if type(parsed).selection is p.Params.selection:
+            raise InvalidParams(f"{original.type} reaches no agents by a selection: no re-run")
+        return self.submit(
+            TaskRequest(
+                original.type,
+                original.params,
+                req.source,
+                req.user,
+                req.idempotency_key,
+                req.timeout,
+                req.expires_in,
+                None,
+                req.audit,
+                req.scope,
+                rerun_of=task_id,
+                rerun_statuses=tuple(statuses),
+            )
+        )
 
     # -- checks before anything is written ------------------------------------------------------
     def _check_references(self, tx: SqlTx, spec: CommandSpec, parsed: p.Params) -> None:
@@ -168,3 +355,15 @@ class TaskManager:
         check = PARTS.get(spec.task_type, NOTHING).check
         if check is not None:
             check(tx, parsed)
+
+
+def _targets_all(parsed: p.Params) -> bool:
+    """The task reaches every agent: `all`, or the selector `all`."""
+    target = parsed.target if isinstance(parsed, p.ActiveResponseExecution) else parsed
+    if not isinstance(target, p.AgentSelector):
+        return parsed.reach().everything
+    if target.all:
+        return True
+    return target.selector is not None and isinstance(
+        selectors.parse(target.selector), selectors.Every
+    )

@@ -286,7 +286,12 @@ def validate(task_type: str, params: Any) -> tuple[CommandSpec, p.Params]:
         parsed = spec.params.model_validate(params)
     except ValidationError as exc:
         errors = [
-            {"field": ".".join(str(x) for x in e["loc"]) or "params", "error": e["msg"]}
+            {
+                "field": ".".join(str(x) for x in e["loc"]) or "params",
+                "error": e["msg"],
+                # A selector that does not parse says where (line, column, expected).
+                **(e.get("ctx", {}) if e["type"] == "selector" else {}),
+            }
             for e in exc.errors()
         ]
         raise InvalidParams(

@@ -12,7 +12,9 @@ import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from fleetcmd.model import selectors
 from fleetcmd.model.targets import EVERYTHING, AgentSelection, Lookup, Names, Reach
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -67,17 +69,33 @@ class Everything(Params):
 
 
 class AgentSelector(Params):
-    """Which agents an agent-bound task reaches: a list, a group, or all of them."""
+    """Which agents an agent-bound task reaches: a list, a group, all of them, or those a
+    `selector` expression matches (model/selectors.py, docs/commands.md)."""
 
     agents: list[str] | None = Field(default=None, max_length=100_000)
     group: str | None = None
     all: bool = False
+    selector: str | None = Field(default=None, max_length=selectors.MAX_LENGTH)
+
+    @field_validator("selector")
+    @classmethod
+    def _parses(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                selectors.parse(v)
+            except selectors.SelectorError as exc:
+                raise PydanticCustomError(
+                    "selector", "{message} (line {line}, column {column})", exc.to_json()
+                ) from None
+        return v
 
     @model_validator(mode="after")
     def _one_selector(self) -> AgentSelector:
-        chosen = sum([self.agents is not None, self.group is not None, self.all])
+        chosen = sum(
+            [self.agents is not None, self.group is not None, self.all, self.selector is not None]
+        )
         if chosen != 1:
-            raise ValueError("choose exactly one of 'agents', 'group' or 'all'")
+            raise ValueError("choose exactly one of 'agents', 'group', 'all' or 'selector'")
         if self.agents is not None and not self.agents:
             raise ValueError("'agents' must not be empty")
         if self.group is not None:
@@ -90,11 +108,15 @@ class AgentSelector(Params):
     def reach(self) -> Reach:
         if self.all:
             return EVERYTHING
+        if self.selector is not None:
+            return Reach(selector=self.selector)
         return Reach(agents=tuple(self.agents or ()), groups=(self.group,) if self.group else ())
 
     def selection(self, lookup: Lookup | None = None) -> AgentSelection:
         if self.all:
             return AgentSelection(all=True)
+        if self.selector is not None:
+            return AgentSelection(selector=selectors.parse(self.selector))
         if self.group is not None:
             return AgentSelection(groups=(self.group,))
         return AgentSelection(ids=tuple(dict.fromkeys(self.agents or ())))
@@ -280,6 +302,9 @@ class ActiveResponseExecution(Params):
 
     def reach(self) -> Reach:
         return self.target.reach()
+
+    def selection(self, lookup: Lookup | None = None) -> AgentSelection:
+        return self.target.selection()
 
 
 class RulesetUpdate(Everything):

@@ -43,6 +43,9 @@ class Task:
     completed_at: float | None = None
     idempotency_key: str | None = None
     cancelled: bool = False
+    rerun_of: int | None = None
+    target_set: int | None = None  # the frozen set of agents it reaches (store/targets.py)
+    approval: dict[str, Any] | None = None  # what its approval policy asked (store/approvals.py)
     counts: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -63,7 +66,20 @@ class Task:
             "total": total,
             "done": done,
             "progress": (done / total) if total else (1.0 if self.completed_at else 0.0),
+            "rerun_of": self.rerun_of,
+            "frozen_targets": self.target_set is not None,
+            "approval": _public_approval(self.approval),
         }
+
+
+def _public_approval(approval: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The approval as readers see it (the request kept to write it later stays inside)."""
+    if approval is None:
+        return None
+    out = {k: v for k, v in approval.items() if k != "request"}
+    if isinstance(out.get("deadline"), int | float):
+        out["deadline"] = iso(out["deadline"])
+    return out
 
 
 _FINAL_NAMES = {"success", "failure", "expired", "timeout", "cancelled"}

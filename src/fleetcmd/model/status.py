@@ -78,6 +78,27 @@ def sources_of(new: Status) -> list[str]:
     return sorted(str(s) for s, targets in TRANSITIONS.items() if new in targets)
 
 
+# Task statuses beyond the roll-up of its commands: a task an approval policy holds
+# (docs/security.md) has no command until it is approved, and ends without one when it is
+# rejected or its approvals do not come in time.
+AWAITING_APPROVAL = "awaiting-approval"
+REJECTED = "rejected"
+APPROVAL_EXPIRED = "approval-expired"
+APPROVAL_STATUSES = (AWAITING_APPROVAL, REJECTED, APPROVAL_EXPIRED)
+TASK_STATUSES = (
+    "pending",
+    "in_progress",
+    "success",
+    "failure",
+    "expired",
+    "cancelled",
+    *APPROVAL_STATUSES,
+)
+FINAL_TASK_STATUSES = frozenset(
+    {"success", "failure", "expired", "cancelled", REJECTED, APPROVAL_EXPIRED}
+)
+
+
 def rollup(counts: dict[str, int], *, cancelled: bool = False) -> str:
     """Status of a parent or task from its per-status counts.
 

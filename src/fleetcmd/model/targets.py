@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from fleetcmd.model.selectors import Expr
+
 
 @dataclass(frozen=True)
 class Names:
@@ -27,18 +29,38 @@ class Reach:
     groups: tuple[str, ...] = ()  # every member is reached
     changes_groups: tuple[str, ...] = ()  # their configuration or membership changes
     everything: bool = False
+    # A selector's agents are not known before the task is written: the indexer intersects
+    # them with the user's scope (`AgentScope`) instead of RBAC refusing agents up front.
+    selector: str | None = None
 
 
 EVERYTHING = Reach(everything=True)
 
 
 @dataclass(frozen=True)
+class AgentScope:
+    """Where a scoped user may file a task: agents whose id matches one of `ids` or that are
+    in a group matching one of `groups` (fnmatch patterns, as in the user's RBAC policies)."""
+
+    ids: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {"ids": list(self.ids), "groups": list(self.groups)}
+
+
+@dataclass(frozen=True)
 class AgentSelection:
-    """Agents a fan-out reaches: all, members of any of `groups`, or the listed `ids`."""
+    """Agents a fan-out reaches: all, members of any of `groups`, the listed `ids`, those a
+    `selector` matches, or the frozen target set `frozen` (a preview, a re-run, an approval);
+    within `scope` when given."""
 
     all: bool = False
     groups: tuple[str, ...] | None = None
     ids: tuple[str, ...] | None = None
+    selector: Expr | None = None
+    frozen: int | None = None
+    scope: AgentScope | None = None
 
 
 class Lookup(Protocol):

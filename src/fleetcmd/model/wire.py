@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fleetcmd.model.selectors import LABEL_KEY_RE
 
 MAX_WINDOW = 30 * 86400  # the longest execution timeout or delivery window, seconds
 
@@ -24,9 +26,22 @@ class TaskIn(BaseModel):
     timeout: float | None = Field(default=None, gt=0, le=MAX_WINDOW)
     expires_in: float | None = Field(default=None, gt=0, le=MAX_WINDOW)
     rollout: dict[str, Any] | None = None  # a rollout policy (docs/rollouts.md)
+    # From `POST /tasks/preview`: the task reaches exactly the agents the preview froze.
+    preview_token: str | None = Field(default=None, min_length=1, max_length=128)
 
 
-class TaskToIndexer(TaskIn):
+class ScopeIn(BaseModel):
+    """Where a scoped user may file a task (id and group patterns of their policies): the
+    indexer narrows a selector's matches to it. Absent: every agent."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: list[str] = Field(default_factory=list, max_length=1000)
+    groups: list[str] = Field(default_factory=list, max_length=1000)
+
+
+class Filer(BaseModel):
+    """Who asks, as the server forwards it: the user, their proof, their scope."""
+
     source: str = "management-api"
     user: str | None = Field(default=None, min_length=1, max_length=128)
     proof: str | None = Field(
@@ -35,6 +50,74 @@ class TaskToIndexer(TaskIn):
         max_length=4096,
         description="The person's user proof (`POST /user-proofs`).",
     )
+    scope: ScopeIn | None = None
+
+
+class TaskToIndexer(TaskIn, Filer):
+    pass
+
+
+class PreviewIn(BaseModel):
+    """`POST /tasks/preview`: what a task would reach, without filing it."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str = Field(min_length=1, max_length=64)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PreviewToIndexer(PreviewIn, Filer):
+    pass
+
+
+RerunStatus = Literal["success", "failure", "timeout", "expired", "cancelled"]
+RERUN_DEFAULT: tuple[RerunStatus, ...] = ("failure", "timeout", "expired")
+
+
+class RerunIn(BaseModel):
+    """`POST /tasks/{id}/rerun`: the same task again, on the agents whose commands ended so."""
+
+    model_config = ConfigDict(extra="forbid")
+    statuses: list[RerunStatus] = Field(
+        default_factory=lambda: list(RERUN_DEFAULT), min_length=1, max_length=5
+    )
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    timeout: float | None = Field(default=None, gt=0, le=MAX_WINDOW)
+    expires_in: float | None = Field(default=None, gt=0, le=MAX_WINDOW)
+
+
+class RerunToIndexer(RerunIn, Filer):
+    pass
+
+
+class DecisionIn(BaseModel):
+    """`POST /tasks/{id}/approve` or `/reject` (a rejection says why)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(default="", max_length=1000)
+
+
+class DecisionToIndexer(DecisionIn, Filer):
+    pass
+
+
+class LabelsIn(BaseModel):
+    """`PUT /agents/{id}/labels`: the agent's labels, replaced whole."""
+
+    model_config = ConfigDict(extra="forbid")
+    labels: dict[str, str] = Field(max_length=64)
+
+    @field_validator("labels")
+    @classmethod
+    def _shape(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not LABEL_KEY_RE.fullmatch(key):
+                raise ValueError(
+                    f"label key {key!r}: 1-63 letters, digits, '.', '_' or '-', "
+                    "starting with a letter or digit"
+                )
+            if not 0 < len(value) <= 256 or any(c in value for c in "\x00\n\r"):
+                raise ValueError(f"label {key!r}: a value is 1-256 characters on one line")
+        return v
 
 
 class ResultIn(BaseModel):

@@ -90,7 +90,9 @@ async def check_task(st: ServerState, user: User, type_: str, params: dict[str, 
             action=action,
             roles=list(user.roles),
         )
-    outside = await _outside(st, scope, reach)
+    # A selector's agents are known only when the task is written: the indexer narrows them
+    # to the user's scope (`task_scope`) instead.
+    outside = [] if reach.selector is not None else await _outside(st, scope, reach)
     if outside:
         raise Forbidden(
             f"user '{user.name}' may not {action} on agent(s) " + ", ".join(outside[:5]),
@@ -116,6 +118,22 @@ async def check_task(st: ServerState, user: User, type_: str, params: dict[str, 
                 action="group:update",
                 groups=denied[:100],
             )
+
+
+def task_scope(st: ServerState, user: User, type_: str) -> dict[str, list[str]] | None:
+    """Where `user` may file `type_`, as the indexer narrows a selector, a preview or a
+    re-run to it (None: every agent)."""
+    scope = st.rbac.scope(user, f"task:create:{type_}")
+    if scope is None:
+        return {"ids": [], "groups": []}
+    if scope.all_agents:
+        return None
+    return {
+        "ids": [
+            pat.removeprefix("agent:id:") for pat in scope.patterns if pat.startswith("agent:id:")
+        ],
+        "groups": scope.group_patterns(),
+    }
 
 
 def _sets_groups(parsed: p.Params) -> bool:
@@ -190,6 +208,12 @@ class Reader:
         for t in tasks:
             r = reaches[t["id"]]
             if r is None or (r.everything and not self.scope.everything):
+                continue
+            # What a selector matched is frozen inside the indexer: its filer and the users
+            # who read every agent see it.
+            if r.selector is not None and not (
+                self.scope.all_agents or t.get("user") == self.user.name
+            ):
                 continue
             if all(self.scope.agents_of_group(g) for g in r.groups) and all(
                 self.scope.agent(a, known.get(a, [])) for a in r.agents

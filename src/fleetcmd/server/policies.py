@@ -194,9 +194,11 @@ BUILTIN_ROLES: dict[str, tuple[Policy, ...]] = {
         Policy((*READ_ACTIONS, "task:create", "task:cancel", "rollout:control", "group:update")),
     ),
     "readonly": (Policy(READ_ACTIONS),),
+    "approver": (Policy((*READ_ACTIONS, "task:approve")),),
 }
 ROLE_DESCRIPTIONS = {
     "administrator": "everything, including users, roles and the audit trail",
     "operator": "file, cancel and steer (rollouts) tasks of every type, read the fleet",
     "readonly": "read tasks, commands, agents and groups",
+    "approver": "read the fleet and approve or reject tasks others filed (docs/security.md)",
 }

@@ -10,9 +10,11 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from fleetcmd.model.status import FINAL_TASK_STATUSES
+
 app = typer.Typer(help="File, list, cancel and watch tasks (Management API).", no_args_is_help=True)
 
-FINAL = {"success", "failure", "expired", "timeout", "cancelled", "partial"}
+FINAL = {*FINAL_TASK_STATUSES, "timeout", "partial"}
 Api = Annotated[
     str, typer.Option(help="Management API URL.", envvar="FLEETCMD_API", show_envvar=False)
 ]
@@ -125,6 +127,17 @@ def create(
     follow: Annotated[
         bool, typer.Option("--watch", help="Then watch it until it is final.")
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="File nothing: show what it would reach (counts, first page) and a preview "
+            "token that files it on exactly those agents (--preview-token).",
+        ),
+    ] = False,
+    preview_token: Annotated[
+        str | None, typer.Option(help="File it on the agents a --dry-run froze.")
+    ] = None,
     api: Api = "http://127.0.0.1:55000",
     user: UserOpt = "admin",
     password: PasswordOpt = None,
@@ -132,6 +145,11 @@ def create(
 ) -> None:
     """File a task; prints it (with its id), or watches it with --watch."""
     body: dict[str, Any] = {"type": type_, "params": _parse_params(params, param or [])}
+    if dry_run:
+        _print(_session(api, user, password, data_dir).call("POST", "/tasks/preview", json=body))
+        return
+    if preview_token:
+        body["preview_token"] = preview_token
     if idempotency_key:
         body["idempotency_key"] = idempotency_key
     for key, value in (("timeout", timeout), ("expires_in", expires_in)):
@@ -243,3 +261,98 @@ def watch(
     typer.echo(f"task {task_id}: {t['status']} ({counts})")
     if t["status"] != "success":
         raise typer.Exit(2)
+
+
+@app.command()
+def rerun(
+    task_id: int,
+    status: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--status", help="Re-run where commands ended so (default: failure, timeout, expired)."
+        ),
+    ] = None,
+    follow: Annotated[bool, typer.Option("--watch", help="Then watch the re-run.")] = False,
+    api: Api = "http://127.0.0.1:55000",
+    user: UserOpt = "admin",
+    password: PasswordOpt = None,
+    data_dir: DataDir = Path("./data"),
+) -> None:
+    """File the task again, on exactly the agents whose commands ended in those statuses."""
+    body = {"statuses": status} if status else {}
+    task = _session(api, user, password, data_dir).call(
+        "POST", f"/tasks/{task_id}/rerun", json=body
+    )
+    if follow:
+        typer.echo(f"task {task['id']} (re-run of {task_id}) accepted")
+        watch(task["id"], api=api, user=user, password=password, data_dir=data_dir)
+    else:
+        _print(task)
+
+
+@app.command()
+def approve(
+    task_id: int,
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")] = "",
+    api: Api = "http://127.0.0.1:55000",
+    user: UserOpt = "admin",
+    password: PasswordOpt = None,
+    data_dir: DataDir = Path("./data"),
+) -> None:
+    """Approve a task awaiting approval (someone else filed it); the last approval files it."""
+    _print(
+        _session(api, user, password, data_dir).call(
+            "POST", f"/tasks/{task_id}/approve", json={"reason": reason}
+        )
+    )
+
+
+@app.command()
+def reject(
+    task_id: int,
+    reason: Annotated[str, typer.Option(help="Why it is refused (required).")],
+    api: Api = "http://127.0.0.1:55000",
+    user: UserOpt = "admin",
+    password: PasswordOpt = None,
+    data_dir: DataDir = Path("./data"),
+) -> None:
+    """Reject a task awaiting approval: it ends `rejected` and nothing of it is written."""
+    _print(
+        _session(api, user, password, data_dir).call(
+            "POST", f"/tasks/{task_id}/reject", json={"reason": reason}
+        )
+    )
+
+
+@app.command()
+def approvals(
+    api: Api = "http://127.0.0.1:55000",
+    user: UserOpt = "admin",
+    password: PasswordOpt = None,
+    data_dir: DataDir = Path("./data"),
+) -> None:
+    """The tasks waiting for your approval."""
+    _print(_session(api, user, password, data_dir).call("GET", "/approvals")["items"])
+
+
+@app.command("approval-policy")
+def approval_policy(
+    set_: Annotated[
+        str | None,
+        typer.Option("--set", help="Replace the policy with this JSON (docs/security.md)."),
+    ] = None,
+    api: Api = "http://127.0.0.1:55000",
+    user: UserOpt = "admin",
+    password: PasswordOpt = None,
+    data_dir: DataDir = Path("./data"),
+) -> None:
+    """Show the approval policy, or replace it (administrators)."""
+    session = _session(api, user, password, data_dir)
+    if set_ is None:
+        _print(session.call("GET", "/approval-policy"))
+        return
+    try:
+        policy = json.loads(set_)
+    except json.JSONDecodeError as exc:
+        _fail(f"--set is not JSON: {exc}")
+    _print(session.call("PUT", "/approval-policy", json=policy))

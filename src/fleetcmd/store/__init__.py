@@ -22,6 +22,7 @@ def open_store(url: str, migrate: bool = True) -> SqlStore:
         raise ValueError(f"unsupported store URL {url!r}: use sqlite:///PATH or postgresql://…")
     if migrate:
         store.migrate()
+        store.backfill_version_keys()
     return store
 
 

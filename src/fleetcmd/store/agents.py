@@ -7,11 +7,20 @@ from typing import TYPE_CHECKING, Any
 
 from fleetcmd.errors import Conflict, NotFound
 from fleetcmd.model.records import Agent, Page, dumps, loads
+from fleetcmd.model.selectors import version_key
 from fleetcmd.store.core import StoreCore, TxCore
 from fleetcmd.store.types import chunks
 
 if TYPE_CHECKING:
     from fleetcmd.store.base import SqlTx
+
+
+def _with_version_key(fields: dict[str, Any]) -> dict[str, Any]:
+    """A reported `version` brings its sortable key (selectors compare versions on it)."""
+    if "version" not in fields:
+        return fields
+    v = fields["version"]
+    return {**fields, "version_key": version_key(v) if isinstance(v, str) else None}
 
 
 class AgentsTx(TxCore):
@@ -82,7 +91,7 @@ class AgentsTx(TxCore):
                 {"ids": self.list_param(part)},
             ):
                 if kind == "agent":
-                    fields = reported[int(cid)]
+                    fields = _with_version_key(reported[int(cid)])
                     rows.setdefault(tuple(sorted(fields)), []).append(
                         {**fields, "id": agent_id, "now": self.now}
                     )
@@ -94,10 +103,26 @@ class AgentsTx(TxCore):
                 batch,
             )
 
+    def set_labels(self, agent_id: str, labels: dict[str, str]) -> None:
+        """Replace the agent's labels (free key=value pairs selectors match on)."""
+        self.ex("DELETE FROM agent_labels WHERE agent_id = :id", {"id": agent_id})
+        self.many(
+            "INSERT INTO agent_labels (agent_id, key, value) VALUES (:id, :k, :v)",
+            [{"id": agent_id, "k": k, "v": v} for k, v in sorted(labels.items())],
+        )
+
+    def labels_of(self, agent_id: str) -> dict[str, str]:
+        rows = self.all(
+            "SELECT key, value FROM agent_labels WHERE agent_id = :id ORDER BY key",
+            {"id": agent_id},
+        )
+        return {str(k): str(v) for k, v in rows}
+
     def remove_agent(self, agent_id: str) -> None:
         """Agents are tombstoned, not dropped: the Comms API must keep refusing them and their
         deletion command still has to be routed to the node they are connected to."""
         self.ex("DELETE FROM agent_groups WHERE agent_id = :id", {"id": agent_id})
+        self.ex("DELETE FROM agent_labels WHERE agent_id = :id", {"id": agent_id})
         self.ex(
             "UPDATE agents SET status = 'removed', groups = '[]', secret_hash = NULL, "
             "name = :tomb, updated_at = :now WHERE id = :id",
@@ -145,6 +170,7 @@ class AgentsStore(StoreCore):
                 "groups": dumps(a.get("groups", [])),
                 "status": a.get("status", "never_connected"),
                 "version": a.get("version"),
+                "vkey": version_key(a["version"]) if a.get("version") else None,
                 "info": dumps(a.get("info", {})),
                 "secret": a.get("secret_hash"),
                 "request": a.get("enrollment_request"),
@@ -153,11 +179,11 @@ class AgentsStore(StoreCore):
             for a in agents
         ]
         tx.many(
-            "INSERT INTO agents (id, name, groups, status, version, info, secret_hash, "
-            "enrollment_request, created_at, updated_at) VALUES (:id, :name, :groups, :status, "
-            ":version, :info, :secret, :request, :now, :now) "
-            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
-            "groups = excluded.groups, version = excluded.version, info = excluded.info, "
+            "INSERT INTO agents (id, name, groups, status, version, version_key, info, "
+            "secret_hash, enrollment_request, created_at, updated_at) VALUES (:id, :name, "
+            ":groups, :status, :version, :vkey, :info, :secret, :request, :now, :now) "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, groups = excluded.groups, "
+            "version = excluded.version, version_key = excluded.version_key, info = excluded.info, "
             "updated_at = excluded.updated_at",
             rows,
         )
@@ -171,6 +197,35 @@ class AgentsStore(StoreCore):
             "INSERT INTO agent_groups (group_name, agent_id) VALUES (:g, :a)",
             [{"g": g, "a": a["id"]} for a in agents for g in a.get("groups", [])],
         )
+
+    def put_labels(self, agent_id: str, labels: dict[str, str]) -> dict[str, str]:
+        """Replace a live agent's labels; the labels it had before."""
+        with self.transaction() as tx:
+            agent = tx.agent(agent_id)
+            if agent is None or agent.status == "removed":
+                raise NotFound(f"agent {agent_id} not found")
+            before = tx.labels_of(agent_id)
+            tx.set_labels(agent_id, labels)
+        return before
+
+    def get_labels(self, agent_id: str) -> dict[str, str]:
+        with self.reading() as tx:
+            agent = tx.agent(agent_id)
+            if agent is None or agent.status == "removed":
+                raise NotFound(f"agent {agent_id} not found")
+            return tx.labels_of(agent_id)
+
+    def backfill_version_keys(self) -> int:
+        """Keys for versions written before migration 8 (run once, when the store opens)."""
+        with self.transaction() as tx:
+            rows = tx.all(
+                "SELECT id, version FROM agents WHERE version IS NOT NULL AND version_key IS NULL"
+            )
+            tx.many(
+                "UPDATE agents SET version_key = :k WHERE id = :id",
+                [{"id": r[0], "k": version_key(r[1])} for r in rows if version_key(r[1])],
+            )
+        return len(rows)
 
     def get_agent(self, agent_id: str) -> Agent:
         with self.reading() as tx:
@@ -259,7 +314,8 @@ class AgentsStore(StoreCore):
                 keys = tuple(sorted(k for k in u if k in allowed))
                 if not keys:
                     continue
-                row = {k: (dumps(u[k]) if k == "info" else u[k]) for k in keys}
+                row = _with_version_key({k: (dumps(u[k]) if k == "info" else u[k]) for k in keys})
+                keys = tuple(sorted(row))
                 row["id"] = u["id"]
                 row["now"] = tx.now
                 # `if_node`: apply only while the agent is still attached to that node (a node

@@ -11,6 +11,7 @@ Where each part lives: `core.py` (transactions, status moves, counts, roll-up),
 from __future__ import annotations
 
 from fleetcmd.store.agents import AgentsStore, AgentsTx
+from fleetcmd.store.approvals import ApprovalsStore, ApprovalsTx
 from fleetcmd.store.audit import AuditStore, AuditTx
 from fleetcmd.store.core import (
     ACTIVE_SQL,
@@ -26,15 +27,34 @@ from fleetcmd.store.documents import DocumentsStore, DocumentsTx
 from fleetcmd.store.groups import GroupsStore, GroupsTx
 from fleetcmd.store.nodes import NodesStore, NodesTx
 from fleetcmd.store.stream import REMOVED_OFFLINE, REMOVED_UNDELIVERED, StreamStore, StreamTx
+from fleetcmd.store.targets import TargetsStore, TargetsTx
 from fleetcmd.store.tasks import TASK_COLS, TasksStore, TasksTx, task_from_row
 
 
-class SqlTx(StreamTx, TasksTx, AgentsTx, GroupsTx, DocumentsTx, AuditTx, NodesTx):
+class SqlTx(
+    StreamTx,
+    TasksTx,
+    TargetsTx,
+    ApprovalsTx,
+    AgentsTx,
+    GroupsTx,
+    DocumentsTx,
+    AuditTx,
+    NodesTx,
+):
     """One open transaction with the domain operations the task and command managers use."""
 
 
 class SqlStore(
-    StreamStore, TasksStore, AgentsStore, GroupsStore, DocumentsStore, AuditStore, NodesStore
+    StreamStore,
+    TasksStore,
+    TargetsStore,
+    ApprovalsStore,
+    AgentsStore,
+    GroupsStore,
+    DocumentsStore,
+    AuditStore,
+    NodesStore,
 ):
     """The store, as every consumer sees it (both backends subclass it)."""
 

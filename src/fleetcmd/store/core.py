@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 from fleetcmd.errors import InvalidParams
 from fleetcmd.model.records import Command, dumps
-from fleetcmd.model.status import ACTIVE, FINAL, Status, rollup, sources_of
+from fleetcmd.model.status import (
+    ACTIVE,
+    APPROVAL_STATUSES,
+    AWAITING_APPROVAL,
+    FINAL,
+    Status,
+    rollup,
+    sources_of,
+)
 from fleetcmd.model.targets import AgentSelection
 from fleetcmd.store.types import Fanout, UpkeepReport, chunks
 
@@ -247,6 +255,15 @@ class TxCore(ABC):
         row = self.one("SELECT status, cancelled FROM tasks WHERE id = :id", {"id": task_id})
         if row is None:
             return
+        if row[0] in APPROVAL_STATUSES:
+            # No command yet: only a cancel moves a task waiting for approval.
+            if row[0] == AWAITING_APPROVAL and row[1]:
+                self.ex(
+                    "UPDATE tasks SET status = 'cancelled', updated_at = :now, "
+                    "completed_at = :now WHERE id = :id",
+                    {"now": self.now, "id": task_id},
+                )
+            return
         status = rollup(self.counts("task", task_id), cancelled=bool(row[1]))
         if status != row[0]:
             final = status not in ("pending", "in_progress")
@@ -261,6 +278,7 @@ class StoreCore(ABC):
     """Connections and transactions; the concept mixins add the store's methods."""
 
     url: str
+    dialect: str  # "sqlite" or "postgres": store/selectors.py writes a few things per dialect
     for_update = ""
     # The final transaction class (a backend's `SqlTx`), set by the backend's store class.
     tx_class: type[SqlTx]

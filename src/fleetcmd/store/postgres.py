@@ -85,6 +85,7 @@ class PostgresTx(SqlTx):
 
 class PostgresStore(SqlStore):
     tx_class = PostgresTx
+    dialect = "postgres"
     for_update = " FOR UPDATE"
     bad_input = (OverflowError, psycopg.DataError)
 

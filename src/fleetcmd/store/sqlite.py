@@ -70,6 +70,7 @@ class SqliteTx(SqlTx):
 
 class SqliteStore(SqlStore):
     tx_class = SqliteTx
+    dialect = "sqlite"
 
     def __init__(self, url: str) -> None:
         super().__init__(url)

@@ -6,9 +6,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from fleetcmd.errors import NotFound
 from fleetcmd.model.records import Page, Task, dumps, loads
+from fleetcmd.model.status import AWAITING_APPROVAL
 from fleetcmd.model.targets import AgentSelection
 from fleetcmd.store import retention
 from fleetcmd.store.core import StoreCore, TxCore, cursor_id
+from fleetcmd.store.selectors import Compiler
 from fleetcmd.store.types import Fanout, NewCommand, PurgeReport, chunks
 
 if TYPE_CHECKING:
@@ -17,12 +19,27 @@ if TYPE_CHECKING:
 
 TASK_COLS = (
     "id, type, params, source, username, status, created_at, updated_at, completed_at, "
-    "idempotency_key, cancelled"
+    "idempotency_key, cancelled, rerun_of, target_set, approval"
 )
 
 
 def task_from_row(r: tuple[Any, ...]) -> Task:
-    return Task(int(r[0]), r[1], loads(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], bool(r[10]))
+    return Task(
+        int(r[0]),
+        r[1],
+        loads(r[2]),
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        bool(r[10]),
+        None if r[11] is None else int(r[11]),
+        None if r[12] is None else int(r[12]),
+        None if r[13] is None else loads(r[13]),
+    )
 
 
 class TasksTx(TxCore):
@@ -35,23 +52,36 @@ class TasksTx(TxCore):
         source: str,
         user: str,
         idempotency_key: str | None,
+        *,
+        rerun_of: int | None = None,
+        target_set: int | None = None,
+        approval: dict[str, Any] | None = None,
     ) -> int:
+        """`approval`: the task waits for approvals (status `awaiting-approval`, no command)."""
         row = self.one(
             "INSERT INTO tasks (type, params, source, username, idempotency_key, status, "
-            "created_at, updated_at) VALUES (:type, :params, :source, :user, :key, 'pending', "
-            ":now, :now) RETURNING id",
+            "rerun_of, target_set, approval, created_at, updated_at) VALUES (:type, :params, "
+            ":source, :user, :key, :status, :rerun, :set, :approval, :now, :now) RETURNING id",
             {
                 "type": type_,
                 "params": dumps(params),
                 "source": source,
                 "user": user,
                 "key": idempotency_key,
+                "status": "pending" if approval is None else AWAITING_APPROVAL,
+                "rerun": rerun_of,
+                "set": target_set,
+                "approval": None if approval is None else dumps(approval),
                 "now": self.now,
             },
         )
         assert row is not None
         self.touched_tasks.add(int(row[0]))
         return int(row[0])
+
+    def task_target_set(self, task_id: int) -> int | None:
+        row = self.one("SELECT target_set FROM tasks WHERE id = :id", {"id": task_id})
+        return None if row is None or row[0] is None else int(row[0])
 
     def task_by_key(self, key: str) -> int | None:
         row = self.one("SELECT id FROM tasks WHERE idempotency_key = :k", {"k": key})
@@ -104,7 +134,18 @@ class TasksTx(TxCore):
 
     def selection_sql(self, sel: AgentSelection, params: dict[str, Any]) -> str:
         """FROM/WHERE over the agents index (alias `a`) for a selection."""
+        source = self._selection_source(sel, params)
+        if sel.scope is not None:
+            source += " AND " + Compiler(self, params).scope(sel.scope)
+        return source
+
+    def _selection_source(self, sel: AgentSelection, params: dict[str, Any]) -> str:
         base = "FROM agents a WHERE a.status <> 'removed'"
+        if sel.frozen is not None:
+            params["_set"] = sel.frozen
+            return f"{base} AND a.id IN ({Compiler(self, params).frozen_ids('_set')})"
+        if sel.selector is not None:
+            return f"{base} AND {Compiler(self, params).where(sel.selector)}"
         if sel.all:
             return base
         if sel.groups is not None:

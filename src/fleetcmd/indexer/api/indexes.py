@@ -171,7 +171,10 @@ async def agent_by_enrollment(
 @router.get("/agents/{agent_id}")
 async def get_agent(agent_id: str, st: Auth) -> dict[str, Any]:
     agent = await run_in_threadpool(st.store.get_agent, agent_id)
-    return {"data": agent.to_json()}
+    labels = (
+        await run_in_threadpool(st.store.get_labels, agent_id) if agent.status != "removed" else {}
+    )
+    return {"data": {**agent.to_json(), "labels": labels}}
 
 
 @router.get("/agents/{agent_id}/credentials")

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from fleetcmd.httpkit import wait_for
+from fleetcmd.indexer.approvals import Approvals
 from fleetcmd.indexer.delivery import outgoing
 from fleetcmd.indexer.results import record_results
 from fleetcmd.indexer.state import IndexerState, authorized
@@ -181,10 +182,17 @@ async def get_command(command_id: int, st: Auth) -> dict[str, Any]:
 
 
 async def sweeper(st: IndexerState, interval: float, disconnect_after: float) -> None:
-    """Time-driven moves (lapsed leases, missed deadlines, execution timeouts)."""
+    """Time-driven moves (lapsed leases, missed deadlines, execution timeouts, approvals
+    that did not come in time, previews nobody filed)."""
+    approvals = Approvals(st.tasks)
+    rounds = 0
     while True:
         try:
             report = await run_in_threadpool(st.store.sweep, None, 5000, disconnect_after)
+            await run_in_threadpool(approvals.expire)
+            rounds += 1
+            if rounds % 60 == 0:
+                await run_in_threadpool(st.store.purge_target_sets)
             for kind in ("lease_lapsed", "expired", "timed_out", "disconnected"):
                 n = getattr(report, kind)
                 if n:

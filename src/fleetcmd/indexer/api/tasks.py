@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Response
 from starlette.concurrency import run_in_threadpool
 
+from fleetcmd.indexer.api.operators import scope_of
 from fleetcmd.indexer.state import IndexerState, authorized
 from fleetcmd.indexer.task_manager import TaskRequest
 from fleetcmd.model.wire import TaskToIndexer
@@ -30,6 +31,8 @@ async def submit_task(body: TaskToIndexer, st: Auth, response: Response) -> dict
         body.expires_in,
         body.rollout,
         who.audit(body.type, body.source),
+        scope_of(body.scope),
+        body.preview_token,
     )
     task, created = await run_in_threadpool(st.tasks.submit, req)
     if created:

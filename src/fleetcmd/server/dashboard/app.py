@@ -24,6 +24,7 @@ from fleetcmd.server.dashboard.pages import (
     commands,
     create,
     groups,
+    operators,
     overview,
     tasks,
 )
@@ -55,7 +56,18 @@ def _maybe_viewer(request: Request) -> Viewer | None:
 def create_dashboard_app(st: ServerState) -> FastAPI:
     app = FastAPI(title="fleetcmd dashboard", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.server = st
-    for module in (auth, overview, create, tasks, commands, agents, alerts, groups, audit):
+    for module in (
+        auth,
+        overview,
+        create,
+        operators,
+        tasks,
+        commands,
+        agents,
+        alerts,
+        groups,
+        audit,
+    ):
         app.include_router(module.router)
     app.mount("/static", _Static(directory=STATIC), name="static")
 

@@ -102,10 +102,12 @@ def parse_json(values: Values, name: str, kind: str = "object", required: bool =
 
 
 def selector(values: Values) -> Params:
-    """Agents by id, a group, or every agent."""
+    """Agents by id, a group, every agent, or a selector expression."""
     by = values.get("selector", "agents")
     if by == "all":
         return {"all": True}
+    if by == "expression":
+        return {"selector": text(values, "expression")}
     if by == "group":
         return {"group": text(values, "group")}
     return {"agents": ids(values, "agents")}
@@ -121,7 +123,16 @@ SELECTOR = (
             ("agents", "These agents"),
             ("group", "Every agent of a group"),
             ("all", "Every agent"),
+            ("expression", "Agents matching a selector"),
         ),
+    ),
+    Field(
+        "expression",
+        "Selector",
+        "textarea",
+        "e.g. group = web and version < 2.4 and not label.env = prod (docs/commands.md)",
+        placeholder="group = web and last_seen < 1h",
+        show_when=("selector", ("expression",)),
     ),
     Field(
         "agents",
@@ -471,6 +482,8 @@ def field_for(form: TaskForm, path: str, message: str, values: Values) -> str | 
         parts = parts[1:]
     if parts and parts[0] == "target" and len(parts) > 1:
         parts = parts[1:]
+    if parts and parts[-1] == "selector" and "expression" in names:
+        return "expression"  # the params' selector is the form's expression
     for candidate in (".".join(parts), parts[-1] if parts else ""):
         if candidate in names:
             return candidate

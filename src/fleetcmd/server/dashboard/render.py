@@ -17,6 +17,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from fleetcmd import __version__
 from fleetcmd.model.status import FINAL, Status
+from fleetcmd.model.status import TASK_STATUSES as MODEL_TASK_STATUSES
 from fleetcmd.server.dashboard.session import Viewer, apply_refresh
 
 HERE = Path(__file__).parent
@@ -56,8 +57,11 @@ STATUS_HELP = {
     "sent": "handed to the Comms API, not yet acknowledged",
     "processing": "claimed by a server or the command manager",
     "pending": "waiting in the commands stream",
+    "awaiting-approval": "held by the approval policy: nothing is sent until others approve",
+    "rejected": "refused by an approver: nothing was sent",
+    "approval-expired": "the approvals did not come in time: nothing was sent",
 }
-TASK_STATUSES = ("pending", "in_progress", "success", "failure", "expired", "cancelled")
+TASK_STATUSES = MODEL_TASK_STATUSES
 AGENT_STATUSES = ("active", "disconnected", "never_connected")
 SOURCES = ("dashboard", "management-api", "content-manager", "engine", "command-manager")
 

@@ -17,6 +17,7 @@ from fleetcmd.server.management import (
     enrollment,
     fleet,
     live,
+    operators,
     reports,
     rollouts,
     security,
@@ -39,7 +40,18 @@ def create_management_app(st: ServerState) -> FastAPI:
     app.state.server = st
     install_server_errors(app)
     # live first: /agents/summary before /agents/{id}
-    for module in (auth, security, audit, enrollment, live, tasks, rollouts, fleet, reports):
+    for module in (
+        auth,
+        security,
+        audit,
+        enrollment,
+        live,
+        operators,
+        tasks,
+        rollouts,
+        fleet,
+        reports,
+    ):
         app.include_router(module.router)
 
     @app.get("/health", tags=["ops"])

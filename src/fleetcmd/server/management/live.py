@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from fleetcmd.model.status import AWAITING_APPROVAL
 from fleetcmd.server.access import Reader
 from fleetcmd.server.indexer_client import IndexerError, IndexerUnavailable
 from fleetcmd.server.management.auth import State, deny, require
@@ -132,10 +133,10 @@ async def tasks_events(
 async def active_tasks(
     st: ServerState, limit: int = 10, visible: Visible | None = None
 ) -> list[dict[str, Any]]:
-    """The newest tasks not yet final: in progress first, then pending (those `visible`
-    keeps, for a user whose roles are scoped)."""
+    """The newest tasks not yet final: in progress first, then pending, then those waiting
+    for approval (those `visible` keeps, for a user whose roles are scoped)."""
     out: list[dict[str, Any]] = []
-    for status in ("in_progress", "pending"):
+    for status in ("in_progress", "pending", AWAITING_APPROVAL):
         page = await st.indexer.get("/tasks", status=status, limit=limit)
         out.extend(await visible(page["items"]) if visible else page["items"])
     return [

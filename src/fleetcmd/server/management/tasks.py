@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fleetcmd.errors import FleetError
 from fleetcmd.model.wire import TaskIn
 from fleetcmd.server import audit
-from fleetcmd.server.access import Reader, check_task
+from fleetcmd.server.access import Reader, check_task, task_scope
 from fleetcmd.server.indexer_client import IndexerError
 from fleetcmd.server.management.auth import State, deny, require, user_proof
 from fleetcmd.server.rbac import User
@@ -46,6 +46,7 @@ async def file_task(
         "user": user.name,
         "source": source,
         "proof": user_proof(request),
+        "scope": task_scope(st, user, body.type),
     }
     # Every task crosses to the indexer with a key, so that a retry after a lost answer
     # returns the task it wrote instead of writing a second one.

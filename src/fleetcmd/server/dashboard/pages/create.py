@@ -10,11 +10,12 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from fleetcmd.errors import Forbidden, NotFound
-from fleetcmd.model.wire import TaskIn
+from fleetcmd.model.wire import PreviewIn, TaskIn
 from fleetcmd.server.dashboard.forms import FORMS, FieldErrors, TaskForm, map_api_errors
 from fleetcmd.server.dashboard.pages import Viewing, read_form
 from fleetcmd.server.dashboard.render import page, redirect
 from fleetcmd.server.indexer_client import IndexerError, IndexerUnavailable
+from fleetcmd.server.management.operators import preview_task
 from fleetcmd.server.management.tasks import file_task
 
 router = APIRouter()
@@ -45,6 +46,7 @@ async def _render(
     errors: dict[str, str] | None = None,
     general: list[str] | None = None,
     status: int = 200,
+    preview: dict[str, Any] | None = None,
 ) -> Response:
     return page(
         request,
@@ -57,6 +59,7 @@ async def _render(
         general=general or [],
         groups=await _groups(v),
         idempotency_key=values.get("idempotency_key") or uuid.uuid4().hex,
+        preview=preview,
     )
 
 
@@ -104,7 +107,17 @@ async def submit(task_type: str, request: Request, v: Viewing) -> Response:
         return await _render(request, v, form, values, exc.errors, status=422)
     if values.get("idempotency_key"):
         body["idempotency_key"] = values["idempotency_key"][:200]
+    previewing = values.get("action") == "preview"
+    if values.get("preview_token") and not previewing:
+        body["preview_token"] = values["preview_token"][:128]
     try:
+        if previewing:
+            # The preview step: what it would reach, frozen under a token the next post
+            # files it with (the same fields; changing them is refused by the indexer).
+            shown = await preview_task(
+                v.st, request, v.user, PreviewIn(type=form.type, params=body["params"])
+            )
+            return await _render(request, v, form, values, preview=shown)
         _, resp = await file_task(v.st, request, v.user, TaskIn(**body), SOURCE)
     except ValidationError as exc:
         return await _render(

@@ -26,7 +26,7 @@ function fillBar(bar, counts) {
 }
 
 function badge(status) {
-  return el("span", { class: "badge st-" + status }, status.replace("_", " "));
+  return el("span", { class: "badge st-" + status }, status.replace(/[_-]/g, " "));
 }
 
 // The commands table is one server-rendered page; while counts move, re-read that same page
