@@ -192,6 +192,55 @@ def test_rerun_reaches_exactly_the_agents_that_failed(f: Fleet) -> None:
     assert readonly.post(f"/tasks/{first['id']}/rerun", json={}).status_code == 403
 
 
+def test_rerun_reaches_exactly_the_agents_that_timed_out_or_expired(f: Fleet) -> None:
+    """web-1 answers, web-2 takes its command and never answers (timeout), db-1 never asks
+    (expired): a re-run for timeout and expired reaches web-2 and db-1, not web-1."""
+    r = f.admin.post(
+        "/tasks",
+        json={
+            "type": "vulnerability-rescan",
+            "params": {"all": True},
+            "timeout": 1.5,
+            "expires_in": 1.5,
+        },
+    )
+    assert r.status_code == 202, r.text
+    first = r.json()["data"]
+    for name in ("web-1", "web-2"):
+        agent = f.agents[name]
+        commands = agent.poll(wait=1.0)
+        assert len(commands) == 1, commands
+        agent.ack([c["id"] for c in commands])
+        if name == "web-1":
+            agent.report([{"id": c["id"], "status": "success", "message": "x"} for c in commands])
+    task_final(f.admin, first["id"])
+    r = f.admin.get("/commands", params={"task_id": first["id"], "limit": 1000})
+    by_agent = {
+        c["target"]["id"]: c["status"]
+        for c in r.json()["data"]["items"]
+        if c["target"]["type"] == "agent"
+    }
+    mine = {f.agents[n].id: by_agent[f.agents[n].id] for n in ("web-1", "web-2", "db-1")}
+    assert mine == {
+        f.agents["web-1"].id: "success",
+        f.agents["web-2"].id: "timeout",
+        f.agents["db-1"].id: "expired",
+    }
+
+    def ended(*statuses: str) -> set[str]:  # other tests' idle agents expired too
+        return {a for a, s in by_agent.items() if s in statuses}
+
+    r = f.admin.post(f"/tasks/{first['id']}/rerun", json={"statuses": ["timeout", "expired"]})
+    assert r.status_code == 202, r.text
+    again = r.json()["data"]
+    assert again["rerun_of"] == first["id"]
+    assert reached(f.admin, again["id"]) == ended("timeout", "expired") >= ids(f, "web-2", "db-1")
+    r = f.admin.post(f"/tasks/{first['id']}/rerun", json={"statuses": ["expired"]})
+    assert reached(f.admin, r.json()["data"]["id"]) == ended("expired")
+    assert f.agents["web-1"].id not in ended("timeout", "expired")
+    f.drain()
+
+
 def test_an_unapproved_task_never_reaches_an_agent(f: Fleet) -> None:
     policy = {"rules": [{"task_types": ["vulnerability-rescan"], "min_agents": 2, "within": 3600}]}
     r = f.admin.put("/approval-policy", json=policy)
@@ -221,7 +270,7 @@ def test_an_unapproved_task_never_reaches_an_agent(f: Fleet) -> None:
             "/tasks",
             json={"type": "vulnerability-rescan", "params": {"agents": [f.agents["db-1"].id]}},
         )
-        assert r.json()["data"]["status"] == "pending"
+        assert r.json()["data"]["status"] in ("pending", "in_progress")  # not held
         f.drain()
 
         r = f.admin.post(
