@@ -63,14 +63,6 @@ def test_block_ip_from_the_sample_feed_runs_for_real(ctx: Context) -> None:
 
 
 @pytest.mark.req("C11")
-def test_disable_account_records_the_account(ctx: Context) -> None:
-    configure(ctx, "disable-account", sample("disable-account"))
-    r = run(ctx, "disable-account", ["mallory"])
-    assert r.status == "success", r.message
-    assert (ctx.state_dir.ar_lists_dir / "disabled-accounts.txt").read_text() == "mallory\n"
-
-
-@pytest.mark.req("C11")
 def test_an_unknown_definition_is_refused(ctx: Context) -> None:
     r = run(ctx, "block-ip", ["203.0.113.7"])
     assert r.status == "failure" and "no active response 'block-ip'" in r.message
@@ -221,6 +213,7 @@ def test_disabling_active_response_removes_definitions_and_scripts(ctx: Context)
     assert sorted(p.name for p in ctx.state_dir.ar_bin_dir.iterdir()) == [
         "block-ip",
         "disable-account",
+        "firewall-drop",
     ]
 
 

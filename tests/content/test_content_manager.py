@@ -107,7 +107,7 @@ def test_http_feed_fills_the_indexes_and_files_each_unattended_task_once(
     report = cm.poll_once()
     assert report.status == "applied", report.to_json()
     assert not report.refused and not report.errors
-    assert len(report.applied) == len(m1.items) == 12
+    assert len(report.applied) == len(m1.items) == 13
 
     # 1- the content indexes
     policy = doc(c, "sca", "content/debian12-baseline")
@@ -119,7 +119,7 @@ def test_http_feed_fills_the_indexes_and_files_each_unattended_task_once(
     rules = doc(c, "ruleset", "rules")
     assert rules["version"] == "1.0.0"
     brute = next(r for r in rules["rules"] if r["id"] == 100101)
-    assert brute["level"] == 10 and brute["active_response"]["name"] == "block-ip"
+    assert brute["level"] == 10 and brute["active_response"]["name"] == "firewall-drop"
     assert doc(c, "active-response", "content/block-ip")["executable"] == "block-ip"
     pkg_item = publisher.item(m1, "agent-package:fleetcmd")
     pkg = doc(c, "agent-packages", f"fleetcmd-{pkg_item.version}")

@@ -10,8 +10,9 @@ What may run is decided on the endpoint, never by the command (row 11):
   pattern at its position in `allowed_arguments`; no shell anywhere;
 - within the definition's timeout, output capped, stdin closed, a minimal environment.
 
-The bundled responses (`block-ip`, `disable-account`) are installed into `bin/` while active
-response is enabled. Disabling it deletes every definition and everything in `bin/` (R5).
+The bundled responses (`firewall-drop`, `disable-account`, `block-ip`) are installed into
+`bin/` while active response is enabled. Disabling it deletes every definition and everything
+in `bin/` (R5).
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ MAX_TIMEOUT = 600.0
 DEFAULT_TIMEOUT = 30.0
 # Per output stream: a response reports what it did, not a data dump.
 OUTPUT_CAP = 32 * 1024
-BUNDLED = {"block-ip": "block_ip.py", "disable-account": "disable_account.py"}
+BUNDLED = {
+    "firewall-drop": "firewall_drop.py",
+    "disable-account": "disable_account.py",
+    "block-ip": "block_ip.py",
+}
 BUNDLED_SOURCE = Path(__file__).resolve().parent.parent / "responses"
 
 

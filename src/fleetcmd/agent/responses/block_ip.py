@@ -1,9 +1,10 @@
-"""block-ip: add an address to (or remove it from) the agent's deny list.
+"""block-ip: add an address to (or remove it from) the agent's deny list; blocks nothing.
 
     block-ip add|delete ADDRESS
 
 The deny list is `$FLEETCMD_AR_LISTS/deny-ip.txt`, one address per line: a record an operator
-or a firewall integration can act on. This script changes no firewall rule itself. Exit codes:
+or a firewall integration can act on. This script changes no firewall rule itself; the response
+that blocks is `firewall-drop`. Exit codes:
 0 done, 2 bad usage or address, 3 no list folder given.
 """
 
