@@ -35,6 +35,7 @@ from fleetcmd.agent.journal import Journal, Result
 from fleetcmd.agent.modules import ConfigError, Modules
 from fleetcmd.agent.modules.active_response import ActiveResponse
 from fleetcmd.agent.modules.inventory import Inventory
+from fleetcmd.agent.modules.logcollector import LogCollector
 from fleetcmd.agent.modules.logs import Logs
 from fleetcmd.agent.modules.sca import Sca
 from fleetcmd.agent.outbox import DEFAULT_LIMIT, Outbox
@@ -160,6 +161,8 @@ class Agent:
         signal.signal(signal.SIGINT, on_signal)
 
     def _shutdown(self) -> None:
+        if self.ctx is not None:
+            self.ctx.modules.close()
         self.comms.close()
         for closable in (self.journal, self.outbox, self.trust):
             if closable is not None:
@@ -223,7 +226,10 @@ class Agent:
         sca = Sca(self.dir, self._send_events)
         active_response = ActiveResponse(self.dir)
         inventory = Inventory(self._send_inventory)
-        modules = Modules([sca, active_response, inventory, Logs(self.options.log_level)])
+        collector = LogCollector(self.dir, self._event_channel)
+        modules = Modules(
+            [sca, active_response, inventory, collector, Logs(self.options.log_level)]
+        )
         return Context(
             self.dir,
             applied,
@@ -703,3 +709,13 @@ class Agent:
 
     def _send_events(self, events: list[dict[str, Any]]) -> None:
         self.comms.events(events)
+
+    def _event_channel(self) -> Comms | None:
+        """A connection of the log collector's own (the main one is held by the long-poll);
+        none before the agent is enrolled."""
+        creds = self.dir.credentials()
+        if creds is None:
+            return None
+        channel = Comms(self.options.server, ca=self.options.ca)
+        channel.use_credentials(creds.id, creds.secret)
+        return channel

@@ -4,7 +4,8 @@ A configuration is applied in two steps: every module first checks its section (
 applied if any section is invalid), then each reconfigures itself in place. No module ever
 restarts the process (R2); a module whose content kind is disabled removes that content (R5).
 Periodic work runs from `tick`, called by the main loop between long-polls, so an idle agent
-owns no timer threads.
+owns no timer threads; the one exception is the log collector, whose events cannot wait for
+the next long-poll (it runs its thread only while files are configured).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class Module(Protocol):
     def describe(self) -> dict[str, Any]:
         """Current settings, for agent-status."""
 
+    def close(self) -> None:
+        """Release what the module holds (threads, connections) when the agent stops."""
+
 
 class SectionModule:
     """Shared plumbing of modules that own one object-valued section."""
@@ -47,6 +51,9 @@ class SectionModule:
         return section_of(config, self.section)
 
     def tick(self, now: float) -> None:
+        return None
+
+    def close(self) -> None:
         return None
 
 
@@ -109,3 +116,10 @@ class Modules:
 
     def describe(self) -> dict[str, Any]:
         return {m.section: m.describe() for m in self.modules}
+
+    def close(self) -> None:
+        for m in self.modules:
+            try:
+                m.close()
+            except Exception:
+                log.exception("module %s failed to close", m.section)

@@ -43,5 +43,8 @@ class Logs:
     def tick(self, now: float) -> None:
         return None
 
+    def close(self) -> None:
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"level": self.level}

@@ -25,6 +25,7 @@ from fleetcmd.model.content import Ruleset
 from fleetcmd.server.engine.alerts import AlertWriter
 from fleetcmd.server.engine.responses import Responder
 from fleetcmd.server.engine.rules import EngineEvent, Match, RuleSet, RulesetInvalid, parse_ruleset
+from fleetcmd.server.engine.seen import SeenEvents
 from fleetcmd.server.engine.vulnerabilities import VulnerabilityScanner
 from fleetcmd.server.indexer_client import IndexerClient, IndexerError
 
@@ -44,6 +45,11 @@ class EngineMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.events = Counter(
             "fleetcmd_engine_events_total", "Agent events evaluated", registry=registry
+        )
+        self.duplicates = Counter(
+            "fleetcmd_engine_duplicate_events_total",
+            "Agent events re-sent with an id already evaluated (not evaluated again)",
+            registry=registry,
         )
         self.alerts = Counter(
             "fleetcmd_engine_alerts_total", "Alerts raised", ["level"], registry=registry
@@ -66,6 +72,7 @@ class Engine:
     ) -> None:
         self.indexer = indexer
         self.rules = RuleSet()
+        self.seen = SeenEvents()
         self.alerts = AlertWriter(indexer)
         self.responder = Responder(indexer)
         self.vulnerabilities = VulnerabilityScanner(indexer)
@@ -184,9 +191,13 @@ class Engine:
                 queue = events()
 
     async def process(self, events: list[EngineEvent]) -> list[Match]:
-        """Evaluate events; queue their alerts; file the responses of those that ask for one."""
-        matches = self.rules.evaluate_all(events)
-        self.metrics.events.inc(len(events))
+        """Evaluate events (each id once per agent); queue their alerts; file the responses of
+        those that ask for one."""
+        fresh = [e for e in events if self.seen.fresh(e.agent, e.event, e.received_at)]
+        if len(fresh) < len(events):
+            self.metrics.duplicates.inc(len(events) - len(fresh))
+        matches = self.rules.evaluate_all(fresh)
+        self.metrics.events.inc(len(fresh))
         plain: list[dict[str, Any]] = []
         for m in matches:
             alert = self.alert(m)
