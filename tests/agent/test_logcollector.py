@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from fleetcmd.agent.comms import Comms
+from fleetcmd.agent.comms import Comms, CommsError
 from fleetcmd.agent.modules import ConfigError
 from fleetcmd.agent.modules.logcollector import LogCollector, parse
 from fleetcmd.agent.modules.logdecoders import decode
@@ -297,3 +297,36 @@ def test_disabling_stops_the_collector_and_removes_what_it_kept(h: Harness) -> N
         assert db.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table
     assert h.collector.describe()["enabled"] is False
     assert h.collector.configure({}) == []  # already off
+
+
+class Refusing:
+    """A channel whose server refuses (422) any post holding an event with message `bad`:
+    the one boundary played here, since the real Comms API takes any event object."""
+
+    def __init__(self) -> None:
+        self.taken: list[dict[str, Any]] = []
+
+    def events(self, events: list[dict[str, Any]]) -> int:
+        if any(e.get("message") == "bad" for e in events):
+            raise CommsError(422, "invalid", "refused")
+        self.taken.extend(events)
+        return len(events)
+
+    def close(self) -> None:
+        return None
+
+
+def test_an_event_the_server_refuses_is_dropped_alone(tmp_path: Path) -> None:
+    channel = Refusing()
+    c = LogCollector(StateDir(tmp_path / "state").create(), lambda: channel)
+    log = tmp_path / "app.log"
+    log.touch()
+    try:
+        c.configure({"files": [str(log)], "interval": 0.2})
+        append(log, "one", "bad", "three")
+        wait_until(lambda: len(channel.taken) == 2, 20, what="the two good events")
+        assert [e["message"] for e in channel.taken] == ["one", "three"]
+        d = c.describe()
+        assert (d["sent"], d["refused"], d["queued"]) == (2, 1, 0)
+    finally:
+        c.close()
