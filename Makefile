@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PG ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: venv browser run test bench chaos lint format trace clean lock dist
+.PHONY: venv browser haproxy run test bench chaos lint format trace clean lock dist
 
 # The product and, beside it, the lab (lab/: benchmarks and chaos, `fleetcmd bench …`), both
 # editable; the lab is its own distribution, never in the product's wheel.
@@ -25,10 +25,14 @@ run: venv
 browser:
 	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
 
+## haproxy: Debian's HAProxy, for the multi-host topology test (deploy/haproxy.cfg)
+haproxy:
+	test -x /usr/sbin/haproxy || (apt-get update && apt-get install -y haproxy)
+
 ## test: the whole suite, SQLite and PostgreSQL, on TEST_WORKERS processes (pytest-xdist;
 ## most tests wait on real processes, so two workers fill a 2-core machine)
 TEST_WORKERS ?= 2
-test: venv browser
+test: venv browser haproxy
 	rm -f build/trace-results.json
 	FLEETCMD_TEST_PG=$(PG) $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
 	$(BIN)/python tools/trace.py $(TRACE_FLAGS)
