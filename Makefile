@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PG ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: venv browser nftables run test bench chaos lint format trace clean lock dist
+.PHONY: venv packages browser nftables haproxy run test bench chaos lint format trace clean lock dist
 
 # The product and, beside it, the lab (lab/: benchmarks and chaos, `fleetcmd bench …`), both
 # editable; the lab is its own distribution, never in the product's wheel.
@@ -21,19 +21,19 @@ venv: $(STAMP)
 run: venv
 	$(BIN)/fleetcmd up
 
-## browser: Debian's Chromium for the dashboard's Playwright tests (no browser download)
-browser:
-	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
-
-## nftables: Debian's nftables for the firewall-drop tests (real rules, in network namespaces
-## the tests make)
-nftables:
-	test -x /usr/sbin/nft || (apt-get update && apt-get install -y nftables)
+## packages: the Debian packages the tests drive for real, installed once where missing:
+## Chromium (the dashboard's Playwright tests; no browser download), nftables (firewall-drop,
+## in network namespaces the tests make), HAProxy (the multi-host topology, deploy/haproxy.cfg)
+HOST_PACKAGES := /usr/bin/chromium:chromium /usr/sbin/nft:nftables /usr/sbin/haproxy:haproxy
+packages:
+	@missing=""; for p in $(HOST_PACKAGES); do test -x "$${p%%:*}" || missing="$$missing $${p##*:}"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update && apt-get install -y $$missing; fi
+browser nftables haproxy: packages
 
 ## test: the whole suite, SQLite and PostgreSQL, on TEST_WORKERS processes (pytest-xdist;
 ## most tests wait on real processes, so two workers fill a 2-core machine)
 TEST_WORKERS ?= 2
-test: venv browser nftables
+test: venv packages
 	rm -f build/trace-results.json
 	FLEETCMD_TEST_PG=$(PG) $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
 	$(BIN)/python tools/trace.py $(TRACE_FLAGS)

@@ -107,6 +107,37 @@ def test_a_restarted_node_takes_back_what_its_previous_run_held(store: SqlStore)
         store.release_previous("node-a")
 
 
+def test_a_silent_nodes_commands_go_back_before_their_leases_lapse(store: SqlStore) -> None:
+    """A server node whose heartbeat stopped: its undelivered agent commands (claimed or
+    `sent`) are pending again at the next sweep, long before its 600-s leases lapse; a node
+    that heartbeats keeps its own, and one silent for longer than the horizon is left to its
+    leases."""
+    task_id = fan_out(store, 6)
+    t0 = time.time()
+    for node in ("node-a", "node-ab", "node-old"):
+        store.heartbeat(node, None, {})
+    dead = store.claim("node-a#1", ClaimFilter("agent"), 3, lease=600)
+    assert store.mark("node-a#1", [dead[0].id], "sent") == [dead[0].id]
+    alive = store.claim("node-ab#1", ClaimFilter("agent"), 2, lease=600)  # a longer name
+    old = store.claim("node-old#1", ClaimFilter("agent"), 1, lease=600)
+    with store.transaction() as tx:  # node-a last heard 20 s ago, node-old two hours ago
+        tx.ex("UPDATE nodes SET heartbeat_at = :t WHERE id = 'node-a'", {"t": t0 - 20})
+        tx.ex("UPDATE nodes SET heartbeat_at = :t WHERE id = 'node-old'", {"t": t0 - 7200})
+    assert store.sweep(now=t0, silent_after=30).node_silent == 0  # not silent long enough
+    report = store.sweep(now=t0, silent_after=15)
+    assert report.node_silent == 3 and report.silent_nodes == {"node-a": 3}
+    assert report.lease_lapsed == 0
+    assert store.counts("task", task_id) == {"pending": 3, "processing": 3}
+    # the silent node lost the right to mark or renew; the others kept theirs
+    assert store.mark("node-a#1", [c.id for c in dead], "sent") == []
+    assert store.renew("node-a#1", [c.id for c in dead], 60) == []
+    assert store.renew("node-ab#1", [c.id for c in alive], 60) == sorted(c.id for c in alive)
+    assert store.renew("node-old#1", [old[0].id], 60) == [old[0].id]
+    again = store.claim("node-ab#1", ClaimFilter("agent"), 10, lease=600)
+    assert sorted(c.id for c in again) == sorted(c.id for c in dead)
+    assert store.sweep(now=t0, silent_after=15).node_silent == 0
+
+
 def test_an_exception_mid_expansion_leaves_no_child_and_no_parent_change(
     store: SqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -43,6 +43,9 @@ class IndexerOptions:
     token: str
     sweep_interval: float = 1.0
     disconnect_after: float = 60.0
+    # A server node silent this long (three of its 5-s heartbeats) hands its agents'
+    # undelivered commands on at once, instead of when its leases lapse (0: never).
+    node_silent_after: float = 15.0
     run_command_manager: bool = True
     body_limit: int = 64 * 1024 * 1024
     attach_limit: int = 64 * 1024
@@ -111,7 +114,12 @@ def create_app(store: SqlStore, options: IndexerOptions) -> FastAPI:
         waker.bind(asyncio.get_running_loop())
         loops = [
             asyncio.create_task(
-                stream.sweeper(st, options.sweep_interval, options.disconnect_after)
+                stream.sweeper(
+                    st,
+                    options.sweep_interval,
+                    options.disconnect_after,
+                    options.node_silent_after,
+                )
             )
         ]
         loops.append(

@@ -46,6 +46,9 @@ class Mailbox:
     last_poll: float = 0.0
     poll_wait: float = 30.0
     polls: int = 0  # long-polls in flight
+    # Bumped by each new long-poll: an older one still waiting was left by its client (cut
+    # by a proxy, a dead connection), so it yields, and what lands goes to the newest.
+    generation: int = 0
 
     def ready(self, now: float) -> list[Entry]:
         """Entries to hand now: never handed, or handed long ago and still not acked; in id

@@ -12,6 +12,10 @@ from fleetcmd.model.status import FINAL, Status
 from fleetcmd.store.core import ACTIVE_SQL, COLS, UNDELIVERED_SQL, StoreCore, TxCore, cursor_id
 from fleetcmd.store.types import ClaimFilter, Result, SweepReport, chunks
 
+# How long after a node's last heartbeat the sweep still looks at it: a node silent for
+# longer than that has had every lease it held lapse (server leases are seconds to minutes).
+SILENT_HORIZON = 3600.0
+
 if TYPE_CHECKING:
     from fleetcmd.store.base import SqlTx
 
@@ -442,11 +446,19 @@ class StreamStore(StoreCore):
         return len(rows)
 
     def sweep(
-        self, now: float | None = None, batch: int = 5000, disconnect_after: float | None = None
+        self,
+        now: float | None = None,
+        batch: int = 5000,
+        disconnect_after: float | None = None,
+        silent_after: float | None = None,
     ) -> SweepReport:
         """Time-driven moves: lapsed leases back to pending, missed deadlines to expired,
-        delivered commands past their execution timeout to timeout."""
+        delivered commands past their execution timeout to timeout; with `silent_after`,
+        the undelivered agent commands of a server node whose heartbeat stopped that long
+        ago back to pending at once instead of when their leases lapse."""
         report = SweepReport()
+        if silent_after is not None:
+            self._hand_back_silent(report, now, silent_after)
         steps: list[tuple[str, Status, str, str]] = [
             (
                 "status IN ('processing', 'sent') AND lease_expires_at < :t AND expanded = 0",
@@ -493,6 +505,31 @@ class StreamStore(StoreCore):
                 )
                 report.disconnected = int(cur.rowcount)
         return report
+
+    def _hand_back_silent(self, report: SweepReport, now: float | None, after: float) -> None:
+        """A node that stopped heartbeating is dead or cut off: its agents have gone on to
+        other nodes, which may claim their commands now. As after a lapsed lease, a node that
+        is only cut off can no longer mark or renew what it held; a command it had already
+        handed to an agent is confirmed to that agent once, whichever node the ack reaches,
+        and the agent's journal runs a command once. Nodes silent for longer than
+        SILENT_HORIZON are left to the lapse of their leases."""
+        with self.transaction() as tx:
+            t = tx.now if now is None else now
+            silent = tx.all(
+                "SELECT id FROM nodes WHERE heartbeat_at < :dead AND heartbeat_at >= :horizon",
+                {"dead": t - after, "horizon": t - after - SILENT_HORIZON},
+            )
+            for (node,) in silent:
+                prefix = f"{node}#"
+                n = self._hand_back(
+                    tx,
+                    "status IN ('processing', 'sent') AND target_type = 'agent' "
+                    "AND substr(lease_owner, 1, :n) = :prefix",
+                    {"n": len(prefix), "prefix": prefix},
+                )
+                if n:
+                    report.silent_nodes[str(node)] = n
+                    report.node_silent += n
 
 
 def _reported(data: Any, fields: tuple[str, ...]) -> dict[str, str]:

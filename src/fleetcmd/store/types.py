@@ -62,10 +62,13 @@ class SweepReport:
     expired: int = 0
     timed_out: int = 0
     disconnected: int = 0
+    # Agent commands handed back early because the server node holding them fell silent.
+    node_silent: int = 0
+    silent_nodes: dict[str, int] = field(default_factory=dict)  # node -> commands handed back
 
     @property
     def total(self) -> int:
-        return self.lease_lapsed + self.expired + self.timed_out
+        return self.lease_lapsed + self.expired + self.timed_out + self.node_silent
 
 
 @dataclass(frozen=True)

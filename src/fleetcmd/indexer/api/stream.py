@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,8 @@ from fleetcmd.indexer.results import record_results
 from fleetcmd.indexer.state import IndexerState, authorized
 from fleetcmd.model.wire import NodeResultsIn
 from fleetcmd.store import ClaimFilter, Result
+
+log = logging.getLogger("fleetcmd.sweeper")
 
 # A lease owner is a server node id (up to 128 characters) and its incarnation: NODE#INC.
 OWNER_MAX = 160
@@ -181,24 +184,43 @@ async def get_command(command_id: int, st: Auth) -> dict[str, Any]:
     return {"data": doc}
 
 
-async def sweeper(st: IndexerState, interval: float, disconnect_after: float) -> None:
-    """Time-driven moves (lapsed leases, missed deadlines, execution timeouts, approvals
-    that did not come in time, previews nobody filed)."""
+async def sweeper(
+    st: IndexerState, interval: float, disconnect_after: float, node_silent_after: float = 0.0
+) -> None:
+    """Time-driven moves (lapsed leases, missed deadlines, execution timeouts, the commands
+    of server nodes that fell silent, approvals that did not come in time, previews nobody
+    filed)."""
     approvals = Approvals(st.tasks)
     rounds = 0
+    started = time.monotonic()
     while True:
         try:
-            report = await run_in_threadpool(st.store.sweep, None, 5000, disconnect_after)
+            # Heartbeats reach the store through an indexer: one just started (all of them
+            # were down, say) has not yet heard from the nodes that are alive.
+            silent_after = (
+                node_silent_after
+                if node_silent_after > 0 and time.monotonic() - started >= node_silent_after
+                else None
+            )
+            report = await run_in_threadpool(
+                st.store.sweep, None, 5000, disconnect_after, silent_after
+            )
+            for node, n in report.silent_nodes.items():
+                log.warning(
+                    "server node %s sent no heartbeat for %.0f s: %d command(s) it held go "
+                    "to the nodes its agents reach now",
+                    node,
+                    node_silent_after,
+                    n,
+                )
             await run_in_threadpool(approvals.expire)
             rounds += 1
             if rounds % 60 == 0:
                 await run_in_threadpool(st.store.purge_target_sets)
-            for kind in ("lease_lapsed", "expired", "timed_out", "disconnected"):
+            for kind in ("lease_lapsed", "expired", "timed_out", "disconnected", "node_silent"):
                 n = getattr(report, kind)
                 if n:
                     st.metrics.swept.labels(kind).inc(n)
         except Exception:  # the sweeper must outlive a store hiccup
-            import logging
-
-            logging.getLogger("fleetcmd.sweeper").exception("sweep failed")
+            log.exception("sweep failed")
         await asyncio.sleep(interval)

@@ -43,6 +43,10 @@ async def take(st: ServerState, agent_id: str, wait: float) -> list[dict[str, An
     returning = box.polls == 0 and time.monotonic() - box.last_poll > RETURNING_AFTER
     box.polls += 1
     box.poll_wait = max(wait, 1.0)
+    box.generation += 1
+    mine = box.generation
+    if box.polls > 1:
+        box.wake()  # an older poll of this agent is still waiting: it yields to this one
     st.presence.seen(agent_id, returning)
     deadline = time.monotonic() + wait
     ready: list[dict[str, Any]] = []
@@ -50,7 +54,17 @@ async def take(st: ServerState, agent_id: str, wait: float) -> list[dict[str, An
         while True:
             now = time.monotonic()
             event = box.event
-            ready = await _still_ours(st, agent_id, box.ready(now), now)
+            if box.generation != mine:
+                break  # superseded: its client has gone (a proxy cut it, say)
+            entries = box.ready(now)
+            ready = await _still_ours(st, agent_id, entries, now)
+            if box.generation != mine:
+                # Superseded while confirming: offer them to the newest poll instead.
+                for e in entries:
+                    e.handed_at = None
+                box.wake()
+                ready = []
+                break
             remaining = deadline - now
             if ready or remaining <= 0 or st.stopping.is_set():
                 break
