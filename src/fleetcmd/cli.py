@@ -241,6 +241,83 @@ def config_check(
     typer.echo(f"{file}: [{role}] ok")
 
 
+store_app = typer.Typer(
+    help="Back up a store, or restore a backup into a fresh store.", no_args_is_help=True
+)
+app.add_typer(store_app, name="store")
+
+_StoreOption = Annotated[
+    str | None,
+    typer.Option(help="Store URL (default: the indexer's, from --config or the data folder)."),
+]
+_ConfigOption = Annotated[
+    Path | None, typer.Option(help="The indexer's TOML file (its store and password).")
+]
+_DataOption = Annotated[Path | None, typer.Option(help="The indexer's data folder.")]
+_PasswordOption = Annotated[
+    Path | None, typer.Option(help="File (0600) with the PostgreSQL password.")
+]
+
+
+def _store_url(ctx: typer.Context, config: Path | None) -> str:
+    from fleetcmd.settings import data_dir as make_dir
+
+    cfg = settings_or_exit(IndexerSettings, ctx, config)
+    try:
+        return cfg.store_url(make_dir(cfg.data_dir))
+    except (OSError, ValueError) as exc:
+        fail("store", str(exc))
+
+
+@store_app.command("backup")
+def store_backup(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="Backup file to write (0600; never overwritten).")],
+    store: _StoreOption = None,
+    config: _ConfigOption = None,
+    data_dir: _DataOption = None,
+    store_password_file: _PasswordOption = None,
+) -> None:
+    """Back up a store while it runs: SQLite with its online backup API, PostgreSQL with
+    pg_dump of the store's schema."""
+    from fleetcmd.settings import redact
+    from fleetcmd.store.backup import BackupError, backup
+
+    url = _store_url(ctx, config)
+    try:
+        done = backup(url, out.resolve())
+    except BackupError as exc:
+        fail("store backup", str(exc))
+    typer.echo(
+        f"backed up {redact(url)} (schema version {done.schema_version}) to {done.path} "
+        f"({done.size} bytes, {done.kind})"
+    )
+
+
+@store_app.command("restore")
+def store_restore(
+    ctx: typer.Context,
+    backup_file: Annotated[Path, typer.Argument(help="A file `fleetcmd store backup` wrote.")],
+    store: _StoreOption = None,
+    config: _ConfigOption = None,
+    data_dir: _DataOption = None,
+    store_password_file: _PasswordOption = None,
+) -> None:
+    """Restore a backup into a fresh store (a SQLite file that does not exist yet; a
+    PostgreSQL database without the backup's schema), in one step: whole or not at all.
+    Start the indexer on it afterwards."""
+    from fleetcmd.settings import redact
+    from fleetcmd.store.backup import BackupError, restore
+    from fleetcmd.store.base import SchemaTooNew
+
+    url = _store_url(ctx, config)
+    try:
+        done = restore(url, backup_file.resolve())
+    except (BackupError, SchemaTooNew) as exc:
+        fail("store restore", str(exc))
+    typer.echo(f"restored {backup_file} into {redact(url)} (schema version {done.schema_version})")
+
+
 @app.command()
 def certs(
     directory: Annotated[Path, typer.Argument(help="Folder for the CA and certificates.")],
