@@ -14,6 +14,8 @@ from typing import Annotated, Any
 import typer
 
 from fleetcmd.logsetup import setup_logging
+from fleetcmd.role_settings import IndexerSettings
+from fleetcmd.settings import check_private, fail, settings_or_exit
 
 app = typer.Typer(
     help="fleetcmd: tasks in, commands out, every result recorded.",
@@ -22,25 +24,37 @@ app = typer.Typer(
 )
 
 
+_IX = IndexerSettings.model_validate({})
+
+
 @app.command()
 def indexer(
-    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 9200,
-    store: Annotated[str | None, typer.Option(help="sqlite:///PATH or postgresql://…")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Data folder (default ./data).")] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            help="Node credential (default: a 0600 file in the data folder).",
-            envvar="FLEETCMD_TOKEN",
-            show_envvar=False,
-        ),
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="TOML file with an \\[indexer] table (docs/configuration.md)."),
     ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = _IX.host,
+    port: Annotated[int, typer.Option()] = _IX.port,
+    store: Annotated[
+        str | None,
+        typer.Option(help="sqlite:///PATH or postgresql://USER@HOST/DB (no password here)."),
+    ] = None,
+    store_password_file: Annotated[
+        Path | None,
+        typer.Option(help="File (0600) with the PostgreSQL password (or FLEETCMD_STORE_PASSWORD)."),
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data folder (default ./data).")] = None,
     token_file: Annotated[
         Path | None,
-        typer.Option(help="File holding the node credential (instead of --token; keep it 0600)."),
+        typer.Option(
+            help="File (0600) holding the node credential (else FLEETCMD_TOKEN, else "
+            "DATA_DIR/node.token)."
+        ),
     ] = None,
-    command_manager: Annotated[bool, typer.Option(help="Run the command manager worker.")] = True,
+    command_manager: Annotated[
+        bool, typer.Option(help="Run the command manager worker.")
+    ] = _IX.command_manager,
     retention_days: Annotated[
         float,
         typer.Option(
@@ -48,7 +62,7 @@ def indexer(
             "commands (checked hourly; 0 keeps everything).",
             min=0,
         ),
-    ] = 30.0,
+    ] = _IX.retention_days,
     upkeep_interval: Annotated[
         float,
         typer.Option(
@@ -56,7 +70,7 @@ def indexer(
             "and analyzed here where PostgreSQL's autovacuum is off; 0 never checks).",
             min=0,
         ),
-    ] = 60.0,
+    ] = _IX.upkeep_interval,
     command_key: Annotated[
         Path | None,
         typer.Option(
@@ -68,14 +82,14 @@ def indexer(
     tls_key: Annotated[Path | None, typer.Option(help="Private key of --tls-cert.")] = None,
     header_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a request's line and headers may take.")
-    ] = 10.0,
+    ] = _IX.header_timeout,
     body_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a request's body may take after its headers.")
-    ] = 60.0,
+    ] = _IX.body_timeout,
     max_connections: Annotated[
         int, typer.Option(min=1, help="Open connections accepted; more are answered 503.")
-    ] = 4096,
-    log_level: Annotated[str, typer.Option()] = "info",
+    ] = _IX.max_connections,
+    log_level: Annotated[str, typer.Option()] = _IX.log_level,
 ) -> None:
     """Run the indexer: store, task manager, commands stream, command manager."""
     import uvicorn
@@ -84,38 +98,46 @@ def indexer(
     from fleetcmd.indexer.app import IndexerOptions, create_app
     from fleetcmd.indexer.signing import KEY_FILE, CommandSigner
     from fleetcmd.settings import data_dir as make_dir
-    from fleetcmd.settings import default_store_url, node_token
+    from fleetcmd.settings import redact
     from fleetcmd.store import open_store
+    from fleetcmd.store.base import SchemaTooNew
 
-    setup_logging(log_level)
-    d = make_dir(data_dir)
-    if (tls_cert is None) != (tls_key is None):
-        raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
+    cfg = settings_or_exit(IndexerSettings, ctx, config)
+    setup_logging(cfg.log_level)
+    d = make_dir(cfg.data_dir)
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        fail("indexer", "give both tls_cert and tls_key (--tls-cert, --tls-key), or neither")
     try:
-        credential = node_token(d, token, token_file)
+        credential = cfg.secret("token", d)
+        url = cfg.store_url(d)
+        key_path = (cfg.command_key or d / KEY_FILE).resolve()
+        if key_path.exists():
+            check_private(key_path, "command-signing key")
+        if cfg.tls_key is not None:
+            check_private(cfg.tls_key, "TLS private key")
     except (OSError, ValueError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="--token-file") from None
-    signer = CommandSigner.from_files((command_key or d / KEY_FILE).resolve())
-    st = open_store(store or default_store_url(d))
+        fail("indexer", str(exc))
+    assert credential is not None
+    signer = CommandSigner.from_files(key_path)
+    try:
+        st = open_store(url)
+    except SchemaTooNew as exc:
+        fail("indexer", str(exc))
     app_ = create_app(
         st,
         IndexerOptions(
             token=credential,
-            run_command_manager=command_manager,
-            retention_days=retention_days,
-            upkeep_interval=upkeep_interval,
+            run_command_manager=cfg.command_manager,
+            retention_days=cfg.retention_days,
+            upkeep_interval=cfg.upkeep_interval,
             signer=signer,
         ),
     )
-    where = (
-        "from --token/FLEETCMD_TOKEN"
-        if token
-        else f"in {token_file if token_file else d / 'node.token'}"
-    )
-    scheme = "https" if tls_cert else "http"
+    scheme = "https" if cfg.tls_cert else "http"
     typer.echo(
-        f"indexer listening on {scheme}://{host}:{port} (store {st.url.split('@')[-1]}); "
-        f"node credential {where}; commands signed with key {signer.key_id}"
+        f"indexer listening on {scheme}://{cfg.host}:{cfg.port} (store "
+        f"{redact(st.url).split('@')[-1]}); node credential from {cfg.secret_where('token', d)}; "
+        f"commands signed with key {signer.key_id}"
     )
     indexer_state = app_.state.indexer
 
@@ -125,20 +147,22 @@ def indexer(
             super().handle_exit(sig, frame)
 
     limits = serving.Limits(
-        header_timeout=header_timeout, body_timeout=body_timeout, max_connections=max_connections
+        header_timeout=cfg.header_timeout,
+        body_timeout=cfg.body_timeout,
+        max_connections=cfg.max_connections,
     )
     # Server nodes keep their connections for 5 s; the indexer keeps them longer, so that a
     # node never reuses one the indexer is closing (a write lost that way is not repeated).
     _Server(
         serving.config(
             app_,
-            host,
-            port,
+            cfg.host,
+            cfg.port,
             limits,
             timeout_keep_alive=75,
             timeout_graceful_shutdown=3,
-            ssl_certfile=str(tls_cert) if tls_cert else None,
-            ssl_keyfile=str(tls_key) if tls_key else None,
+            ssl_certfile=str(cfg.tls_cert) if cfg.tls_cert else None,
+            ssl_keyfile=str(cfg.tls_key) if cfg.tls_key else None,
         )
     ).run()
 
@@ -189,6 +213,109 @@ def command_key_promote(
         typer.echo(f"fleetcmd command-key promote: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"command-signing key {new} is now current ({old} retired); restart the indexer")
+
+
+config_app = typer.Typer(help="Check the roles' configuration files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def config_check(
+    file: Annotated[Path, typer.Argument(help="A role's TOML file (\\[indexer], \\[server], …).")],
+) -> None:
+    """Check a configuration file: its table names a role, every key is known and its value
+    valid, and the files it names exist (secret files and private keys 0600). Exit 1 with
+    every problem named."""
+    from fleetcmd.role_settings import check_config
+    from fleetcmd.settings import ConfigError
+
+    try:
+        role, problems = check_config(file)
+    except ConfigError as exc:
+        role, problems = "?", exc.problems
+    if problems:
+        typer.echo(f"{file}: {len(problems)} problem(s)", err=True)
+        for line in problems:
+            typer.echo(f"  {line}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{file}: [{role}] ok")
+
+
+store_app = typer.Typer(
+    help="Back up a store, or restore a backup into a fresh store.", no_args_is_help=True
+)
+app.add_typer(store_app, name="store")
+
+_StoreOption = Annotated[
+    str | None,
+    typer.Option(help="Store URL (default: the indexer's, from --config or the data folder)."),
+]
+_ConfigOption = Annotated[
+    Path | None, typer.Option(help="The indexer's TOML file (its store and password).")
+]
+_DataOption = Annotated[Path | None, typer.Option(help="The indexer's data folder.")]
+_PasswordOption = Annotated[
+    Path | None, typer.Option(help="File (0600) with the PostgreSQL password.")
+]
+
+
+def _store_url(ctx: typer.Context, config: Path | None) -> str:
+    from fleetcmd.settings import data_dir as make_dir
+
+    cfg = settings_or_exit(IndexerSettings, ctx, config)
+    try:
+        return cfg.store_url(make_dir(cfg.data_dir))
+    except (OSError, ValueError) as exc:
+        fail("store", str(exc))
+
+
+@store_app.command("backup")
+def store_backup(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="Backup file to write (0600; never overwritten).")],
+    store: _StoreOption = None,
+    config: _ConfigOption = None,
+    data_dir: _DataOption = None,
+    store_password_file: _PasswordOption = None,
+) -> None:
+    """Back up a store while it runs: SQLite with its online backup API, PostgreSQL with
+    pg_dump of the store's schema."""
+    from fleetcmd.settings import redact
+    from fleetcmd.store.backup import BackupError, backup
+
+    url = _store_url(ctx, config)
+    try:
+        done = backup(url, out.resolve())
+    except BackupError as exc:
+        fail("store backup", str(exc))
+    typer.echo(
+        f"backed up {redact(url)} (schema version {done.schema_version}) to {done.path} "
+        f"({done.size} bytes, {done.kind})"
+    )
+
+
+@store_app.command("restore")
+def store_restore(
+    ctx: typer.Context,
+    backup_file: Annotated[Path, typer.Argument(help="A file `fleetcmd store backup` wrote.")],
+    store: _StoreOption = None,
+    config: _ConfigOption = None,
+    data_dir: _DataOption = None,
+    store_password_file: _PasswordOption = None,
+) -> None:
+    """Restore a backup into a fresh store (a SQLite file that does not exist yet; a
+    PostgreSQL database without the backup's schema), in one step: whole or not at all.
+    Start the indexer on it afterwards."""
+    from fleetcmd.settings import redact
+    from fleetcmd.store.backup import BackupError, restore
+    from fleetcmd.store.base import SchemaTooNew
+
+    url = _store_url(ctx, config)
+    try:
+        done = restore(url, backup_file.resolve())
+    except (BackupError, SchemaTooNew) as exc:
+        fail("store restore", str(exc))
+    typer.echo(f"restored {backup_file} into {redact(url)} (schema version {done.schema_version})")
 
 
 @app.command()

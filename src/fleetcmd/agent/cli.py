@@ -21,23 +21,28 @@ def register(app: typer.Typer) -> None:
 
 
 def agent(
-    server: Annotated[str, typer.Option(help="Comms API URL, e.g. http://127.0.0.1:27000.")],
-    name: Annotated[str, typer.Option(help="Agent name (used at enrollment).")],
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file with an \\[agent] table (docs/configuration.md).")
+    ] = None,
+    server: Annotated[
+        str | None, typer.Option(help="Comms API URL, e.g. http://127.0.0.1:27000 (required).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Agent name (used at enrollment).")] = None,
     state_dir: Annotated[
-        Path, typer.Option(help="State folder: credentials, journal, outbox, content.")
-    ],
+        Path | None, typer.Option(help="State folder: credentials, journal, outbox, content.")
+    ] = None,
     enrollment_key: Annotated[
         str,
         typer.Option(
-            help="Key to enroll with (needed until the agent is enrolled).",
-            envvar="FLEETCMD_ENROLLMENT_KEY",
-            show_envvar=False,
+            help="Key to enroll with. Visible to every user of the host (`ps`): for a try-out "
+            "only; use --enrollment-key-file or FLEETCMD_ENROLLMENT_KEY.",
         ),
     ] = "",
     enrollment_key_file: Annotated[
         Path | None,
         typer.Option(
-            help="File holding the enrollment key (keep it 0600): read only to enroll, so the key "
+            help="File holding the enrollment key (0600): read only to enroll, so the key "
             "is on no command line and in no environment."
         ),
     ] = None,
@@ -74,43 +79,57 @@ def agent(
     from fleetcmd.agent.__main__ import OPTIONS_ENV
     from fleetcmd.agent.state import StateDir
     from fleetcmd.agent.upgrade import Versions, pythonpath, running
+    from fleetcmd.role_settings import AgentSettings
+    from fleetcmd.settings import check_private, fail, settings_or_exit
 
-    if log_level.lower() not in ("debug", "info", "warning", "error"):
-        raise typer.BadParameter("debug, info, warning or error", param_hint="--log-level")
-    if upgrade_deadline < 5:
-        raise typer.BadParameter("at least 5 seconds", param_hint="--upgrade-deadline")
+    cfg = settings_or_exit(AgentSettings, ctx, config)
+    for key in ("server", "name", "state_dir"):
+        if getattr(cfg, key) is None:
+            fail(
+                "agent",
+                f"{key} is required: --{key.replace('_', '-')}, {AgentSettings.env_name(key)} "
+                f"or {key} = in the [agent] table of --config",
+            )
+    assert cfg.server and cfg.name and cfg.state_dir
 
-    def absolute(specs: list[str] | None) -> list[str]:
+    def absolute(specs: list[str]) -> list[str]:
         # Files are named by absolute path: the agent runs from another working folder.
-        return [
-            str(Path(k).resolve()) if len(k) < 4096 and Path(k).is_file() else k
-            for k in specs or []
-        ]
+        return [str(Path(k).resolve()) if len(k) < 4096 and Path(k).is_file() else k for k in specs]
 
-    keys = absolute(trust_key)
-    if enrollment_key and enrollment_key_file is not None:
-        raise typer.BadParameter(
-            "give --enrollment-key (or FLEETCMD_ENROLLMENT_KEY) or --enrollment-key-file, not both",
-            param_hint="--enrollment-key-file",
+    if enrollment_key:
+        typer.echo(
+            "fleetcmd agent: warning: --enrollment-key is visible to every user of this host; "
+            "use --enrollment-key-file or FLEETCMD_ENROLLMENT_KEY",
+            err=True,
         )
-    if enrollment_key_file is not None and not enrollment_key_file.is_file():
-        raise typer.BadParameter(
-            f"no file at {enrollment_key_file}", param_hint="--enrollment-key-file"
-        )
-    if ca is not None and not ca.is_file():
-        raise typer.BadParameter(f"no CA file at {ca}", param_hint="--ca")
+    if enrollment_key and cfg.enrollment_key_file is not None:
+        fail("agent", "give --enrollment-key or --enrollment-key-file, not both")
+    key_file = cfg.enrollment_key_file
+    env_key = os.environ.get("FLEETCMD_ENROLLMENT_KEY", "").strip()
+    if key_file is not None and (cfg.source("enrollment_key_file") == "flag" or not env_key):
+        try:
+            check_private(key_file, "enrollment key file")
+        except FileNotFoundError:
+            fail("agent", f"no enrollment key file at {key_file}")
+        except ValueError as exc:
+            fail("agent", str(exc))
+    else:
+        key_file = None
+    if cfg.ca is not None and not cfg.ca.is_file():
+        fail("agent", f"no CA file at {cfg.ca}")
+    state_dir = cfg.state_dir
     options = {
-        "server": server,
-        "enrollment_key": enrollment_key,
-        "enrollment_key_file": str(enrollment_key_file.resolve()) if enrollment_key_file else "",
-        "name": name,
+        "server": cfg.server,
+        "enrollment_key": enrollment_key or ("" if key_file else env_key),
+        "enrollment_key_file": str(key_file.resolve()) if key_file else "",
+        "name": cfg.name,
         "state_dir": str(state_dir.resolve()),
-        "groups": [g.strip() for g in groups.split(",") if g.strip()],
-        "log_level": log_level.lower(),
-        "trust_keys": keys,
-        "upgrade_deadline": upgrade_deadline,
-        "command_keys": absolute(command_key),
-        "ca": str(ca.resolve()) if ca else None,
+        "groups": [g.strip() for g in cfg.groups.split(",") if g.strip()],
+        "log_level": cfg.log_level,
+        "trust_keys": absolute(cfg.trust_key),
+        "upgrade_deadline": cfg.upgrade_deadline,
+        "command_keys": absolute(cfg.command_key),
+        "ca": str(cfg.ca.resolve()) if cfg.ca else None,
     }
     # The version to run: an upgraded one (or the previous one, if an upgrade on trial did not
     # come up: see agent/upgrade.py), else this installation.
@@ -119,8 +138,9 @@ def agent(
     if state_dir.is_dir() and folder.running_pid() is None:  # a running agent keeps its trial
         src = Versions(folder).boot_target() or src
     # Same pid, fresh interpreter without the CLI's heavy imports (see agent/__main__.py).
+    # The key travels in OPTIONS_ENV, which the agent removes at once; not in its own variable.
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "FLEETCMD_ENROLLMENT_KEY"},
         OPTIONS_ENV: json.dumps(options),
         "PYTHONPATH": pythonpath(src, os.environ.get("PYTHONPATH")),
     }

@@ -8,25 +8,41 @@ from typing import Annotated
 
 import typer
 
+from fleetcmd.role_settings import UpSettings
+
+_UP = UpSettings.model_validate({})
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def up(
-        agents: Annotated[int, typer.Option(help="Local agents to start.")] = 3,
-        data_dir: Annotated[Path, typer.Option(help="Data folder.")] = Path("./data"),
+        ctx: typer.Context,
+        config: Annotated[
+            Path | None,
+            typer.Option(help="TOML file with an \\[up] table (docs/configuration.md)."),
+        ] = None,
+        agents: Annotated[int, typer.Option(help="Local agents to start.")] = _UP.agents,
+        data_dir: Annotated[Path, typer.Option(help="Data folder.")] = _UP.data_dir,
         store: Annotated[
-            str | None, typer.Option(help="Store URL (default: SQLite in the data folder).")
+            str | None,
+            typer.Option(help="Store URL (default: SQLite in the data folder; no password here)."),
+        ] = None,
+        store_password_file: Annotated[
+            Path | None,
+            typer.Option(
+                help="File (0600) with the PostgreSQL password (or FLEETCMD_STORE_PASSWORD)."
+            ),
         ] = None,
         host: Annotated[
             str,
             typer.Option(
                 "--bind", "--host", help="Address every role binds: loopback unless told otherwise."
             ),
-        ] = "127.0.0.1",
-        indexer_port: Annotated[int, typer.Option()] = 9200,
-        management_port: Annotated[int, typer.Option()] = 55000,
-        comms_port: Annotated[int, typer.Option()] = 27000,
-        content: Annotated[bool, typer.Option(help="Run the content manager.")] = True,
+        ] = _UP.host,
+        indexer_port: Annotated[int, typer.Option()] = _UP.indexer_port,
+        management_port: Annotated[int, typer.Option()] = _UP.management_port,
+        comms_port: Annotated[int, typer.Option()] = _UP.comms_port,
+        content: Annotated[bool, typer.Option(help="Run the content manager.")] = _UP.content,
         feed: Annotated[
             str | None, typer.Option(help="CTI feed folder or URL (default: the sample feed).")
         ] = None,
@@ -44,24 +60,31 @@ def register(app: typer.Typer) -> None:
                 "with `fleetcmd content poll`).",
                 min=0.1,
             ),
-        ] = 60.0,
+        ] = _UP.content_interval,
     ) -> None:
         """Start indexer, server, dashboard and N local agents; Ctrl-C stops them all."""
         from fleetcmd.allinone.up import AllInOne, Ports
+        from fleetcmd.settings import fail, settings_or_exit
 
+        cfg = settings_or_exit(UpSettings, ctx, config)
+        if cfg.feed and not cfg.trust_key:
+            fail("up", "trust_key (--trust-key) is required with feed (--feed)")
+        d = cfg.data_dir.resolve()
+        try:
+            store_url = cfg.store_url(d) if cfg.store else None
+        except (OSError, ValueError) as exc:
+            fail("up", str(exc))
         system = AllInOne(
-            data_dir.resolve(),
-            store,
-            agents,
-            host,
-            Ports(indexer_port, management_port, comms_port),
-            content=content,
-            feed=feed,
-            trust_keys=[k.resolve() for k in trust_key or []],
-            content_interval=content_interval,
+            d,
+            store_url,
+            cfg.agents,
+            cfg.host,
+            Ports(cfg.indexer_port, cfg.management_port, cfg.comms_port),
+            content=cfg.content,
+            feed=cfg.feed,
+            trust_keys=[k.resolve() for k in cfg.trust_key],
+            content_interval=cfg.content_interval,
         )
-        if feed and not trust_key:
-            raise typer.BadParameter("--trust-key is required with --feed")
 
         def _stop(signum: int, frame: object) -> None:
             raise KeyboardInterrupt

@@ -5,14 +5,16 @@ Nothing here is a second implementation of a role: `up` only starts the same com
 operator would run by hand, waits for each to answer, and stops them all on Ctrl-C.
 
 Secrets reach the roles in 0600 files of the data folder (`--token-file`,
-`--enrollment-key-file`), never on a command line or in an environment, and each role gets
-only its own: agents the enrollment key, not the node credential. An agent is followed by its
-state folder, not only by the process started here: an upgrade that rolls back leaves it
-running under its watchdog's pid (agent/supervision.py)."""
+`--enrollment-key-file`; the indexer's store URL, which may hold a password, in its 0600
+configuration file run/indexer.toml), never on a command line or in an environment, and each
+role gets only its own: agents the enrollment key, not the node credential. An agent is
+followed by its state folder, not only by the process started here: an upgrade that rolls
+back leaves it running under its watchdog's pid (agent/supervision.py)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -23,6 +25,7 @@ import httpx
 
 from fleetcmd.agent.supervision import fleetcmd_process, processes
 from fleetcmd.launch import Process, clean_env, fleetcmd_argv, wait_url
+from fleetcmd.role_settings import ROLES
 from fleetcmd.settings import default_store_url, node_token, secret_file, write_secret
 
 DEFAULT_GROUP_CONFIG = {
@@ -42,7 +45,15 @@ class Ports:
 
 # Secrets a child could inherit from the environment `up` runs in: each role reads its own
 # from a file instead (and the agents need none of these).
-SECRET_ENV = ("FLEETCMD_TOKEN", "FLEETCMD_ENROLLMENT_KEY", "FLEETCMD_JWT_KEY", "FLEETCMD_PASSWORD")
+SECRET_ENV = (
+    "FLEETCMD_TOKEN",
+    "FLEETCMD_ENROLLMENT_KEY",
+    "FLEETCMD_JWT_KEY",
+    "FLEETCMD_PASSWORD",
+    "FLEETCMD_STORE_PASSWORD",
+)
+# Settings of the roles' own (FLEETCMD_INDEXER_PORT, …) would override what `up` tells them.
+ROLE_ENV_PREFIXES = tuple(f"FLEETCMD_{r.replace('-', '_').upper()}_" for r in ROLES)
 # How long an agent whose process ended may take to come back under its upgrade watchdog.
 RESTART_GRACE = 30.0
 STOP_TIMEOUT = 15.0
@@ -135,7 +146,9 @@ class AllInOne:
             self.token_file = write_secret(self.data_dir / "run" / "node.token", self.token)
         self.enrollment_key_file = self.data_dir / "enrollment.key"
         secret_file(self.enrollment_key_file, 24)
-        self.env = clean_env(drop=SECRET_ENV)
+        self.env = clean_env(
+            drop=[*SECRET_ENV, *(k for k in os.environ if k.startswith(ROLE_ENV_PREFIXES))]
+        )
         self.failures: list[str] = []
         self.indexer_url = f"http://{self.host}:{self.ports.indexer}"
         self.management_url = f"http://{self.host}:{self.ports.management}"
@@ -155,21 +168,7 @@ class AllInOne:
 
     def start(self, say: object = print) -> None:
         out = say if callable(say) else print
-        store = self.store_url or default_store_url(self.data_dir)
-        indexer = self._child(
-            "indexer",
-            "indexer",
-            "--host",
-            self.host,
-            "--port",
-            str(self.ports.indexer),
-            "--store",
-            store,
-            "--data-dir",
-            str(self.data_dir),
-            "--token-file",
-            str(self.token_file),
-        )
+        indexer = self._child("indexer", "indexer", "--config", str(self._indexer_config()))
         self._wait(f"{self.indexer_url}/health", indexer)
         server = self._child(
             "server",
@@ -228,6 +227,19 @@ class AllInOne:
                 state_dir=state_dir,
             )
         out(self.banner())
+
+    def _indexer_config(self) -> Path:
+        """The indexer's settings as a 0600 TOML file: its store URL may hold a password."""
+        store = self.store_url or default_store_url(self.data_dir)
+        table = {
+            "host": self.host,
+            "port": self.ports.indexer,
+            "store": store,
+            "data_dir": str(self.data_dir),
+            "token_file": str(self.token_file),
+        }
+        text = "[indexer]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items())
+        return write_secret(self.data_dir / "run" / "indexer.toml", text)
 
     def _package_keys(self) -> list[Path]:
         """The keys agents verify upgrade packages with: the feed's keys, or the sample

@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from fleetcmd.role_settings import ContentManagerSettings
+
 cti_app = typer.Typer(help="Build and sign CTI feeds.", no_args_is_help=True)
 content_app = typer.Typer(help="Talk to the running content manager.", no_args_is_help=True)
 
@@ -64,8 +66,16 @@ def build(
     )
 
 
+_CM = ContentManagerSettings.model_validate({})
+
+
 def content_manager(
-    indexer: Annotated[str, typer.Option(help="Indexer URL.")] = "http://127.0.0.1:9200",
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="TOML file with a \\[content-manager] table (docs/configuration.md)."),
+    ] = None,
+    indexer: Annotated[str, typer.Option(help="Indexer URL.")] = _CM.indexer,
     feed: Annotated[
         str | None,
         typer.Option(help="Feed folder or http(s) URL (default: the sample feed, dev key)."),
@@ -74,17 +84,17 @@ def content_manager(
         list[str] | None,
         typer.Option(help="Trusted public key: file (PEM/base64) or base64; repeat to rotate."),
     ] = None,
-    interval: Annotated[float, typer.Option(help="Seconds between polls.", min=0.1)] = 60.0,
+    interval: Annotated[float, typer.Option(help="Seconds between polls.", min=0.1)] = _CM.interval,
     data_dir: Annotated[Path | None, typer.Option(help="Data folder (default ./data).")] = None,
     token_file: Annotated[
         Path | None,
         typer.Option(
-            help="File holding the node credential (default: FLEETCMD_TOKEN, else "
+            help="File (0600) holding the node credential (default: FLEETCMD_TOKEN, else "
             "DATA_DIR/node.token)."
         ),
     ] = None,
     once: Annotated[bool, typer.Option(help="Poll once, print the report as JSON, exit.")] = False,
-    log_level: Annotated[str, typer.Option()] = "info",
+    log_level: Annotated[str, typer.Option()] = _CM.log_level,
 ) -> None:
     """Poll a signed CTI feed; update the content indexes and file unattended tasks."""
     from fleetcmd.content.feed import open_feed
@@ -94,22 +104,18 @@ def content_manager(
     from fleetcmd.logsetup import setup_logging
     from fleetcmd.model import content_signing as signing
     from fleetcmd.settings import data_dir as make_dir
+    from fleetcmd.settings import fail, settings_or_exit
 
-    setup_logging(log_level)
-    from fleetcmd.settings import read_secret
-
-    d = make_dir(data_dir)
-    token = None if token_file else os.environ.get("FLEETCMD_TOKEN")
-    if not token:
-        path = token_file or d / "node.token"
-        try:
-            token = read_secret(path)
-        except (OSError, ValueError) as exc:
-            typer.echo(
-                f"error: no FLEETCMD_TOKEN and no node credential in {path} ({exc})", err=True
-            )
-            raise typer.Exit(2) from None
-    keys = list(trust_key or [])
+    cfg = settings_or_exit(ContentManagerSettings, ctx, config)
+    setup_logging(cfg.log_level)
+    d = make_dir(cfg.data_dir)
+    try:
+        token = cfg.secret("token", d)
+    except (OSError, ValueError) as exc:
+        fail("content-manager", f"no FLEETCMD_TOKEN and no usable node credential: {exc}")
+    assert token is not None
+    feed, interval, indexer = cfg.feed, cfg.interval, cfg.indexer
+    keys = list(cfg.trust_key)
     if feed is None:
         sample_dir, sample_pub = sample_setup(d)
         feed, keys = str(sample_dir), [*keys, str(sample_pub)]

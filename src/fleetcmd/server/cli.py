@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from fleetcmd.role_settings import ServerSettings
 from fleetcmd.server import rollout_cli, task_cli
 
 
@@ -19,65 +20,61 @@ def register(app: typer.Typer) -> None:
     app.add_typer(rollout_cli.app, name="rollout")
 
 
+_SV = ServerSettings.model_validate({})
+
+
 def server(
-    indexer: Annotated[str, typer.Option(help="Indexer URL, e.g. http://127.0.0.1:9200.")],
-    token: Annotated[
-        str | None,
-        typer.Option(
-            help="Node credential for the indexer (default: FLEETCMD_TOKEN, else DATA_DIR/"
-            "node.token).",
-            envvar="FLEETCMD_TOKEN",
-            show_envvar=False,
-        ),
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file with a \\[server] table (docs/configuration.md).")
+    ] = None,
+    indexer: Annotated[
+        str | None, typer.Option(help="Indexer URL, e.g. http://127.0.0.1:9200 (required).")
     ] = None,
     token_file: Annotated[
         Path | None,
-        typer.Option(help="File holding the node credential (instead of --token; keep it 0600)."),
+        typer.Option(
+            help="File (0600) holding the node credential (else FLEETCMD_TOKEN, else "
+            "DATA_DIR/node.token)."
+        ),
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data folder (default ./data).")] = None,
     node_id: Annotated[
         str | None, typer.Option(help="Node id (default server-<hostname>-<comms port>).")
     ] = None,
-    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
-    management_port: Annotated[int, typer.Option()] = 55000,
-    comms_port: Annotated[int, typer.Option()] = 27000,
-    enrollment_key: Annotated[
-        str | None,
-        typer.Option(
-            help="Key agents enroll with (default: FLEETCMD_ENROLLMENT_KEY, else the 0600 file "
-            "DATA_DIR/enrollment.key).",
-            envvar="FLEETCMD_ENROLLMENT_KEY",
-            show_envvar=False,
-        ),
-    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = _SV.host,
+    management_port: Annotated[int, typer.Option()] = _SV.management_port,
+    comms_port: Annotated[int, typer.Option()] = _SV.comms_port,
     enrollment_key_file: Annotated[
         Path | None,
         typer.Option(
-            help="File holding the enrollment key (instead of --enrollment-key; keep it 0600)."
+            help="File (0600) holding the key agents enroll with (else FLEETCMD_ENROLLMENT_KEY, "
+            "else DATA_DIR/enrollment.key)."
         ),
     ] = None,
-    jwt_key: Annotated[
-        str | None,
+    jwt_key_file: Annotated[
+        Path | None,
         typer.Option(
-            help="Token signing key shared by server nodes (default: DATA_DIR/comms-jwt.key).",
-            envvar="FLEETCMD_JWT_KEY",
-            show_envvar=False,
+            help="File (0600) holding the token signing key shared by server nodes (else "
+            "FLEETCMD_JWT_KEY, else DATA_DIR/comms-jwt.key)."
         ),
     ] = None,
-    pull_wait: Annotated[float, typer.Option(help="Long-poll wait on the indexer, s.")] = 20.0,
-    lease: Annotated[float, typer.Option(help="Lease on pulled commands, s.")] = 60.0,
+    pull_wait: Annotated[
+        float, typer.Option(help="Long-poll wait on the indexer, s.")
+    ] = _SV.pull_wait,
+    lease: Annotated[float, typer.Option(help="Lease on pulled commands, s.")] = _SV.lease,
     enroll_rate: Annotated[
         float,
         typer.Option(
             help="Enrollments per second per client address, bursts of 10x (0: no limit)."
         ),
-    ] = 10.0,
+    ] = _SV.enroll_rate,
     auth_rate: Annotated[
         float,
         typer.Option(
             help="Agent authentications per second per client address, bursts of 10x (0: no limit)."
         ),
-    ] = 50.0,
+    ] = _SV.auth_rate,
     tls_cert: Annotated[
         Path | None, typer.Option(help="Serve both APIs over HTTPS with this certificate.")
     ] = None,
@@ -92,74 +89,77 @@ def server(
             "client (for audit records, login throttling and rate limits); default none: "
             "the client is the peer address."
         ),
-    ] = "",
+    ] = _SV.forwarded_allow_ips,
     header_timeout: Annotated[
         float,
         typer.Option(min=0.1, help="Seconds a request's line and headers may take to arrive."),
-    ] = 10.0,
+    ] = _SV.header_timeout,
     body_timeout: Annotated[
         float,
         typer.Option(
             min=0.1, help="Seconds a request's body may take to arrive after its headers."
         ),
-    ] = 60.0,
+    ] = _SV.body_timeout,
     max_connections: Annotated[
         int, typer.Option(min=1, help="Open connections each API accepts; more are answered 503.")
-    ] = 16_384,
-    log_level: Annotated[str, typer.Option()] = "info",
+    ] = _SV.max_connections,
+    log_level: Annotated[str, typer.Option()] = _SV.log_level,
 ) -> None:
     """Run a server node: Management API, Comms API and the command puller."""
     from fleetcmd.logsetup import setup_logging
     from fleetcmd.model.params import NAME_RE
     from fleetcmd.server.config import ServerOptions
     from fleetcmd.server.node import default_node_id, serve
+    from fleetcmd.settings import check_private, fail, settings_or_exit
     from fleetcmd.settings import data_dir as make_dir
-    from fleetcmd.settings import node_token, read_secret, secret_file
 
-    setup_logging(log_level)
+    cfg = settings_or_exit(ServerSettings, ctx, config)
+    setup_logging(cfg.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    if (tls_cert is None) != (tls_key is None):
-        raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
-    d = make_dir(data_dir)
-    nid = node_id or default_node_id(comms_port)
+    if cfg.indexer is None:
+        fail(
+            "server",
+            "indexer is required: --indexer, FLEETCMD_SERVER_INDEXER or indexer = "
+            "in the [server] table of --config",
+        )
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        fail("server", "give both tls_cert and tls_key (--tls-cert, --tls-key), or neither")
+    d = make_dir(cfg.data_dir)
+    nid = cfg.node_id or default_node_id(cfg.comms_port)
     if not NAME_RE.fullmatch(nid):
-        raise typer.BadParameter(f"node id {nid!r}: letters, digits, '.', '_' or '-'")
-    # Secrets from files stay off the command line and out of the environment (`ps`).
-    if enrollment_key and enrollment_key_file is not None:
-        raise typer.BadParameter(
-            "give --enrollment-key (or FLEETCMD_ENROLLMENT_KEY) or --enrollment-key-file, not both"
-        )
+        fail("server", f"node id {nid!r}: letters, digits, '.', '_' or '-'")
+    # Secrets come from files or the environment, never from the command line (`ps`).
     try:
-        credential = node_token(d, token, token_file)
-        key = enrollment_key or (
-            read_secret(enrollment_key_file)
-            if enrollment_key_file
-            else secret_file(d / "enrollment.key")
-        )
+        credential = cfg.secret("token", d)
+        key = cfg.secret("enrollment_key", d)
+        jwt = cfg.secret("jwt_key", d)
+        if cfg.tls_key is not None:
+            check_private(cfg.tls_key, "TLS private key")
     except (OSError, ValueError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+        fail("server", str(exc))
+    assert credential and key and jwt
     options = ServerOptions(
-        indexer_url=indexer,
+        indexer_url=cfg.indexer,
         token=credential,
         data_dir=d,
         node_id=nid,
-        host=host,
-        management_port=management_port,
-        comms_port=comms_port,
+        host=cfg.host,
+        management_port=cfg.management_port,
+        comms_port=cfg.comms_port,
         enrollment_key=key,
-        jwt_key=jwt_key or secret_file(d / "comms-jwt.key"),
-        log_level=log_level,
-        pull_wait=pull_wait,
-        lease=lease,
-        enroll_rate=enroll_rate,
-        auth_rate=auth_rate,
-        tls_cert=str(tls_cert) if tls_cert else None,
-        tls_key=str(tls_key) if tls_key else None,
-        ca=str(ca) if ca else None,
-        forwarded_allow_ips=forwarded_allow_ips,
-        header_timeout=header_timeout,
-        body_timeout=body_timeout,
-        max_connections=max_connections,
+        jwt_key=jwt,
+        log_level=cfg.log_level,
+        pull_wait=cfg.pull_wait,
+        lease=cfg.lease,
+        enroll_rate=cfg.enroll_rate,
+        auth_rate=cfg.auth_rate,
+        tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
+        tls_key=str(cfg.tls_key) if cfg.tls_key else None,
+        ca=str(cfg.ca) if cfg.ca else None,
+        forwarded_allow_ips=cfg.forwarded_allow_ips,
+        header_timeout=cfg.header_timeout,
+        body_timeout=cfg.body_timeout,
+        max_connections=cfg.max_connections,
     )
     try:
         import uvloop

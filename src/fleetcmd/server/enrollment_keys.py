@@ -4,7 +4,7 @@ Kept in the indexer's `enrollment-keys` index, one document per key, holding onl
 SHA-256 of the key: a key is 256 random bits, so a fast hash is as good as a slow one (there
 is no dictionary to try) and keeps enrollment cheap. A key made by the Management API reads
 `fek1.<id>.<secret>`, so the server finds its document directly. The key a server is started
-with (`--enrollment-key`, FLEETCMD_ENROLLMENT_KEY or DATA_DIR/enrollment.key; what `fleetcmd
+with (`--enrollment-key-file`, FLEETCMD_ENROLLMENT_KEY or DATA_DIR/enrollment.key; what `fleetcmd
 up` uses) is registered as `configured-<hash prefix>` on start, unless it was revoked: a
 revoked configured key stays revoked across restarts.
 """

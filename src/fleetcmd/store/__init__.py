@@ -21,7 +21,11 @@ def open_store(url: str, migrate: bool = True) -> SqlStore:
     else:
         raise ValueError(f"unsupported store URL {url!r}: use sqlite:///PATH or postgresql://…")
     if migrate:
-        store.migrate()
+        try:
+            store.migrate()  # SchemaTooNew: a newer release migrated it; stop before writing
+        except BaseException:
+            store.close()
+            raise
         store.backfill_version_keys()
     return store
 

@@ -62,6 +62,25 @@ def schema_version(dialect: str) -> int:
     return max([1, *(n for n, _ in migrations(dialect))])
 
 
+class SchemaTooNew(RuntimeError):
+    """The store was migrated by a newer release: this one would misread it. Migrations only
+    go forward, so the node stops before it writes anything."""
+
+    def __init__(self, where: str, found: int, known: int) -> None:
+        super().__init__(
+            f"the store {where} has schema version {found}, newer than {known}, the newest this "
+            f"release of fleetcmd knows: it was upgraded by a newer release; run that release "
+            f"(or newer) on this node, never an older one (docs/deployment.md, upgrades)"
+        )
+        self.found, self.known = found, known
+
+
+def check_schema(where: str, found: int, dialect: str) -> None:
+    known = schema_version(dialect)
+    if found > known:
+        raise SchemaTooNew(where, found, known)
+
+
 def cursor_id(cursor: str | None) -> int | None:
     if cursor is None or cursor == "":
         return None

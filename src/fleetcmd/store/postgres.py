@@ -23,7 +23,14 @@ from psycopg import sql as pgsql
 from psycopg_pool import ConnectionPool
 
 from fleetcmd.errors import StoreUnavailable
-from fleetcmd.store.base import Moved, SqlStore, SqlTx, migrations, schema_version
+from fleetcmd.store.base import (
+    Moved,
+    SqlStore,
+    SqlTx,
+    check_schema,
+    migrations,
+    schema_version,
+)
 from fleetcmd.store.types import UpkeepReport
 
 log = logging.getLogger("fleetcmd.store.postgres")
@@ -157,6 +164,7 @@ class PostgresStore(SqlStore):
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             version = int(row[0]) if row else 0
+            check_schema(f"schema {self.schema}", version, "postgres")
             if version < 1:
                 script = resources.files("fleetcmd.store").joinpath("sql/schema_postgres.sql")
                 for stmt in script.read_text().split(";"):

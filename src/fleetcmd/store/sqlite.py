@@ -13,7 +13,14 @@ from typing import Any
 
 from fleetcmd.errors import StoreUnavailable
 from fleetcmd.model.records import dumps
-from fleetcmd.store.base import Moved, SqlStore, SqlTx, migrations, schema_version
+from fleetcmd.store.base import (
+    Moved,
+    SqlStore,
+    SqlTx,
+    check_schema,
+    migrations,
+    schema_version,
+)
 from fleetcmd.store.types import UpkeepReport
 
 SCHEMA_VERSION = schema_version("sqlite")
@@ -132,6 +139,7 @@ class SqliteStore(SqlStore):
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             version = int(row[0]) if row else 0
+            check_schema(self.path, version, "sqlite")
             if version < 1:
                 script = resources.files("fleetcmd.store").joinpath("sql/schema_sqlite.sql")
                 for stmt in script.read_text().split(";"):
