@@ -71,6 +71,14 @@ def indexer(
             min=0,
         ),
     ] = _IX.upkeep_interval,
+    node_silent_after: Annotated[
+        float,
+        typer.Option(
+            help="Seconds without a heartbeat after which a server node's undelivered agent "
+            "commands go to the nodes its agents reach now (0: wait for its leases to lapse).",
+            min=0,
+        ),
+    ] = _IX.node_silent_after,
     command_key: Annotated[
         Path | None,
         typer.Option(
@@ -130,6 +138,7 @@ def indexer(
             run_command_manager=cfg.command_manager,
             retention_days=cfg.retention_days,
             upkeep_interval=cfg.upkeep_interval,
+            node_silent_after=cfg.node_silent_after,
             signer=signer,
         ),
     )

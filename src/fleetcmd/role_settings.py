@@ -74,6 +74,12 @@ class IndexerSettings(StoreSettings):
     upkeep_interval: float = Field(
         60.0, ge=0, description="Seconds between the store's vacuum/analyze checks (0: never)."
     )
+    node_silent_after: float = Field(
+        15.0,
+        ge=0,
+        description="Seconds without a heartbeat after which a server node's undelivered "
+        "agent commands go to other nodes, before its leases lapse (0: wait for the leases).",
+    )
     command_key: Path | None = Field(
         None,
         description="Command-signing private key (0600; default "
