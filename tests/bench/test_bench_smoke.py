@@ -19,7 +19,7 @@ from fleetcmd_lab.bench import (
     preview,
     storm,
 )
-from support import PG_DSN, need_pg
+from support import PG_DSN, need_haproxy, need_pg
 
 
 def _json_line(out: str, name: str) -> dict:
@@ -107,6 +107,24 @@ def test_multinode_counts_duplicates_and_losses(capsys: pytest.CaptureFixture[st
     assert f["losses"] == 0 and f["duplicates_at_agents"] == 0
     assert sum(f["commands_by_server"].values()) == 40 and len(f["commands_by_server"]) == 2
     assert _json_line(capsys.readouterr().out, "multinode")["store"] == "postgresql"
+
+
+def test_topology_bench_kills_a_server_and_an_indexer_behind_haproxy(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fleetcmd_lab.bench import topology
+
+    need_pg()
+    need_haproxy()
+    f = topology.run(agents=20, store_url=PG_DSN)["figures"]
+    assert f["losses"] == 0
+    for phase in ("all_up", "server_killed", "indexer_killed"):
+        assert f[phase]["status"] == "success" and f[phase]["losses"] == 0, f
+    assert set(f["agents_by_node_after"]) == {"bench-server-0", "bench-server-1"} - {
+        f["server_killed"]["node"]
+    }
+    assert f["results_posted_by_agents"] == 60
+    assert _json_line(capsys.readouterr().out, "topology")["store"] == "postgresql"
 
 
 def test_rollout_bench_runs_and_reports(capsys: pytest.CaptureFixture[str]) -> None:

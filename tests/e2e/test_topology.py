@@ -15,9 +15,7 @@ At scale this is `fleetcmd bench multinode`; here a handful of agents keeps it i
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -31,7 +29,7 @@ from fleetcmd.launch import Process, clean_env, free_port, wait_url
 from fleetcmd.model.actions import ACTIONS
 from fleetcmd.tls import make_dev_certs
 from server.harness import ENROLLMENT_KEY, JWT_KEY, task_final
-from support import Indexer, Role, store_url_for, wait_until
+from support import Indexer, Role, need_haproxy, store_url_for, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "deploy" / "haproxy.cfg"
@@ -39,15 +37,6 @@ AGENTS = 4
 TOKEN = "topology-node-token"
 # "command 17: set-group-config" is the agent's log line when it runs a command.
 RAN = re.compile(r"command (\d+): (\S+)$", re.M)
-
-
-def haproxy() -> str:
-    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("haproxy is required here (CI): `make test` installs Debian's haproxy")
-        pytest.skip("haproxy not installed (apt-get install haproxy, or `make test`)")
-    return found
 
 
 class Topology:
@@ -128,7 +117,7 @@ class Topology:
             env[f"FLEETCMD_SERVER{i}_MANAGEMENT"] = f"127.0.0.1:{management}"
         self.lb = Process(
             "haproxy",
-            [haproxy(), "-db", "-f", str(CONFIG)],
+            [need_haproxy(), "-db", "-f", str(CONFIG)],
             self.tmp / "haproxy.log",
             clean_env(**env),
         ).start()
@@ -212,7 +201,7 @@ def login_tls(api: str, user: str, password: str, ca: str) -> httpx.Client:
 
 @pytest.fixture
 def topo(tmp_path: Path) -> Iterator[Topology]:
-    haproxy()
+    need_haproxy()
     with store_url_for("postgres", tmp_path) as url:
         t = Topology(tmp_path, url).start()
         try:

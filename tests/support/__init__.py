@@ -39,6 +39,16 @@ def need_pg() -> None:
         pytest.skip(f"PostgreSQL not reachable at {PG_DSN} (set FLEETCMD_TEST_PG)")
 
 
+def need_haproxy() -> str:
+    """Debian's HAProxy (`make packages` installs it); missing: a failure in CI, else a skip."""
+    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("haproxy is required here (CI): `make test` installs Debian's haproxy")
+        pytest.skip("haproxy not installed (apt-get install haproxy, or `make packages`)")
+    return found
+
+
 @contextmanager
 def store_url_for(kind: str, tmp: Path) -> Iterator[str]:
     """A store URL of its own: a SQLite file in `tmp`, or a fresh PostgreSQL schema."""

@@ -159,3 +159,16 @@ def bench_multinode(
     from fleetcmd_lab.bench import multinode
 
     multinode.run(agents, tasks, store, log_dir=log_dir)
+
+
+@bench_app.command("topology")
+def bench_topology(
+    store: Annotated[str, typer.Option(help="postgresql://… (a scratch schema is used)")],
+    agents: Annotated[int, typer.Option(help="Simulated agents, all through HAProxy.")] = 2000,
+    log_dir: LogDir = None,
+) -> None:
+    """2 indexers + 2 servers behind HAProxy (deploy/haproxy.cfg): a server killed, then an
+    indexer, each just after a task to all agents was filed; time to every result, losses."""
+    from fleetcmd_lab.bench import topology
+
+    topology.run(agents, store, log_dir=log_dir)

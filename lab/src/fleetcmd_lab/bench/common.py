@@ -109,7 +109,11 @@ class Cluster:
         servers: int = 1,
         indexers: int = 1,
         log_level: str = "warning",
+        balancer: bool = False,
     ) -> None:
+        """`balancer`: Debian's HAProxy in front, running deploy/haproxy.cfg (two servers and
+        two indexers): agents reach the servers through it (`comms_urls` is its address) and
+        the servers reach the indexers through it."""
         import signal
         import threading
 
@@ -128,6 +132,7 @@ class Cluster:
             # every server node shares one token-signing key
             FLEETCMD_JWT_KEY="bench-jwt-key-" + "0" * 32,
         )
+        self.balancer = balancer
         try:
             self._launch(env, store_url, data_dir, servers, indexers, log_level)
         except BaseException:
@@ -172,16 +177,20 @@ class Cluster:
             wait_url(f"{url}/health", 60, role)
         self.comms_urls: list[str] = []
         self.management_urls: list[str] = []
-        for i in range(servers):
-            comms, mgmt = free_port(), free_port()
+        ports = [(free_port(), free_port()) for _ in range(servers)]
+        for comms, mgmt in ports:
             self.comms_urls.append(f"http://127.0.0.1:{comms}")
             self.management_urls.append(f"http://127.0.0.1:{mgmt}")
+        pull_from = self.indexer_urls
+        if self.balancer:
+            pull_from = [self._start_balancer(ports)]
+        for i, (comms, mgmt) in enumerate(ports):
             server = self._start(
                 f"server-{i}",
                 [
                     "server",
                     "--indexer",
-                    self.indexer_urls[i % indexers],
+                    pull_from[i % len(pull_from)],
                     "--comms-port",
                     str(comms),
                     "--management-port",
@@ -205,6 +214,59 @@ class Cluster:
             for url in urls:
                 wait_url(f"{url}/health", 60, server)
         self.indexer = self.indexer_urls[0]
+        if self.balancer:
+            self.server_comms_urls = self.comms_urls
+            self.comms_urls = [self.balanced_comms]
+            self.indexer = self.balanced_indexer
+            self._wait_balanced()
+
+    def _wait_balanced(self, timeout: float = 30.0) -> None:
+        """Until HAProxy sends requests to both server nodes (it takes a node in after two
+        good checks; without an Authorization header it goes round robin)."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        seen: set[str] = set()
+        while time.monotonic() < deadline and len(seen) < len(self.servers):
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                r = httpx.get(f"{self.balanced_comms}/health", timeout=2)
+                if r.status_code == 200:
+                    seen.add(r.json()["node"])
+            time.sleep(0.1)
+        if len(seen) < len(self.servers):
+            raise RuntimeError(f"HAProxy sends requests to {sorted(seen)} only")
+
+    def _start_balancer(self, servers: list[tuple[int, int]]) -> str:
+        """HAProxy with the shipped configuration, the addresses given through its
+        environment; returns the indexer address it serves."""
+        import shutil
+
+        exe = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+        if exe is None:
+            raise RuntimeError("the balancer needs Debian's haproxy (make packages)")
+        if len(servers) != 2 or len(self.indexer_urls) != 2:
+            raise ValueError("deploy/haproxy.cfg names two servers and two indexers")
+        config = Path(__file__).resolve().parents[4] / "deploy" / "haproxy.cfg"
+        comms, management, indexer = free_port(), free_port(), free_port()
+        env = clean_env(
+            FLEETCMD_COMMS_BIND=f"127.0.0.1:{comms}",
+            FLEETCMD_MANAGEMENT_BIND=f"127.0.0.1:{management}",
+            FLEETCMD_INDEXER_BIND=f"127.0.0.1:{indexer}",
+            FLEETCMD_MAXCONN="9000",  # this host allows 20,000 open files a process
+        )
+        for i, url in enumerate(self.indexer_urls, start=1):
+            env[f"FLEETCMD_INDEXER{i}"] = url.removeprefix("http://")
+        for i, (c, m) in enumerate(servers, start=1):
+            env[f"FLEETCMD_SERVER{i}_COMMS"] = f"127.0.0.1:{c}"
+            env[f"FLEETCMD_SERVER{i}_MANAGEMENT"] = f"127.0.0.1:{m}"
+        env.pop("FLEETCMD_TLS_PEM", None)  # plain HTTP: the simulator speaks no TLS
+        log = Path(self.dir) / "haproxy.log"
+        lb = Process("haproxy", [exe, "-db", "-f", str(config)], log, env, many_files=True)
+        self.roles.append(lb.start())
+        self.balanced_comms = f"http://127.0.0.1:{comms}"
+        self.balanced_indexer = f"http://127.0.0.1:{indexer}"
+        wait_url(f"{self.balanced_indexer}/health", 30, lb)
+        return self.balanced_indexer
 
     def _start(self, name: str, args: list[str], env: dict[str, str]) -> Process:
         """Started, not waited for: the roles of one kind come up side by side."""

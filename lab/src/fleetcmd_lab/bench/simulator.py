@@ -124,7 +124,11 @@ class Connection:
         retry_after = None
         with contextlib.suppress(ValueError):
             retry_after = float(headers["retry-after"]) if "retry-after" in headers else None
-        return status, json.loads(body) if body else None, keep, retry_after
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:  # a proxy's own error page (HAProxy's 502/503 are HTML)
+            data = body.decode(errors="replace")
+        return status, data, keep, retry_after
 
 
 class SimAgent:
