@@ -188,6 +188,8 @@ def test_cti_cli_keygen_and_build(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     trusted = signing.TrustedKeys((signing.load_public(str(signing.pub_path(key))),))
     m = parse_manifest((out / MANIFEST).read_bytes(), trusted)
-    assert m.serial == 3 and len(m.items) == 11  # no agent package without --sample-package
+    sources = [p for p in sample.SAMPLE_SOURCE.rglob("*") if p.is_file() and p.name != "feed.yaml"]
+    assert m.serial == 3 and len(m.items) == len(sources)  # one item a source file
+    assert not [i for i in m.items if "package" in i.type]  # none without --sample-package
     r = runner.invoke(app, ["cti", "build", str(sample.SAMPLE_SOURCE), str(out), "--key", str(key)])
     assert r.exit_code == 0 and "serial 4" in r.output

@@ -185,7 +185,10 @@ def test_an_agent_whose_enrollment_answer_is_lost_enrolls_once(
             assert agent.alive(), agent.log()[-3000:]
             creds = json.loads((state / "credentials.json").read_text())
             assert proxy.enrolls >= 2 and proxy.lost[0]["data"]["id"] == creds["id"]
-            assert not (state / "enrollment.json").exists()  # the credentials replace it
+            # the credentials replace it (written first, so it goes a moment after)
+            wait_until(
+                lambda: not (state / "enrollment.json").exists(), 10, what="enrollment.json gone"
+            )
             with idx.client() as c:
                 assert [a["id"] for a in agents_named(c, "agent-lost")] == [creds["id"]]
                 wait_until(
