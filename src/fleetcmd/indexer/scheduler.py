@@ -236,6 +236,7 @@ class Scheduler:
                     scope=None
                     if scope is None
                     else AgentScope(tuple(scope.get("ids", ())), tuple(scope.get("groups", ()))),
+                    override_freeze=bool(task.get("override_freeze")),
                 ),
             )
         except FleetError as exc:

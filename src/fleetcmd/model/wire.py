@@ -28,6 +28,8 @@ class TaskIn(BaseModel):
     rollout: dict[str, Any] | None = None  # a rollout policy (docs/rollouts.md)
     # From `POST /tasks/preview`: the task reaches exactly the agents the preview froze.
     preview_token: str | None = Field(default=None, min_length=1, max_length=128)
+    # File through a current freeze (needs `freeze:override`; audited).
+    override_freeze: bool = False
 
 
 class ScopeIn(BaseModel):
