@@ -1,0 +1,172 @@
+"""Schedules and freezes over real HTTP, on both stores (issue 17): a schedule is checked as
+its task would be (RBAC reach, a scoped user's groups), every change is audited, each
+occurrence is filed as its creator on a test clock the test moves; a freeze refuses tasks
+that reach its agents, and only a holder of `freeze:override` passes it, audited."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from server.harness import FakeAgent, Server, fleet, login, task_final
+from support import Indexer, store_url_for, wait_until
+
+PW = "correct-horse-battery"
+START = datetime(2026, 11, 2, 9, tzinfo=UTC)
+
+
+class Env:
+    def __init__(self, idx: Indexer, srv: Server, clock: Path) -> None:
+        self.idx, self.srv, self.clock = idx, srv, clock
+        self.admin = srv.admin()
+        for g in ("web", "db"):
+            r = self.admin.post(
+                "/tasks",
+                json={
+                    "type": "group-configuration-change",
+                    "params": {"group": g, "configuration": {"g": g}},
+                },
+            )
+            task_final(self.admin, r.json()["data"]["id"])
+        self.agents = [FakeAgent(srv.comms, n, [g]) for n, g in (("w1", "web"), ("d1", "db"))]
+        r = self.admin.put(
+            "/security/roles/db-ops",
+            json={
+                "policies": [
+                    {
+                        "actions": ["task:create", "task:read", "task:cancel", "agent:read"],
+                        "resources": ["agent:group:db"],
+                    }
+                ]
+            },
+        )
+        assert r.status_code == 200, r.text
+        self.users: dict[str, httpx.Client] = {}
+
+    def user(self, name: str, roles: list[str]) -> httpx.Client:
+        if name not in self.users:
+            r = self.admin.post(
+                "/security/users", json={"name": name, "password": PW, "roles": roles}
+            )
+            assert r.status_code == 201, r.text
+            self.users[name] = login(self.srv.api, name, PW)
+        return self.users[name]
+
+    def at(self, when: datetime) -> None:
+        self.clock.write_text(str(when.timestamp()))
+
+    def audit(self, action: str) -> list[dict[str, Any]]:
+        r = self.admin.get("/audit", params={"action": action, "limit": 100})
+        assert r.status_code == 200, r.text
+        return list(r.json()["data"]["items"])
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tmp = tmp_path_factory.mktemp(f"sched-{request.param}")
+    clock = tmp / "clock"
+    clock.write_text(str(START.timestamp()))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FLEETCMD_SCHEDULER_CLOCK", str(clock))
+    try:
+        with store_url_for(request.param, tmp) as url, fleet(url, tmp) as (idx, [srv]):
+            yield Env(idx, srv, clock)
+    finally:
+        mp.undo()
+
+
+def schedule(group: str, **kw: Any) -> dict[str, Any]:
+    return {
+        "name": f"rescan {group}",
+        "task": {"type": "vulnerability-rescan", "params": {"group": group}},
+        "rrule": "FREQ=HOURLY;BYMINUTE=30",
+        "tz": "Europe/Paris",
+        **kw,
+    }
+
+
+def test_schedule_checked_filed_as_creator_and_audited(env: Env) -> None:
+    db = env.user("dora", ["db-ops"])
+    ro = env.user("rita", ["readonly"])
+    # checked as the task would be: a readonly user files nothing, a db operator not on web
+    assert ro.post("/schedules", json=schedule("db")).status_code == 403
+    refused = db.post("/schedules", json=schedule("web"))
+    assert refused.status_code == 403, refused.text
+    bad = db.post("/schedules", json=schedule("db", rrule="FREQ=NEVER"))
+    assert bad.status_code == 422 and "RRULE" in bad.text
+    r = db.post("/schedules", json=schedule("db"))
+    assert r.status_code == 201, r.text
+    sched = r.json()["data"]
+    assert sched["user"] == "dora" and [n["at"] for n in sched["next"][:2]] == [
+        "2026-11-02T09:30:00Z",
+        "2026-11-02T10:30:00Z",
+    ]
+    assert sched["next"][0]["local"] == "2026-11-02T10:30:00+01:00"
+    creates = env.audit("schedule.create")
+    assert {(a["actor"], a["outcome"]) for a in creates} >= {
+        ("dora", "success"),
+        ("dora", "denied"),
+    }
+    env.at(START + timedelta(minutes=30, seconds=1))
+    wait_until(
+        lambda: db.get(f"/schedules/{sched['id']}").json()["data"]["occurrences"],
+        20,
+        what="the first occurrence",
+    )
+    (occ,) = db.get(f"/schedules/{sched['id']}").json()["data"]["occurrences"]
+    assert occ["outcome"] == "filed" and occ["occurrence_at"] == "2026-11-02T09:30:00Z"
+    task = env.admin.get(f"/tasks/{occ['task_id']}").json()["data"]
+    assert task["user"] == "dora" and task["type"] == "vulnerability-rescan"
+    # the web operator's list leaves out what they may not read; admin sees it
+    assert [s["id"] for s in db.get("/schedules").json()["data"]["items"]] == [sched["id"]]
+    for verb in ("pause", "resume"):
+        r = db.post(f"/schedules/{sched['id']}/{verb}")
+        assert r.status_code == 200, r.text
+    assert db.post(f"/schedules/{sched['id']}/resume").status_code == 409
+    assert ro.post(f"/schedules/{sched['id']}/pause").status_code == 403
+    assert db.delete(f"/schedules/{sched['id']}").status_code == 204
+    assert env.admin.get(f"/schedules/{sched['id']}").status_code == 404
+    done = {(a["action"], a["actor"]) for a in env.audit("schedule.delete")}
+    assert ("schedule.delete", "dora") in done
+    assert [a["outcome"] for a in env.audit("task.cancel") if a["actor"] == "rita"] == ["denied"]
+
+
+def test_freeze_refuses_override_needs_permission_and_is_audited(env: Env) -> None:
+    op = env.user("otto", ["operator"])
+    now = datetime.now(UTC)
+    body = {
+        "name": "db freeze",
+        "selector": "group = db",
+        "starts_at": (now - timedelta(minutes=1)).isoformat(),
+        "ends_at": (now + timedelta(hours=1)).isoformat(),
+        "reason": "quarter end",
+    }
+    assert op.post("/freezes", json=body).status_code == 403  # the system's, not an operator's
+    bad = env.admin.post("/freezes", json={**body, "selector": "group ="})
+    assert bad.status_code == 422, bad.text
+    r = env.admin.post("/freezes", json=body)
+    assert r.status_code == 201, r.text
+    freeze = r.json()["data"]
+    task = {"type": "vulnerability-rescan", "params": {"group": "db"}}
+    refused = op.post("/tasks", json=task)
+    assert refused.status_code == 403 and "db freeze" in refused.text, refused.text
+    assert op.post("/tasks", json={**task, "override_freeze": True}).status_code == 403
+    web = op.post("/tasks", json={"type": "vulnerability-rescan", "params": {"group": "web"}})
+    assert web.status_code == 202, web.text  # agents outside the freeze are not held back
+    passed = env.admin.post("/tasks", json={**task, "override_freeze": True})
+    assert passed.status_code == 202, passed.text
+    records = env.audit("freeze.override")
+    assert sorted((r["actor"], r["outcome"]) for r in records) == [
+        ("admin", "success"),
+        ("otto", "denied"),
+    ]
+    (used,) = [r for r in records if r["outcome"] == "success"]
+    assert used["details"]["freezes"][0]["agents"] == 1
+    assert [f["id"] for f in env.admin.get("/freezes").json()["data"]["items"]] == [freeze["id"]]
+    assert env.admin.delete(f"/freezes/{freeze['id']}").status_code == 204
+    assert op.post("/tasks", json=task).status_code == 202
