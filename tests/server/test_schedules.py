@@ -5,6 +5,8 @@ that reach its agents, and only a holder of `freeze:override` passes it, audited
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +16,7 @@ import httpx
 import pytest
 
 from server.harness import FakeAgent, Server, fleet, login, task_final
-from support import Indexer, store_url_for, wait_until
+from support import FLEETCMD, Indexer, store_url_for, wait_until
 
 PW = "correct-horse-battery"
 START = datetime(2026, 11, 2, 9, tzinfo=UTC)
@@ -170,3 +172,45 @@ def test_freeze_refuses_override_needs_permission_and_is_audited(env: Env) -> No
     assert [f["id"] for f in env.admin.get("/freezes").json()["data"]["items"]] == [freeze["id"]]
     assert env.admin.delete(f"/freezes/{freeze['id']}").status_code == 204
     assert op.post("/tasks", json=task).status_code == 202
+
+
+def cli(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    password = (env.srv.data_dir / "admin.password").read_text().strip()
+    return subprocess.run(
+        [*FLEETCMD, *args, "--api", env.srv.api, "--password", password],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_schedule_cli(env: Env) -> None:
+    r = cli(
+        env,
+        "schedule",
+        "create",
+        "nightly web",
+        "vulnerability-rescan",
+        "-p",
+        "group=web",
+        "--rrule",
+        "FREQ=DAILY;BYHOUR=2;BYMINUTE=30",
+        "--tz",
+        "Europe/Paris",
+        "--start",
+        "2026-11-03T02:30",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "next: 2026-11-03T02:30:00+01:00, 2026-11-04T02:30:00+01:00" in r.stdout
+    sid = r.stdout.split()[1]
+    listed = cli(env, "schedule", "list")
+    assert "nightly web" in listed.stdout and "FREQ=DAILY" in listed.stdout, listed.stderr
+    assert "paused" in cli(env, "schedule", "pause", sid).stdout
+    assert "active" in cli(env, "schedule", "resume", sid).stdout
+    shown = json.loads(cli(env, "schedule", "show", sid).stdout)
+    assert shown["name"] == "nightly web" and len(shown["next"]) == 5
+    bad = cli(env, "schedule", "create", "x", "vulnerability-rescan", "--tz", "Nowhere/At_All")
+    assert bad.returncode == 1 and "time zone" in bad.stderr
+    assert "deleted" in cli(env, "schedule", "delete", sid).stdout
+    gone = cli(env, "schedule", "show", sid)
+    assert gone.returncode == 1 and "404" in gone.stderr
