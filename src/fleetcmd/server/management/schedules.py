@@ -91,7 +91,7 @@ async def file_schedule(
     return out
 
 
-async def _readable(st: ServerState, user: User, action: str, sched: dict[str, Any]) -> bool:
+async def readable(st: ServerState, user: User, action: str, sched: dict[str, Any]) -> bool:
     if sched["user"] == user.name:
         return True
     task = {"id": sched["id"], "user": sched["user"], **sched["task"]}
@@ -102,7 +102,7 @@ async def _mine(
     st: ServerState, request: Request, user: User, action: str, schedule_id: int
 ) -> dict[str, Any]:
     sched: dict[str, Any] = await st.indexer.get(f"/schedules/{schedule_id}")
-    if not await _readable(st, user, action, sched):
+    if not await readable(st, user, action, sched):
         await deny(st, request, user, action, f"schedule:{schedule_id}")
     return sched
 
@@ -120,7 +120,7 @@ async def create_schedule(
 async def list_schedules(st: State, user: Reader_) -> dict[str, Any]:
     """The schedules whose task the caller may read, each with its next five occurrences."""
     items = (await st.indexer.get("/schedules"))["items"]
-    return {"data": {"items": [s for s in items if await _readable(st, user, "task:read", s)]}}
+    return {"data": {"items": [s for s in items if await readable(st, user, "task:read", s)]}}
 
 
 @router.get("/schedules/{schedule_id}")
@@ -131,7 +131,7 @@ async def show_schedule(
     return {"data": await _mine(st, request, user, "task:read", schedule_id)}
 
 
-async def _change(
+async def change_schedule(
     st: ServerState, request: Request, user: User, schedule_id: int, verb: str
 ) -> Any:
     sched = await _mine(st, request, user, "task:cancel", schedule_id)
@@ -148,7 +148,7 @@ async def _change(
 async def pause_schedule(
     schedule_id: int, request: Request, st: State, user: Canceller
 ) -> dict[str, Any]:
-    return {"data": await _change(st, request, user, schedule_id, "pause")}
+    return {"data": await change_schedule(st, request, user, schedule_id, "pause")}
 
 
 @router.post("/schedules/{schedule_id}/resume")
@@ -156,7 +156,7 @@ async def resume_schedule(
     schedule_id: int, request: Request, st: State, user: Canceller
 ) -> dict[str, Any]:
     """Goes on from now: occurrences that fell while it was paused are not filed."""
-    return {"data": await _change(st, request, user, schedule_id, "resume")}
+    return {"data": await change_schedule(st, request, user, schedule_id, "resume")}
 
 
 @router.delete("/schedules/{schedule_id}", status_code=204)
@@ -164,7 +164,7 @@ async def delete_schedule(
     schedule_id: int, request: Request, st: State, user: Canceller
 ) -> Response:
     """The schedule goes; the tasks it filed stay."""
-    await _change(st, request, user, schedule_id, "delete")
+    await change_schedule(st, request, user, schedule_id, "delete")
     return Response(status_code=204)
 
 
