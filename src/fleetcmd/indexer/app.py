@@ -43,6 +43,7 @@ from fleetcmd.indexer.signing import CommandSigner, record_key
 from fleetcmd.indexer.state import IndexerState, Metrics
 from fleetcmd.indexer.task_manager import TaskManager
 from fleetcmd.indexer.user_proofs import UserProofs
+from fleetcmd.indexer.windows import WindowGate
 from fleetcmd.store.base import SqlStore
 
 log = logging.getLogger("fleetcmd.indexer")
@@ -97,6 +98,19 @@ async def schedule_loop(st: IndexerState, test_clock: bool) -> None:
         await wait_for(event, min(pause, TEST_CLOCK_SLEEP) if test_clock else pause)
 
 
+async def window_loop(st: IndexerState, test_clock: bool) -> None:
+    """Open and close maintenance windows around held commands: asleep until the next
+    opening or closing, woken when a window or a windowed task is written."""
+    while True:
+        event = st.waker.event("window")
+        try:
+            pause = await run_in_threadpool(st.windows.run_once)
+        except Exception:
+            log.exception("maintenance window pass failed")
+            pause = 1.0
+        await wait_for(event, min(pause, TEST_CLOCK_SLEEP) if test_clock else pause)
+
+
 async def rollout_loop(st: IndexerState) -> None:
     """Step running rollouts: woken by results and control actions, else on a short timer."""
     while True:
@@ -128,6 +142,7 @@ def create_app(store: SqlStore, options: IndexerOptions) -> FastAPI:
         commands=CommandManager(store),
         rollouts=RolloutScheduler(store),
         schedules=Scheduler(tasks_, clock),
+        windows=WindowGate(store, clock),
         waker=waker,
         metrics=Metrics(),
         signer=signer,
@@ -157,6 +172,7 @@ def create_app(store: SqlStore, options: IndexerOptions) -> FastAPI:
         )
         loops.append(asyncio.create_task(upkeep_loop(st, options.upkeep_interval)))
         loops.append(asyncio.create_task(schedule_loop(st, test_clock)))
+        loops.append(asyncio.create_task(window_loop(st, test_clock)))
         if options.run_command_manager:
             loops.append(asyncio.create_task(command_manager_loop(st)))
             loops.append(asyncio.create_task(rollout_loop(st)))

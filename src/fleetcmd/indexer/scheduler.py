@@ -237,6 +237,7 @@ class Scheduler:
                     if scope is None
                     else AgentScope(tuple(scope.get("ids", ())), tuple(scope.get("groups", ()))),
                     override_freeze=bool(task.get("override_freeze")),
+                    window=task.get("window"),
                 ),
             )
         except FleetError as exc:

@@ -15,6 +15,7 @@ from fleetcmd.indexer.scheduler import Scheduler
 from fleetcmd.indexer.signing import CommandSigner
 from fleetcmd.indexer.task_manager import TaskManager
 from fleetcmd.indexer.user_proofs import UserProofs
+from fleetcmd.indexer.windows import WindowGate
 from fleetcmd.store.base import SqlStore
 
 
@@ -71,6 +72,7 @@ class IndexerState:
     commands: CommandManager
     rollouts: RolloutScheduler
     schedules: Scheduler
+    windows: WindowGate
     waker: Waker
     metrics: Metrics
     signer: CommandSigner

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetcmd.errors import Conflict, Forbidden, InvalidParams
-from fleetcmd.indexer import freezes, rollouts
+from fleetcmd.indexer import freezes, rollouts, windows
 from fleetcmd.indexer.parts import NOTHING, PARTS
 from fleetcmd.model import params as p
 from fleetcmd.model import selectors
@@ -53,6 +53,9 @@ class TaskRequest:
     rerun_statuses: tuple[str, ...] = ()
     # The filer holds `freeze:override` and asks to file through a freeze (audited).
     override_freeze: bool = False
+    # Its agent commands run only inside their agents' maintenance windows; one not
+    # delivered before its window closes waits for the "next" or ends ("expire").
+    window: str | None = None
 
 
 class TaskManager:
@@ -98,6 +101,7 @@ class TaskManager:
             raise InvalidParams("'idempotency_key' must be 1-200 characters")
         if req.rollout is not None:
             rollouts.validate_request(spec.task_type, req.rollout)
+        windows.check_request(req.window, spec.expansion is Expansion.BY_TASK_MANAGER, req.rollout)
         return spec, parsed
 
     def check(self, req: TaskRequest) -> None:
@@ -164,7 +168,8 @@ class TaskManager:
         approval policy holds, when its last approval comes in (indexer/approvals.py)."""
         params = parsed.stored()
         timeout = req.timeout or spec.timeout
-        expires_at = tx.now + (req.expires_in or DEFAULT_DELIVERY_WINDOW)
+        default = DEFAULT_DELIVERY_WINDOW if req.window is None else windows.DEFAULT_HELD_DEADLINE
+        expires_at = tx.now + (req.expires_in or default)
         if req.rollout is not None:
             policy = rollouts.validate_request(spec.task_type, req.rollout)
             rollouts.begin(tx, task_id, spec.task_type, policy, parsed)
@@ -201,6 +206,8 @@ class TaskManager:
                 ),
                 selection,
             )
+            if req.window is not None:
+                tx.hold_for_windows(task_id, req.window)
         else:
             nodes = tx.active_nodes(NODE_MAX_AGE) or ["*"]
             tx.insert_commands(
@@ -290,6 +297,7 @@ class TaskManager:
                 "timeout": req.timeout,
                 "expires_in": req.expires_in,
                 "rollout": req.rollout,
+                "window": req.window,
             },
         }
 

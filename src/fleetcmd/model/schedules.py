@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from dateutil.rrule import rrule, rrulestr
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fleetcmd.model import selectors
 from fleetcmd.model.wire import Filer, TaskIn
 
 MissedPolicy = Literal["run-once", "skip"]
@@ -215,6 +216,32 @@ class FreezeIn(BaseModel):
 
 
 class FreezeToIndexer(FreezeIn, Filer):
+    pass
+
+
+class WindowIn(BaseModel):
+    """`POST /windows`: the agents `selector` matches may run windowed tasks from each
+    occurrence of `rrule` (local times in `tz`, from `start`) for `duration` seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    selector: str = Field(min_length=1, max_length=4096)
+    rrule: str = Field(min_length=1, max_length=1000)
+    start: str = Field(default="2000-01-01T00:00", max_length=32)
+    tz: str = Field(default="UTC", min_length=1, max_length=64)
+    duration: float = Field(gt=0, le=7 * 86400)
+
+    @model_validator(mode="after")
+    def _readable(self) -> WindowIn:
+        try:
+            Recurrence(self.rrule, self.start, self.tz)
+            selectors.parse(self.selector)
+        except (ScheduleError, selectors.SelectorError) as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class WindowToIndexer(WindowIn, Filer):
     pass
 
 

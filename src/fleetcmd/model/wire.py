@@ -30,6 +30,9 @@ class TaskIn(BaseModel):
     preview_token: str | None = Field(default=None, min_length=1, max_length=128)
     # File through a current freeze (needs `freeze:override`; audited).
     override_freeze: bool = False
+    # Run its agent commands only inside their agents' maintenance windows: one not
+    # delivered before its window closes waits for the next ("next") or ends ("expire").
+    window: Literal["next", "expire"] | None = None
 
 
 class ScopeIn(BaseModel):

@@ -5,7 +5,8 @@ of fleetcmd imports.
 Where each part lives: `core.py` (transactions, status moves, counts, roll-up),
 `stream.py` (leases, marks, results, sweep, command reads), `tasks.py`, `agents.py`,
 `groups.py` (groups and configurations), `documents.py` (documents and blobs), `audit.py`,
-`nodes.py`, `schedules.py` (schedules, occurrences, freezes); `rollouts.py` and
+`nodes.py`, `schedules.py` (schedules, occurrences, freezes), `windows.py` (maintenance
+windows and held commands); `rollouts.py` and
 `retention.py` are functions over a `SqlTx`/`SqlStore`.
 """
 
@@ -33,6 +34,7 @@ from fleetcmd.store.schedules import FreezesTx, SchedulesStore, SchedulesTx
 from fleetcmd.store.stream import REMOVED_OFFLINE, REMOVED_UNDELIVERED, StreamStore, StreamTx
 from fleetcmd.store.targets import TargetsStore, TargetsTx
 from fleetcmd.store.tasks import TASK_COLS, TasksStore, TasksTx, task_from_row
+from fleetcmd.store.windows import WindowsStore, WindowsTx
 
 
 class SqlTx(
@@ -47,6 +49,7 @@ class SqlTx(
     NodesTx,
     SchedulesTx,
     FreezesTx,
+    WindowsTx,
 ):
     """One open transaction with the domain operations the task and command managers use."""
 
@@ -62,6 +65,7 @@ class SqlStore(
     AuditStore,
     NodesStore,
     SchedulesStore,
+    WindowsStore,
 ):
     """The store, as every consumer sees it (both backends subclass it)."""
 

@@ -1,4 +1,5 @@
-"""Schedules and freezes: the scheduler's and the freeze calendar's front door."""
+"""Schedules, freezes and maintenance windows: the scheduler's, the freeze calendar's and the
+window gate's front door."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
+from fleetcmd.errors import NotFound
 from fleetcmd.indexer import freezes
 from fleetcmd.indexer.api.operators import scope_of
 from fleetcmd.indexer.state import IndexerState, authorized
-from fleetcmd.model.schedules import FreezeToIndexer, ScheduleToIndexer
+from fleetcmd.model.schedules import FreezeToIndexer, ScheduleToIndexer, WindowToIndexer
 
 router = APIRouter(tags=["schedules"])
 Auth = Annotated[IndexerState, Depends(authorized)]
@@ -77,3 +79,31 @@ async def list_freezes(st: Auth, current: bool = False) -> dict[str, Any]:
 async def delete_freeze(freeze_id: int, st: Auth) -> dict[str, Any]:
     await run_in_threadpool(freezes.delete, st.store, freeze_id)
     return {"data": {"deleted": freeze_id}}
+
+
+@router.post("/windows", status_code=201)
+async def create_window(body: WindowToIndexer, st: Auth) -> dict[str, Any]:
+    who = await run_in_threadpool(st.proofs.attribute, body.user, body.proof)
+    view = await run_in_threadpool(st.windows.create, body, who.user)
+    st.waker.fire("window")
+    return {"data": view}
+
+
+@router.get("/windows")
+async def list_windows(st: Auth) -> dict[str, Any]:
+    return {"data": {"items": await run_in_threadpool(st.windows.list)}}
+
+
+@router.delete("/windows/{window_id}")
+async def delete_window(window_id: int, st: Auth) -> dict[str, Any]:
+    await run_in_threadpool(st.windows.delete, window_id)
+    return {"data": {"deleted": window_id}}
+
+
+@router.get("/tasks/{task_id}/windows")
+async def task_windows(task_id: int, st: Auth) -> dict[str, Any]:
+    """Held, pending and "missed window" counts of a task that requires windows."""
+    report = await run_in_threadpool(st.store.task_window_report, task_id)
+    if report is None:
+        raise NotFound(f"task {task_id} does not wait for maintenance windows")
+    return {"data": report}

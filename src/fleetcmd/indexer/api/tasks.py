@@ -34,6 +34,7 @@ async def submit_task(body: TaskToIndexer, st: Auth, response: Response) -> dict
         scope_of(body.scope),
         body.preview_token,
         override_freeze=body.override_freeze,
+        window=body.window,
     )
     task, created = await run_in_threadpool(st.tasks.submit, req)
     if created:

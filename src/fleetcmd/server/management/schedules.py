@@ -1,7 +1,8 @@
-"""Schedules and freezes on the Management API. A schedule is checked as its task would be
-when filed (the creator's reach over its params, a freeze override's permission) and keeps
-the creator's scope: the indexer files each occurrence as the creator. Freezes are the
-system's (`freeze:create`, `freeze:delete`: administrators); every change is audited."""
+"""Schedules, freezes and maintenance windows on the Management API. A schedule is checked
+as its task would be when filed (the creator's reach over its params, a freeze override's
+permission) and keeps the creator's scope: the indexer files each occurrence as the creator.
+Freezes are the system's (`freeze:create`, `freeze:delete`: administrators), and so are
+windows (`window:create`, `window:delete`); every change is audited."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from fleetcmd.errors import FleetError
-from fleetcmd.model.schedules import FreezeIn, ScheduleIn
+from fleetcmd.model.schedules import FreezeIn, ScheduleIn, WindowIn
 from fleetcmd.server import audit
 from fleetcmd.server.access import Reader, check_task, task_scope
 from fleetcmd.server.indexer_client import IndexerError
@@ -24,6 +25,8 @@ Reader_ = Annotated[User, Depends(require("task:read"))]
 Canceller = Annotated[User, Depends(require("task:cancel"))]
 FreezeCreator = Annotated[User, Depends(require("freeze:create"))]
 FreezeDeleter = Annotated[User, Depends(require("freeze:delete"))]
+WindowCreator = Annotated[User, Depends(require("window:create"))]
+WindowDeleter = Annotated[User, Depends(require("window:delete"))]
 OVERRIDE = "freeze:override"
 
 
@@ -192,3 +195,39 @@ async def delete_freeze(
     call = st.indexer.request("DELETE", f"/freezes/{freeze_id}", retries=0)
     await _audited(st, request, user, "freeze.delete", f"freeze:{freeze_id}", {}, call)
     return Response(status_code=204)
+
+
+@router.post("/windows", status_code=201)
+async def create_window(
+    body: WindowIn, request: Request, user: WindowCreator, st: State
+) -> dict[str, Any]:
+    """The agents `selector` matches may run windowed tasks from each opening of `rrule`
+    (local times in `tz`) for `duration` seconds."""
+    payload = {**body.model_dump(), "user": user.name, "proof": user_proof(request)}
+    details = {"name": body.name, "selector": body.selector, "rrule": body.rrule}
+    call = st.indexer.post("/windows", payload, retries=0)
+    return {"data": await _audited(st, request, user, "window.create", None, details, call)}
+
+
+@router.get("/windows")
+async def list_windows(st: State, user: Reader_) -> dict[str, Any]:
+    """Each window, whether it is open, and its next five openings."""
+    return {"data": await st.indexer.get("/windows")}
+
+
+@router.delete("/windows/{window_id}", status_code=204)
+async def delete_window(
+    window_id: int, request: Request, user: WindowDeleter, st: State
+) -> Response:
+    call = st.indexer.request("DELETE", f"/windows/{window_id}", retries=0)
+    await _audited(st, request, user, "window.delete", f"window:{window_id}", {}, call)
+    return Response(status_code=204)
+
+
+@router.get("/tasks/{task_id}/windows")
+async def task_windows(task_id: int, request: Request, st: State, user: Reader_) -> dict[str, Any]:
+    """A windowed task's held and pending commands, and its "missed window" count."""
+    task = await st.indexer.get(f"/tasks/{task_id}")
+    if not await Reader(st, user, "task:read").task(task):
+        await deny(st, request, user, "task:read", f"task:{task_id}")
+    return {"data": await st.indexer.get(f"/tasks/{task_id}/windows")}

@@ -45,3 +45,28 @@ CREATE TABLE IF NOT EXISTS freezes (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS freezes_ends ON freezes (ends_at);
+-- Maintenance windows: recurring spans (an RRULE in a zone, and a duration) over the agents a
+-- selector matches. A task that requires them has its agent commands `held` until the
+-- agent's window opens; `window_closes_at` is when the window a command was released in
+-- closes, and `windows_missed` how many windows closed before it was delivered.
+CREATE TABLE IF NOT EXISTS maintenance_windows (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    selector TEXT NOT NULL,
+    rrule TEXT NOT NULL,
+    start_local TEXT NOT NULL,
+    tz TEXT NOT NULL,
+    duration REAL NOT NULL,
+    username TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS task_windows (
+    task_id INTEGER PRIMARY KEY,
+    policy TEXT NOT NULL
+);
+ALTER TABLE commands ADD COLUMN window_closes_at REAL;
+ALTER TABLE commands ADD COLUMN windows_missed INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS commands_held ON commands (task_id, target_id) WHERE status = 'held';
+CREATE INDEX IF NOT EXISTS commands_held_deadline ON commands (expires_at) WHERE status = 'held';
+CREATE INDEX IF NOT EXISTS commands_window_close ON commands (window_closes_at)
+    WHERE status = 'pending' AND window_closes_at IS NOT NULL;
