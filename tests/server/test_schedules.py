@@ -214,3 +214,61 @@ def test_schedule_cli(env: Env) -> None:
     assert "deleted" in cli(env, "schedule", "delete", sid).stdout
     gone = cli(env, "schedule", "show", sid)
     assert gone.returncode == 1 and "404" in gone.stderr
+
+
+def test_a_window_opens_and_closes_around_a_held_command(env: Env) -> None:
+    """Over real HTTP and a real server: the command waits `held` (the agent's long-poll gets
+    nothing) until the web window opens on the test clock, then reaches the agent; the
+    offline db agent's command stays held, and with the `next` policy it counts a missed
+    window when the window closes; windows are the system's (an operator is refused)."""
+    op = env.user("otto", ["operator"])
+    env.at(datetime(2026, 11, 7, 12, tzinfo=UTC))  # a Saturday
+    window = {
+        "name": "weekend",
+        "selector": "group = web or group = db",
+        "rrule": "FREQ=WEEKLY;BYDAY=SU;BYHOUR=3",
+        "tz": "Europe/Paris",
+        "duration": 3600,
+    }
+    assert op.post("/windows", json=window).status_code == 403
+    r = env.admin.post("/windows", json=window)
+    assert r.status_code == 201, r.text
+    w = r.json()["data"]
+    assert w["open"] is False and w["next"][0]["opens"] == "2026-11-08T03:00:00+01:00"
+    web, db = env.agents
+    while web.run_once(wait=0.2) or db.run_once(wait=0.2):
+        pass
+    r = op.post(
+        "/tasks",
+        json={"type": "vulnerability-rescan", "params": {"all": True}, "window": "next"},
+    )
+    assert r.status_code == 202, r.text
+    task_id = r.json()["data"]["id"]
+    report = op.get(f"/tasks/{task_id}/windows").json()["data"]
+    assert (report["held"], report["pending"], report["policy"]) == (2, 0, "next")
+    assert web.poll(wait=1.0) == []  # held: nothing reaches the agent
+    env.at(datetime(2026, 11, 8, 2, 0, 5, tzinfo=UTC))  # 03:00:05 CET: open
+    got = wait_until(lambda: web.poll(wait=1.0), 20, what="the command in the window")
+    assert [c["task_id"] for c in got] == [task_id]
+    web.ack([c["id"] for c in got])
+    web.report([{"id": c["id"], "status": "success", "data": {}} for c in got])
+    # db-1 never polls in this window; the window closes
+    env.at(datetime(2026, 11, 8, 3, 0, 1, tzinfo=UTC))
+
+    def missed() -> Any:
+        rep = op.get(f"/tasks/{task_id}/windows").json()["data"]
+        return rep if rep["missed_window"] == 1 else None
+
+    rep = wait_until(missed, 20, what="the missed window")
+    assert rep["held"] == 1 and rep["counts"].get("success") == 1
+    assert "failure" not in rep["counts"]
+    assert db.poll(wait=0.5) == []  # between windows
+    env.at(datetime(2026, 11, 15, 2, 0, 5, tzinfo=UTC))  # the next Sunday
+    got = wait_until(lambda: db.poll(wait=1.0), 20, what="the next window")
+    db.ack([c["id"] for c in got])
+    db.report([{"id": c["id"], "status": "success", "data": {}} for c in got])
+    done = task_final(op, task_id)
+    assert done["status"] == "success" and done["counts"] == {"success": 2}
+    assert op.get(f"/tasks/{task_id}/windows").json()["data"]["missed_window"] == 1
+    assert env.admin.delete(f"/windows/{w['id']}").status_code == 204
+    assert {a["actor"] for a in env.audit("window.create")} == {"admin", "otto"}
