@@ -272,3 +272,48 @@ def test_a_window_opens_and_closes_around_a_held_command(env: Env) -> None:
     assert op.get(f"/tasks/{task_id}/windows").json()["data"]["missed_window"] == 1
     assert env.admin.delete(f"/windows/{w['id']}").status_code == 204
     assert {a["actor"] for a in env.audit("window.create")} == {"admin", "otto"}
+
+
+def test_window_and_freeze_cli(env: Env) -> None:
+    r = cli(
+        env,
+        "window",
+        "create",
+        "db nights",
+        "group = db",
+        "--rrule",
+        "FREQ=DAILY;BYHOUR=1",
+        "--duration",
+        "1800",
+        "--tz",
+        "Europe/Paris",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "next 2026-" in r.stdout and "+01:00 to " in r.stdout
+    wid = r.stdout.split()[1]
+    listed = json.loads(cli(env, "window", "list").stdout)
+    assert [w["name"] for w in listed] == ["db nights"]
+    r = cli(env, "task", "create", "vulnerability-rescan", "-p", "group=db", "--window", "next")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["counts"] == {"held": 1}
+    assert "deleted" in cli(env, "window", "delete", wid).stdout
+    r = cli(
+        env,
+        "freeze",
+        "create",
+        "now",
+        "group = db",
+        "--starts-at",
+        datetime.now(UTC).isoformat(),
+        "--ends-at",
+        (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+    )
+    assert r.returncode == 0, r.stderr
+    fid = r.stdout.split()[1]
+    refused = cli(env, "task", "create", "vulnerability-rescan", "-p", "group=db")
+    assert refused.returncode == 1 and "freeze 'now'" in refused.stderr
+    passed = cli(
+        env, "task", "create", "vulnerability-rescan", "-p", "group=db", "--override-freeze"
+    )
+    assert passed.returncode == 0, passed.stderr
+    assert "deleted" in cli(env, "freeze", "delete", fid).stdout

@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(task_cli.app, name="task")
     app.add_typer(rollout_cli.app, name="rollout")
     app.add_typer(schedule_cli.app, name="schedule")
+    app.add_typer(schedule_cli.window_app, name="window")
     app.add_typer(schedule_cli.freeze_app, name="freeze")
 
 

@@ -1,5 +1,5 @@
-"""`fleetcmd schedule …` and `fleetcmd freeze …`: schedules and freezes through the Management
-API, with the same log-in as `fleetcmd task …`."""
+"""`fleetcmd schedule …`, `fleetcmd window …` and `fleetcmd freeze …`: schedules, maintenance
+windows and freezes through the Management API, with the same log-in as `fleetcmd task …`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ from fleetcmd.server.task_cli import (
 )
 
 app = typer.Typer(help="File tasks at a time or on a recurrence (RRULE).", no_args_is_help=True)
+window_app = typer.Typer(
+    help="Maintenance windows: when windowed tasks may reach agents.", no_args_is_help=True
+)
 freeze_app = typer.Typer(
     help="Blackout periods: no task reaches frozen agents.", no_args_is_help=True
 )
@@ -187,3 +190,44 @@ def freeze_delete(
 ) -> None:
     _delete(_session(api, user, password, data_dir), f"/freezes/{freeze_id}")
     typer.echo(f"freeze {freeze_id} deleted")
+
+
+@window_app.command("create")
+def window_create(
+    name: Annotated[str, typer.Argument()],
+    selector: Annotated[str, typer.Argument(help="Agents it covers, e.g. 'group = web'.")],
+    rrule: Annotated[str, typer.Option(help="When it opens, e.g. FREQ=WEEKLY;BYDAY=SU;BYHOUR=2.")],
+    duration: Annotated[float, typer.Option(help="How long it stays open, s.")],
+    tz: Annotated[str, typer.Option(help="IANA time zone of the rule.")] = "UTC",
+    api: Api = "http://127.0.0.1:55000",
+    user: UserOpt = "admin",
+    password: PasswordOpt = None,
+    data_dir: DataDir = Path("./data"),
+) -> None:
+    """Tasks filed with --window reach the agents SELECTOR matches only while it is open."""
+    body = {"name": name, "selector": selector, "rrule": rrule, "duration": duration, "tz": tz}
+    w = _session(api, user, password, data_dir).call("POST", "/windows", json=body)
+    opens = ", ".join(f"{n['opens']} to {n['closes']}" for n in w["next"][:3])
+    typer.echo(f"window {w['id']} '{w['name']}': next {opens}")
+
+
+@window_app.command("list")
+def window_list(
+    api: Api = "http://127.0.0.1:55000",
+    user: UserOpt = "admin",
+    password: PasswordOpt = None,
+    data_dir: DataDir = Path("./data"),
+) -> None:
+    _print(_session(api, user, password, data_dir).call("GET", "/windows")["items"])
+
+
+@window_app.command("delete")
+def window_delete(
+    window_id: int,
+    api: Api = "http://127.0.0.1:55000",
+    user: UserOpt = "admin",
+    password: PasswordOpt = None,
+    data_dir: DataDir = Path("./data"),
+) -> None:
+    _delete(_session(api, user, password, data_dir), f"/windows/{window_id}")
+    typer.echo(f"window {window_id} deleted")
