@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -38,8 +39,13 @@ class ScheduleError(ValueError):
     """A schedule that cannot be read (bad rule, zone or start)."""
 
 
+@cache
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
 def zone(name: str) -> ZoneInfo:
-    if name not in available_timezones():
+    if name not in _zones():
         raise ScheduleError(f"unknown time zone {name!r} (an IANA name such as Europe/Paris)")
     try:
         return ZoneInfo(name)
