@@ -91,3 +91,5 @@ def test_a_one_shot_schedule_is_filed_on_time(admin: Any, fleet: DashFleet) -> N
     assert task["user"] == "admin" and task["source"] == "dashboard"
     admin.goto("/app/schedules")
     expect(admin.get_by_test_id(f"schedule-{sid}")).to_contain_text("done")
+    admin.goto(f"/app/tasks/{occ['task_id']}")
+    expect(admin.get_by_test_id("schedule-of")).to_contain_text(f"schedule #{sid}")

@@ -124,6 +124,8 @@ def test_schedule_checked_filed_as_creator_and_audited(env: Env) -> None:
     assert occ["outcome"] == "filed" and occ["occurrence_at"] == "2026-11-02T09:30:00Z"
     task = env.admin.get(f"/tasks/{occ['task_id']}").json()["data"]
     assert task["user"] == "dora" and task["type"] == "vulnerability-rescan"
+    assert task["schedule_id"] == sched["id"]
+    assert task["occurrence_at"].startswith("2026-11-02T09:30:00")
     # the web operator's list leaves out what they may not read; admin sees it
     assert [s["id"] for s in db.get("/schedules").json()["data"]["items"]] == [sched["id"]]
     for verb in ("pause", "resume"):
