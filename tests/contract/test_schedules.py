@@ -304,3 +304,43 @@ def test_freeze_refuses_and_override_is_audited(store: SqlStore) -> None:
     fid = store.list_freezes()[0]["id"]
     freezes.delete(store, fid)
     tm.submit(TaskRequest("vulnerability-rescan", {"group": "payment"}, user="bob"))
+
+
+def test_a_holding_freeze_holds_commands_until_it_ends(store: SqlStore) -> None:
+    """Mode `hold`: the task is filed; its commands to frozen agents wait `held` and the
+    others go at once; when the freeze ends (here: deleted) the held ones become pending.
+    A type whose commands the command manager writes later cannot be held: refused."""
+    from fleetcmd.indexer.windows import WindowGate
+
+    fleet(store, 2, "payment")
+    store.register_agents([{"id": "w0", "name": "w0", "groups": ["web"], "status": "active"}])
+    now = datetime.now(UTC)
+    freeze = freezes.create(
+        store,
+        FreezeIn(
+            name="payment hold",
+            selector="group = payment",
+            starts_at=now - timedelta(minutes=1),
+            ends_at=now + timedelta(hours=1),
+            mode="hold",
+        ),
+        "carol",
+    )
+    tm = TaskManager(store)
+    gate = WindowGate(store)
+    task, _ = tm.submit(TaskRequest("vulnerability-rescan", {"all": True}, user="bob"))
+    assert task.counts == {"held": 3}
+    gate.run_once()
+    by_agent = {c.target_id: c.status for c in store.list_commands(task_id=task.id).items}
+    assert by_agent == {"a00": "held", "a01": "held", "w0": "pending"}
+    with pytest.raises(Forbidden, match="payment hold"):
+        tm.submit(
+            TaskRequest(
+                "group-configuration-change",
+                {"group": "payment", "configuration": {"x": 1}},
+                user="bob",
+            )
+        )
+    freezes.delete(store, freeze["id"])
+    gate.run_once()
+    assert store.get_task(task.id).counts == {"pending": 3}

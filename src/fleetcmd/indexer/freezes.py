@@ -1,6 +1,8 @@
 """Freezes (blackout periods): a task that would reach an agent a current freeze covers is
-refused when it is filed, unless its filer holds `freeze:override` and asks for it; an
-override is audited in the task's own transaction. Server-bound types reach no agent and pass.
+refused when it is filed (mode `refuse`), or filed with its commands held until no freeze
+covers their agents any more (mode `hold`: the window gate releases them, indexer/windows.py),
+unless its filer holds `freeze:override` and asks for it; an override is audited in the
+task's own transaction. Server-bound types reach no agent and pass.
 
 The check runs where the task's agents are known, inside the task manager's transaction, so
 a scheduled occurrence and an approval-held task meet it exactly as a task filed by hand."""
@@ -57,10 +59,14 @@ def check(
     override: bool,
     selection: AgentSelection | None,
     target_set: int | None,
-) -> None:
+    can_hold: bool = True,
+) -> bool:
+    """Raises `Frozen` for a refusing freeze; True: hold the task's commands (a holding one).
+    A task whose commands cannot be held (written later by the command manager, in rollout
+    waves, or already waiting for windows) is refused by a holding freeze too."""
     current = tx.freezes_at(tx.now)
     if not current:
-        return
+        return False
     hits: list[dict[str, Any]] = []
     for freeze in current:
         expr = selectors.parse(freeze["selector"])
@@ -77,12 +83,16 @@ def check(
                     "until": iso_utc(freeze["ends_at"]),
                     "agents": n,
                     "sample": sorted(set(sample))[:5],
+                    "mode": freeze["mode"],
                 }
             )
     if not hits:
-        return
+        return False
+    refusing = [h for h in hits if h["mode"] == "refuse" or not can_hold]
+    if not override and not refusing:
+        return True
     if not override:
-        first = hits[0]
+        first = refusing[0]
         raise Frozen(
             f"freeze '{first['name']}' (until {first['until']}) covers {first['agents']} "
             f"agent(s) this {spec.task_type} would reach, e.g. {', '.join(first['sample'])}; "
@@ -97,6 +107,7 @@ def check(
             "details": {"type": spec.task_type, "freezes": hits},
         }
     )
+    return False
 
 
 def create(store: SqlStore, body: FreezeIn, user: str) -> dict[str, Any]:
@@ -113,6 +124,7 @@ def create(store: SqlStore, body: FreezeIn, user: str) -> dict[str, Any]:
                 "ends": body.ends_at.timestamp(),
                 "reason": body.reason,
                 "user": user,
+                "mode": body.mode,
             }
         )
     return next(view(f) for f in store.list_freezes() if f["id"] == fid)

@@ -8,7 +8,7 @@ ones once per registered server node (seed: "2- Write command" / "3- Write N(age
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fleetcmd.errors import Conflict, Forbidden, InvalidParams
@@ -56,6 +56,8 @@ class TaskRequest:
     # Its agent commands run only inside their agents' maintenance windows; one not
     # delivered before its window closes waits for the "next" or ends ("expire").
     window: str | None = None
+    # Set by the freeze check: a holding freeze covers some of its agents (indexer/freezes.py).
+    freeze_hold: bool = False
 
 
 class TaskManager:
@@ -130,7 +132,19 @@ class TaskManager:
         params = parsed.stored()
         selection = self._selection(tx, spec, parsed)
         target_set = self._target_set(tx, spec, parsed, params, req, selection)
-        freezes.check(tx, spec, parsed, req.user, req.override_freeze, selection, target_set)
+        if freezes.check(
+            tx,
+            spec,
+            parsed,
+            req.user,
+            req.override_freeze,
+            selection,
+            target_set,
+            can_hold=spec.expansion is Expansion.BY_TASK_MANAGER
+            and req.window is None
+            and req.rollout is None,
+        ):
+            req = replace(req, freeze_hold=True)
         approval = self._approval(tx, spec, parsed, req, selection, target_set)
         if approval is not None and target_set is None and selection is not None:
             # Approvers approve the agents it reaches now, not whatever matches later.
@@ -208,6 +222,8 @@ class TaskManager:
             )
             if req.window is not None:
                 tx.hold_for_windows(task_id, req.window)
+            elif req.freeze_hold:
+                tx.hold_for_windows(task_id, windows.FREEZE)
         else:
             nodes = tx.active_nodes(NODE_MAX_AGE) or ["*"]
             tx.insert_commands(
@@ -298,6 +314,7 @@ class TaskManager:
                 "expires_in": req.expires_in,
                 "rollout": req.rollout,
                 "window": req.window,
+                "freeze_hold": req.freeze_hold,
             },
         }
 

@@ -10,6 +10,9 @@ deadline end `expired`. An agent offline through a whole window therefore gets i
 in the next window it is online in, counted "missed window", never failed. Commands already
 claimed or sent when their window closes go on: they are being handed over.
 
+The gate also lifts holding freezes: held commands of a task a freeze held become pending as
+soon as no current freeze covers their agent (freezes are spans of wall-clock time).
+
 Time is the scheduler's clock (a test clock in tests, `indexer/scheduler.py`); the gate
 sleeps until the next opening or closing, woken when a window or a windowed task is written.
 """
@@ -30,6 +33,7 @@ log = logging.getLogger("fleetcmd.windows")
 
 MAX_SLEEP = 60.0
 POLICIES = ("next", "expire")
+FREEZE = "freeze"  # how a holding freeze's task is recorded (store/windows.py)
 # A windowed task's commands may wait days for a weekly window: their default deadline.
 DEFAULT_HELD_DEADLINE = 7 * 86400.0
 
@@ -104,6 +108,10 @@ class WindowGate:
                 nxt = _recurrence(w).next_after(now)
                 if nxt is not None:
                     wake = min(wake, nxt)
+            frozen = tx.freezes_at(tx.now)
+            released += tx.release_unfrozen([selectors.parse(f["selector"]) for f in frozen])
+            for f in frozen:
+                wake = min(wake, now + max(0.0, f["ends_at"] - tx.now))
             again, ended = tx.close_windows(now)
             expired = tx.expire_held()
         if released or again or ended or expired:

@@ -208,6 +208,9 @@ class FreezeIn(BaseModel):
     starts_at: datetime
     ends_at: datetime
     reason: str = Field(default="", max_length=1000)
+    # refuse: tasks that would reach frozen agents are refused; hold: they are filed and
+    # their commands to frozen agents wait (`held`) until the freeze ends.
+    mode: Literal["refuse", "hold"] = "refuse"
 
     @model_validator(mode="after")
     def _span(self) -> FreezeIn:

@@ -153,6 +153,9 @@ def freeze_create(
     starts_at: Annotated[str, typer.Option(help="ISO time with offset, e.g. 2026-12-20T00:00Z.")],
     ends_at: Annotated[str, typer.Option(help="ISO time with offset.")],
     reason: Annotated[str, typer.Option()] = "",
+    mode: Annotated[
+        str, typer.Option(help="refuse the tasks, or hold their commands until it ends.")
+    ] = "refuse",
     api: Api = "http://127.0.0.1:55000",
     user: UserOpt = "admin",
     password: PasswordOpt = None,
@@ -165,6 +168,7 @@ def freeze_create(
         "starts_at": starts_at,
         "ends_at": ends_at,
         "reason": reason,
+        "mode": mode,
     }
     f = _session(api, user, password, data_dir).call("POST", "/freezes", json=body)
     typer.echo(f"freeze {f['id']} '{f['name']}': {f['starts_at']} to {f['ends_at']}")

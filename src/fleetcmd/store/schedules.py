@@ -24,7 +24,7 @@ SCHEDULE_COLS = (
     "next_at, last_at, filed, created_at, updated_at"
 )
 OCCURRENCE_COLS = "schedule_id, occurrence_at, outcome, task_id, message, handled_at"
-FREEZE_COLS = "id, name, selector, starts_at, ends_at, reason, username, created_at"
+FREEZE_COLS = "id, name, selector, starts_at, ends_at, reason, username, created_at, mode"
 
 
 def schedule_from_row(r: tuple[Any, ...]) -> dict[str, Any]:
@@ -69,6 +69,7 @@ def freeze_from_row(r: tuple[Any, ...]) -> dict[str, Any]:
         "reason": r[5],
         "user": r[6],
         "created_at": float(r[7]),
+        "mode": r[8],
     }
 
 
@@ -174,8 +175,8 @@ class SchedulesTx(TxCore):
     # -- freezes --------------------------------------------------------------------------------
     def insert_freeze(self, fields: dict[str, Any]) -> int:
         row = self.one(
-            "INSERT INTO freezes (name, selector, starts_at, ends_at, reason, username, "
-            "created_at) VALUES (:name, :selector, :starts, :ends, :reason, :user, :now) "
+            "INSERT INTO freezes (name, selector, starts_at, ends_at, reason, username, mode, "
+            "created_at) VALUES (:name, :selector, :starts, :ends, :reason, :user, :mode, :now) "
             "RETURNING id",
             {**fields, "now": self.now},
         )

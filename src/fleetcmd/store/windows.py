@@ -19,6 +19,7 @@ from fleetcmd.store.selectors import Compiler
 WINDOW_COLS = "id, name, selector, rrule, start_local, tz, duration, username, created_at"
 CLOSED_EXPIRED = "not delivered before its maintenance window closed"
 HELD_EXPIRED = "held for a maintenance window until its delivery deadline"
+FREEZE = "freeze"  # the policy of a task a holding freeze held (not a window policy)
 
 
 def window_from_row(r: tuple[Any, ...]) -> dict[str, Any]:
@@ -70,15 +71,32 @@ class WindowsTx(TxCore):
         return len(rows)
 
     def open_window(self, covers: Expr, closes_at: float) -> int:
-        """Held commands of the agents `covers` matches become claimable until `closes_at`."""
-        params: dict[str, Any] = {"_closes": closes_at}
+        """Held commands of the agents `covers` matches become claimable until `closes_at`
+        (those of windowed tasks: a freeze's hold is lifted by `release_unfrozen`)."""
+        params: dict[str, Any] = {"_closes": closes_at, "_freeze": FREEZE}
         agents = f"SELECT a.id FROM agents a WHERE {Compiler(self, params).where(covers)}"
         rows, _ = self.move(
-            f"status = 'held' AND target_type = 'agent' AND target_id IN ({agents})",
+            f"status = 'held' AND target_type = 'agent' AND target_id IN ({agents}) "
+            "AND task_id IN (SELECT task_id FROM task_windows WHERE policy <> :_freeze)",
             params,
             Status.PENDING,
             sets=", window_closes_at = :_closes",
         )
+        if rows:
+            self.notify("agent")
+        return len(rows)
+
+    def release_unfrozen(self, current: list[Expr]) -> int:
+        """Commands a holding freeze held whose agents no current freeze covers: pending."""
+        params: dict[str, Any] = {"_policy": FREEZE}
+        where = (
+            "status = 'held' AND target_type = 'agent' "
+            "AND task_id IN (SELECT task_id FROM task_windows WHERE policy = :_policy)"
+        )
+        for expr in current:
+            frozen = f"SELECT a.id FROM agents a WHERE {Compiler(self, params).where(expr)}"
+            where += f" AND target_id NOT IN ({frozen})"
+        rows, _ = self.move(where, params, Status.PENDING)
         if rows:
             self.notify("agent")
         return len(rows)

@@ -2,7 +2,8 @@
 -- recurrence (an RFC 5545 RRULE in a named time zone); each occurrence it handled is one row of
 -- schedule_occurrences, keyed by (schedule, occurrence time) and written in the transaction
 -- that files its task, so that no two indexers, and no restart, file one occurrence twice.
--- A freeze is a blackout period over the agents a selector matches.
+-- A freeze is a blackout period over the agents a selector matches: it refuses the tasks that
+-- would reach them, or (mode 'hold') holds their commands until it ends.
 CREATE TABLE IF NOT EXISTS schedules (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL,
@@ -41,6 +42,7 @@ CREATE TABLE IF NOT EXISTS freezes (
     starts_at REAL NOT NULL,
     ends_at REAL NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
+    mode TEXT NOT NULL DEFAULT 'refuse',
     username TEXT NOT NULL,
     created_at REAL NOT NULL
 );
