@@ -244,9 +244,12 @@ class WindowIn(BaseModel):
     def _readable(self) -> WindowIn:
         try:
             Recurrence(self.rrule, self.start, self.tz)
-            selectors.parse(self.selector)
-        except (ScheduleError, selectors.SelectorError) as exc:
+        except ScheduleError as exc:
             raise ValueError(str(exc)) from None
+        try:
+            selectors.parse(self.selector)
+        except selectors.SelectorError as exc:
+            raise ValueError(f"selector: {exc}") from None
         return self
 
 

@@ -203,10 +203,23 @@ async def create_window(
 ) -> dict[str, Any]:
     """The agents `selector` matches may run windowed tasks from each opening of `rrule`
     (local times in `tz`) for `duration` seconds."""
+    return {"data": await file_window(st, request, user, body)}
+
+
+async def file_window(
+    st: ServerState, request: Request, user: User, body: WindowIn
+) -> dict[str, Any]:
+    """Forward and audit a new window (shared with the dashboard)."""
     payload = {**body.model_dump(), "user": user.name, "proof": user_proof(request)}
     details = {"name": body.name, "selector": body.selector, "rrule": body.rrule}
     call = st.indexer.post("/windows", payload, retries=0)
-    return {"data": await _audited(st, request, user, "window.create", None, details, call)}
+    out: dict[str, Any] = await _audited(st, request, user, "window.create", None, details, call)
+    return out
+
+
+async def remove_window(st: ServerState, request: Request, user: User, window_id: int) -> None:
+    call = st.indexer.request("DELETE", f"/windows/{window_id}", retries=0)
+    await _audited(st, request, user, "window.delete", f"window:{window_id}", {}, call)
 
 
 @router.get("/windows")
@@ -219,8 +232,7 @@ async def list_windows(st: State, user: Reader_) -> dict[str, Any]:
 async def delete_window(
     window_id: int, request: Request, user: WindowDeleter, st: State
 ) -> Response:
-    call = st.indexer.request("DELETE", f"/windows/{window_id}", retries=0)
-    await _audited(st, request, user, "window.delete", f"window:{window_id}", {}, call)
+    await remove_window(st, request, user, window_id)
     return Response(status_code=204)
 
 

@@ -13,12 +13,18 @@ from starlette.responses import Response
 
 from fleetcmd.errors import FleetError, Forbidden
 from fleetcmd.model.catalog import CATALOG
-from fleetcmd.model.schedules import ScheduleIn
+from fleetcmd.model.schedules import ScheduleIn, WindowIn
 from fleetcmd.server.dashboard.pages import Viewing, read_form
 from fleetcmd.server.dashboard.render import page, redirect
 from fleetcmd.server.dashboard.session import Denied
 from fleetcmd.server.indexer_client import IndexerError
-from fleetcmd.server.management.schedules import change_schedule, file_schedule, readable
+from fleetcmd.server.management.schedules import (
+    change_schedule,
+    file_schedule,
+    file_window,
+    readable,
+    remove_window,
+)
 
 router = APIRouter()
 SOURCE = "dashboard"
@@ -32,6 +38,15 @@ DEFAULTS = {
 }
 
 
+WINDOW_FIELDS = ("name", "selector", "rrule", "start", "tz", "duration")
+WINDOW_DEFAULTS = {
+    "selector": "group = default",
+    "rrule": "FREQ=WEEKLY;BYDAY=SU;BYHOUR=2",
+    "tz": "UTC",
+    "duration": "7200",
+}
+
+
 def _types() -> list[str]:
     return sorted(t for t, spec in CATALOG.items() if spec.attended)
 
@@ -42,6 +57,8 @@ async def _render(
     values: dict[str, str],
     error: str | None = None,
     status: int = 200,
+    wvalues: dict[str, str] | None = None,
+    werror: str | None = None,
 ) -> Response:
     items = (await v.st.indexer.get("/schedules"))["items"]
     items = [s for s in items if await readable(v.st, v.user, "task:read", s)]
@@ -54,6 +71,9 @@ async def _render(
         values=values,
         error=error,
         types=_types(),
+        windows=(await v.st.indexer.get("/windows"))["items"],
+        wvalues=wvalues or dict(WINDOW_DEFAULTS),
+        werror=werror,
     )
 
 
@@ -114,3 +134,48 @@ async def change(schedule_id: int, verb: str, request: Request, v: Viewing) -> R
     except Forbidden as exc:
         raise Denied(exc.message, "task:cancel") from None
     return redirect(request, "/app/schedules")
+
+
+@router.post("/windows")
+async def create_window(request: Request, v: Viewing) -> Response:
+    form = await read_form(request)
+    v.require("window:create")
+    wvalues = {k: form.get(k, "") for k in WINDOW_FIELDS}
+    try:
+        body = {k: wvalues[k].strip() for k in ("name", "selector", "rrule", "tz")}
+        if wvalues["start"].strip():
+            body["start"] = wvalues["start"].strip()
+        await file_window(
+            v.st,
+            request,
+            v.user,
+            WindowIn.model_validate({**body, "duration": float(wvalues["duration"] or 0)}),
+        )
+    except ValueError as exc:  # a pydantic ValidationError, or a duration that is no number
+        errors = (
+            exc.errors() if isinstance(exc, ValidationError) else [{"loc": (), "msg": str(exc)}]
+        )
+        message = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc']) or 'window'}: {e['msg']}" for e in errors
+        )
+        return await _render(
+            request, v, dict(DEFAULTS), wvalues=wvalues, werror=message, status=422
+        )
+    except IndexerError as exc:
+        return await _render(
+            request,
+            v,
+            dict(DEFAULTS),
+            wvalues=wvalues,
+            werror=str(exc.body.get("message")),
+            status=exc.status,
+        )
+    return redirect(request, "/app/schedules#windows")
+
+
+@router.post("/windows/{window_id}/delete")
+async def delete_window(window_id: int, request: Request, v: Viewing) -> Response:
+    await read_form(request)
+    v.require("window:delete")
+    await remove_window(v.st, request, v.user, window_id)
+    return redirect(request, "/app/schedules#windows")
