@@ -1,6 +1,7 @@
 """Exactly-once filing of schedule occurrences by real indexer processes: two indexers on one
 PostgreSQL schema race for every occurrence of an RRULE in Europe/Paris across the autumn
-change of offset, one of them is killed and restarted between occurrences, then both are
+change of offset, one of them is killed and restarted between occurrences and the other
+while both race for a due one, then both are
 down for three nights and the missed policy files one task on their return. The indexers
 read a test clock the test moves (`FLEETCMD_SCHEDULER_CLOCK`): no real hours go by."""
 
@@ -79,6 +80,10 @@ def test_two_indexers_and_restarts_file_each_occurrence_once(
                 two.kill(signal.SIGKILL)  # killed between occurrences, restarted at once
                 two.start()
             clock.write_text(str(occurrence + 1))
+            if n == 4:  # killed while both race for the due occurrence, restarted at once
+                time.sleep(0.1)
+                one.kill(signal.SIGKILL)
+                one.start()
             wait_until(lambda n=n: len(handled(store, sid)) >= n, 20, what=f"occurrence {n}")
         # both indexers keep looking for a while: nothing more is filed
         time.sleep(1.0)
