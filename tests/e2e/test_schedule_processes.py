@@ -1,9 +1,9 @@
 """Exactly-once filing of schedule occurrences by real indexer processes: two indexers on one
 PostgreSQL schema race for every occurrence of an RRULE in Europe/Paris across the autumn
 change of offset, one of them is killed and restarted between occurrences and the other
-while both race for a due one, then both are
-down for three nights and the missed policy files one task on their return. The indexers
-read a test clock the test moves (`FLEETCMD_SCHEDULER_CLOCK`): no real hours go by."""
+while both race for a due one, then both are down for three nights and the missed policy
+files one task on their return. The indexers read a test clock the test moves
+(`FLEETCMD_SCHEDULER_CLOCK`): no real hours go by."""
 
 from __future__ import annotations
 
