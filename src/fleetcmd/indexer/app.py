@@ -25,14 +25,25 @@ from fleetcmd.httpkit import (
     wait_for,
 )
 from fleetcmd.indexer import user_proofs
-from fleetcmd.indexer.api import audit, indexes, operators, proofs, rollouts, stream, tasks
+from fleetcmd.indexer.api import (
+    audit,
+    indexes,
+    operators,
+    proofs,
+    rollouts,
+    schedules,
+    stream,
+    tasks,
+)
 from fleetcmd.indexer.command_manager import CommandManager
 from fleetcmd.indexer.retention import retention_loop, upkeep_loop
 from fleetcmd.indexer.rollouts import RolloutScheduler
+from fleetcmd.indexer.scheduler import TEST_CLOCK_SLEEP, Scheduler, clock_from_env
 from fleetcmd.indexer.signing import CommandSigner, record_key
 from fleetcmd.indexer.state import IndexerState, Metrics
 from fleetcmd.indexer.task_manager import TaskManager
 from fleetcmd.indexer.user_proofs import UserProofs
+from fleetcmd.indexer.windows import WindowGate
 from fleetcmd.store.base import SqlStore
 
 log = logging.getLogger("fleetcmd.indexer")
@@ -74,6 +85,32 @@ async def command_manager_loop(st: IndexerState) -> None:
         await wait_for(event, stream.SLICE)
 
 
+async def schedule_loop(st: IndexerState, test_clock: bool) -> None:
+    """File due occurrences: asleep until the next one is due, woken when a schedule changes
+    (here, or on another indexer of a PostgreSQL store, through NOTIFY)."""
+    while True:
+        event = st.waker.event("schedule")
+        try:
+            pause = await run_in_threadpool(st.schedules.run_once)
+        except Exception:
+            log.exception("scheduler pass failed")
+            pause = 1.0
+        await wait_for(event, min(pause, TEST_CLOCK_SLEEP) if test_clock else pause)
+
+
+async def window_loop(st: IndexerState, test_clock: bool) -> None:
+    """Open and close maintenance windows around held commands: asleep until the next
+    opening or closing, woken when a window or a windowed task is written."""
+    while True:
+        event = st.waker.event("window")
+        try:
+            pause = await run_in_threadpool(st.windows.run_once)
+        except Exception:
+            log.exception("maintenance window pass failed")
+            pause = 1.0
+        await wait_for(event, min(pause, TEST_CLOCK_SLEEP) if test_clock else pause)
+
+
 async def rollout_loop(st: IndexerState) -> None:
     """Step running rollouts: woken by results and control actions, else on a short timer."""
     while True:
@@ -94,12 +131,18 @@ def create_app(store: SqlStore, options: IndexerOptions) -> FastAPI:
 
         log.warning("no command-signing key given: signing with a throw-away key")
         signer = CommandSigner(Ed25519PrivateKey.generate())
+    clock, test_clock = clock_from_env()
+    if test_clock:
+        log.warning("the scheduler reads a test clock (%s)", "FLEETCMD_SCHEDULER_CLOCK")
+    tasks_ = TaskManager(store)
     st = IndexerState(
         store=store,
         token=options.token,
-        tasks=TaskManager(store),
+        tasks=tasks_,
         commands=CommandManager(store),
         rollouts=RolloutScheduler(store),
+        schedules=Scheduler(tasks_, clock),
+        windows=WindowGate(store, clock),
         waker=waker,
         metrics=Metrics(),
         signer=signer,
@@ -128,6 +171,8 @@ def create_app(store: SqlStore, options: IndexerOptions) -> FastAPI:
             )
         )
         loops.append(asyncio.create_task(upkeep_loop(st, options.upkeep_interval)))
+        loops.append(asyncio.create_task(schedule_loop(st, test_clock)))
+        loops.append(asyncio.create_task(window_loop(st, test_clock)))
         if options.run_command_manager:
             loops.append(asyncio.create_task(command_manager_loop(st)))
             loops.append(asyncio.create_task(rollout_loop(st)))
@@ -166,6 +211,7 @@ def create_app(store: SqlStore, options: IndexerOptions) -> FastAPI:
     app.include_router(indexes.router)
     app.include_router(audit.router)
     app.include_router(rollouts.router)
+    app.include_router(schedules.router)
     app.include_router(proofs.router)
 
     @app.get("/health", tags=["ops"])

@@ -67,6 +67,8 @@ class Approvals:
             timeout=kept.get("timeout"),
             expires_in=kept.get("expires_in"),
             rollout=kept.get("rollout"),
+            window=kept.get("window"),
+            freeze_hold=bool(kept.get("freeze_hold")),
         )
         self.tasks.write_commands(tx, task.id, spec, parsed, req, task.target_set)
         tx.touched_tasks.add(task.id)

@@ -11,9 +11,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from fleetcmd.httpkit import Waker, check_bearer
 from fleetcmd.indexer.command_manager import CommandManager
 from fleetcmd.indexer.rollouts import RolloutScheduler
+from fleetcmd.indexer.scheduler import Scheduler
 from fleetcmd.indexer.signing import CommandSigner
 from fleetcmd.indexer.task_manager import TaskManager
 from fleetcmd.indexer.user_proofs import UserProofs
+from fleetcmd.indexer.windows import WindowGate
 from fleetcmd.store.base import SqlStore
 
 
@@ -69,6 +71,8 @@ class IndexerState:
     tasks: TaskManager
     commands: CommandManager
     rollouts: RolloutScheduler
+    schedules: Scheduler
+    windows: WindowGate
     waker: Waker
     metrics: Metrics
     signer: CommandSigner

@@ -8,11 +8,11 @@ ones once per registered server node (seed: "2- Write command" / "3- Write N(age
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fleetcmd.errors import Conflict, Forbidden, InvalidParams
-from fleetcmd.indexer import rollouts
+from fleetcmd.indexer import freezes, rollouts, windows
 from fleetcmd.indexer.parts import NOTHING, PARTS
 from fleetcmd.model import params as p
 from fleetcmd.model import selectors
@@ -51,6 +51,13 @@ class TaskRequest:
     # A re-run (`rerun`): the original task and the set of its agents to run on again.
     rerun_of: int | None = None
     rerun_statuses: tuple[str, ...] = ()
+    # The filer holds `freeze:override` and asks to file through a freeze (audited).
+    override_freeze: bool = False
+    # Its agent commands run only inside their agents' maintenance windows; one not
+    # delivered before its window closes waits for the "next" or ends ("expire").
+    window: str | None = None
+    # Set by the freeze check: a holding freeze covers some of its agents (indexer/freezes.py).
+    freeze_hold: bool = False
 
 
 class TaskManager:
@@ -60,20 +67,7 @@ class TaskManager:
     def submit(self, req: TaskRequest) -> tuple[Task, bool]:
         """Validate and write a task. Returns the task and whether it was created now (False:
         the idempotency key had been seen, nothing was written)."""
-        spec, parsed = validate(req.type, req.params)
-        if req.source not in SOURCES:
-            raise InvalidParams(f"unknown source '{req.source}'", known=sorted(SOURCES))
-        if req.source in ATTENDED_SOURCES and not spec.attended:
-            raise Forbidden(f"'{spec.task_type}' is filed by the content manager only")
-        if req.source in UNATTENDED_SOURCES and not spec.unattended:
-            raise Forbidden(f"'{spec.task_type}' cannot be filed by the {req.source}")
-        for name, value in (("timeout", req.timeout), ("expires_in", req.expires_in)):
-            if value is not None and not 0 < value <= 30 * 86400:
-                raise InvalidParams(f"'{name}' must be between 0 and 30 days, in seconds")
-        if req.idempotency_key is not None and not 0 < len(req.idempotency_key) <= 200:
-            raise InvalidParams("'idempotency_key' must be 1-200 characters")
-        if req.rollout is not None:
-            rollouts.validate_request(spec.task_type, req.rollout)
+        spec, parsed = self._validate(req)
         existing: int | None = None
         try:
             with self.store.transaction() as tx:
@@ -94,6 +88,35 @@ class TaskManager:
         log.info("task %s accepted: %s by %s/%s", task_id, spec.task_type, req.source, req.user)
         return self.store.get_task(task_id), True
 
+    def _validate(self, req: TaskRequest) -> tuple[CommandSpec, p.Params]:
+        spec, parsed = validate(req.type, req.params)
+        if req.source not in SOURCES:
+            raise InvalidParams(f"unknown source '{req.source}'", known=sorted(SOURCES))
+        if req.source in ATTENDED_SOURCES and not spec.attended:
+            raise Forbidden(f"'{spec.task_type}' is filed by the content manager only")
+        if req.source in UNATTENDED_SOURCES and not spec.unattended:
+            raise Forbidden(f"'{spec.task_type}' cannot be filed by the {req.source}")
+        for name, value in (("timeout", req.timeout), ("expires_in", req.expires_in)):
+            if value is not None and not 0 < value <= 30 * 86400:
+                raise InvalidParams(f"'{name}' must be between 0 and 30 days, in seconds")
+        if req.idempotency_key is not None and not 0 < len(req.idempotency_key) <= 200:
+            raise InvalidParams("'idempotency_key' must be 1-200 characters")
+        if req.rollout is not None:
+            rollouts.validate_request(spec.task_type, req.rollout)
+        windows.check_request(req.window, spec.expansion is Expansion.BY_TASK_MANAGER, req.rollout)
+        return spec, parsed
+
+    def check(self, req: TaskRequest) -> None:
+        """What `submit` refuses before it opens a transaction (a schedule checks its task so
+        when it is created)."""
+        self._validate(req)
+
+    def write_in(self, tx: SqlTx, req: TaskRequest) -> int:
+        """Validate and write a task inside the caller's transaction (the scheduler files an
+        occurrence and records it in one), without the idempotency replay of `submit`."""
+        spec, parsed = self._validate(req)
+        return self._write(tx, spec, parsed, req)
+
     def _replay(self, task_id: int, req: TaskRequest) -> Task:
         task = self.store.get_task(task_id)
         _, parsed = validate(req.type, req.params)
@@ -109,6 +132,19 @@ class TaskManager:
         params = parsed.stored()
         selection = self._selection(tx, spec, parsed)
         target_set = self._target_set(tx, spec, parsed, params, req, selection)
+        if freezes.check(
+            tx,
+            spec,
+            parsed,
+            req.user,
+            req.override_freeze,
+            selection,
+            target_set,
+            can_hold=spec.expansion is Expansion.BY_TASK_MANAGER
+            and req.window is None
+            and req.rollout is None,
+        ):
+            req = replace(req, freeze_hold=True)
         approval = self._approval(tx, spec, parsed, req, selection, target_set)
         if approval is not None and target_set is None and selection is not None:
             # Approvers approve the agents it reaches now, not whatever matches later.
@@ -146,7 +182,8 @@ class TaskManager:
         approval policy holds, when its last approval comes in (indexer/approvals.py)."""
         params = parsed.stored()
         timeout = req.timeout or spec.timeout
-        expires_at = tx.now + (req.expires_in or DEFAULT_DELIVERY_WINDOW)
+        default = DEFAULT_DELIVERY_WINDOW if req.window is None else windows.DEFAULT_HELD_DEADLINE
+        expires_at = tx.now + (req.expires_in or default)
         if req.rollout is not None:
             policy = rollouts.validate_request(spec.task_type, req.rollout)
             rollouts.begin(tx, task_id, spec.task_type, policy, parsed)
@@ -183,6 +220,10 @@ class TaskManager:
                 ),
                 selection,
             )
+            if req.window is not None:
+                tx.hold_for_windows(task_id, req.window)
+            elif req.freeze_hold:
+                tx.hold_for_windows(task_id, windows.FREEZE)
         else:
             nodes = tx.active_nodes(NODE_MAX_AGE) or ["*"]
             tx.insert_commands(
@@ -272,6 +313,8 @@ class TaskManager:
                 "timeout": req.timeout,
                 "expires_in": req.expires_in,
                 "rollout": req.rollout,
+                "window": req.window,
+                "freeze_hold": req.freeze_hold,
             },
         }
 

@@ -46,6 +46,8 @@ class Task:
     rerun_of: int | None = None
     target_set: int | None = None  # the frozen set of agents it reaches (store/targets.py)
     approval: dict[str, Any] | None = None  # what its approval policy asked (store/approvals.py)
+    schedule_id: int | None = None  # the schedule that filed it (indexer/scheduler.py)
+    occurrence_at: float | None = None  # and for which of its occurrences
     counts: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -69,6 +71,8 @@ class Task:
             "rerun_of": self.rerun_of,
             "frozen_targets": self.target_set is not None,
             "approval": _public_approval(self.approval),
+            "schedule_id": self.schedule_id,
+            "occurrence_at": iso(self.occurrence_at),
         }
 
 

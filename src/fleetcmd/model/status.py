@@ -8,6 +8,9 @@ from fleetcmd.errors import IllegalTransition
 
 
 class Status(StrEnum):
+    # Held for the target agent's maintenance window (indexer/windows.py): not claimable;
+    # back to pending when a window opens, to held again when it closes undelivered.
+    HELD = "held"
     PENDING = "pending"
     PROCESSING = "processing"
     SENT = "sent"
@@ -30,9 +33,11 @@ _RESULT = {Status.SUCCESS, Status.FAILURE}
 _STOP = {Status.CANCELLED}
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.HELD: frozenset({Status.PENDING, Status.EXPIRED, *_STOP}),
     # pending -> delivered: an agent reported holding a command whose lease had lapsed.
+    # pending -> held: its maintenance window closed before it was delivered.
     Status.PENDING: frozenset(
-        {Status.PROCESSING, Status.DELIVERED, Status.EXPIRED, *_RESULT, *_STOP}
+        {Status.HELD, Status.PROCESSING, Status.DELIVERED, Status.EXPIRED, *_RESULT, *_STOP}
     ),
     # processing -> pending: lease released; processing -> processing: lease reclaimed.
     Status.PROCESSING: frozenset(
@@ -107,7 +112,7 @@ def rollup(counts: dict[str, int], *, cancelled: bool = False) -> str:
     """
     active = sum(counts.get(s, 0) for s in ACTIVE)
     if active:
-        moving = active - counts.get(Status.PENDING, 0)
+        moving = active - counts.get(Status.PENDING, 0) - counts.get(Status.HELD, 0)
         done = sum(counts.get(s, 0) for s in FINAL)
         return "in_progress" if (moving or done) else "pending"
     if cancelled or counts.get(Status.CANCELLED, 0):

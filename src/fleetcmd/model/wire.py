@@ -28,6 +28,11 @@ class TaskIn(BaseModel):
     rollout: dict[str, Any] | None = None  # a rollout policy (docs/rollouts.md)
     # From `POST /tasks/preview`: the task reaches exactly the agents the preview froze.
     preview_token: str | None = Field(default=None, min_length=1, max_length=128)
+    # File through a current freeze (needs `freeze:override`; audited).
+    override_freeze: bool = False
+    # Run its agent commands only inside their agents' maintenance windows: one not
+    # delivered before its window closes waits for the next ("next") or ends ("expire").
+    window: Literal["next", "expire"] | None = None
 
 
 class ScopeIn(BaseModel):

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from fleetcmd.role_settings import ServerSettings
-from fleetcmd.server import rollout_cli, task_cli
+from fleetcmd.server import rollout_cli, schedule_cli, task_cli
 
 
 def register(app: typer.Typer) -> None:
@@ -18,6 +18,9 @@ def register(app: typer.Typer) -> None:
     app.command("server")(server)
     app.add_typer(task_cli.app, name="task")
     app.add_typer(rollout_cli.app, name="rollout")
+    app.add_typer(schedule_cli.app, name="schedule")
+    app.add_typer(schedule_cli.window_app, name="window")
+    app.add_typer(schedule_cli.freeze_app, name="freeze")
 
 
 _SV = ServerSettings.model_validate({})

@@ -138,6 +138,16 @@ def create(
     preview_token: Annotated[
         str | None, typer.Option(help="File it on the agents a --dry-run froze.")
     ] = None,
+    window: Annotated[
+        str | None,
+        typer.Option(
+            help="Run its commands only in their agents' maintenance windows; one not "
+            "delivered before its window closes waits for the 'next' or ends ('expire')."
+        ),
+    ] = None,
+    override_freeze: Annotated[
+        bool, typer.Option(help="File it through current freezes (needs freeze:override).")
+    ] = False,
     api: Api = "http://127.0.0.1:55000",
     user: UserOpt = "admin",
     password: PasswordOpt = None,
@@ -152,6 +162,10 @@ def create(
         body["preview_token"] = preview_token
     if idempotency_key:
         body["idempotency_key"] = idempotency_key
+    if window:
+        body["window"] = window
+    if override_freeze:
+        body["override_freeze"] = True
     for key, value in (("timeout", timeout), ("expires_in", expires_in)):
         if value is not None:
             body[key] = value

@@ -5,7 +5,9 @@ of fleetcmd imports.
 Where each part lives: `core.py` (transactions, status moves, counts, roll-up),
 `stream.py` (leases, marks, results, sweep, command reads), `tasks.py`, `agents.py`,
 `groups.py` (groups and configurations), `documents.py` (documents and blobs), `audit.py`,
-`nodes.py`; `rollouts.py` and `retention.py` are functions over a `SqlTx`/`SqlStore`.
+`nodes.py`, `schedules.py` (schedules, occurrences, freezes), `windows.py` (maintenance
+windows and held commands); `rollouts.py` and
+`retention.py` are functions over a `SqlTx`/`SqlStore`.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from fleetcmd.store.core import (
 from fleetcmd.store.documents import DocumentsStore, DocumentsTx
 from fleetcmd.store.groups import GroupsStore, GroupsTx
 from fleetcmd.store.nodes import NodesStore, NodesTx
+from fleetcmd.store.schedules import FreezesTx, SchedulesStore, SchedulesTx
 from fleetcmd.store.stream import REMOVED_OFFLINE, REMOVED_UNDELIVERED, StreamStore, StreamTx
 from fleetcmd.store.targets import TargetsStore, TargetsTx
 from fleetcmd.store.tasks import TASK_COLS, TasksStore, TasksTx, task_from_row
+from fleetcmd.store.windows import WindowsStore, WindowsTx
 
 
 class SqlTx(
@@ -43,6 +47,9 @@ class SqlTx(
     DocumentsTx,
     AuditTx,
     NodesTx,
+    SchedulesTx,
+    FreezesTx,
+    WindowsTx,
 ):
     """One open transaction with the domain operations the task and command managers use."""
 
@@ -57,6 +64,8 @@ class SqlStore(
     DocumentsStore,
     AuditStore,
     NodesStore,
+    SchedulesStore,
+    WindowsStore,
 ):
     """The store, as every consumer sees it (both backends subclass it)."""
 

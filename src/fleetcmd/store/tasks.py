@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 TASK_COLS = (
     "id, type, params, source, username, status, created_at, updated_at, completed_at, "
-    "idempotency_key, cancelled, rerun_of, target_set, approval"
+    "idempotency_key, cancelled, rerun_of, target_set, approval, schedule_id, occurrence_at"
 )
 
 
@@ -39,6 +39,8 @@ def task_from_row(r: tuple[Any, ...]) -> Task:
         None if r[11] is None else int(r[11]),
         None if r[12] is None else int(r[12]),
         None if r[13] is None else loads(r[13]),
+        None if r[14] is None else int(r[14]),
+        None if r[15] is None else float(r[15]),
     )
 
 

@@ -33,6 +33,8 @@ async def submit_task(body: TaskToIndexer, st: Auth, response: Response) -> dict
         who.audit(body.type, body.source),
         scope_of(body.scope),
         body.preview_token,
+        override_freeze=body.override_freeze,
+        window=body.window,
     )
     task, created = await run_in_threadpool(st.tasks.submit, req)
     if created:

@@ -26,6 +26,7 @@ from fleetcmd.server.dashboard.pages import (
     groups,
     operators,
     overview,
+    schedules,
     tasks,
 )
 from fleetcmd.server.dashboard.render import STATIC, page
@@ -67,6 +68,7 @@ def create_dashboard_app(st: ServerState) -> FastAPI:
         alerts,
         groups,
         audit,
+        schedules,
     ):
         app.include_router(module.router)
     app.mount("/static", _Static(directory=STATIC), name="static")

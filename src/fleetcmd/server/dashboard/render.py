@@ -46,6 +46,7 @@ STATUS_ORDER = (
     "sent",
     "processing",
     "pending",
+    "held",
 )
 STATUS_HELP = {
     "success": "reached the target and succeeded",
@@ -57,6 +58,7 @@ STATUS_HELP = {
     "sent": "handed to the Comms API, not yet acknowledged",
     "processing": "claimed by a server or the command manager",
     "pending": "waiting in the commands stream",
+    "held": "waiting for the agent's maintenance window to open",
     "awaiting-approval": "held by the approval policy: nothing is sent until others approve",
     "rejected": "refused by an approver: nothing was sent",
     "approval-expired": "the approvals did not come in time: nothing was sent",

@@ -20,6 +20,7 @@ from fleetcmd.server.management import (
     operators,
     reports,
     rollouts,
+    schedules,
     security,
     tasks,
 )
@@ -49,6 +50,7 @@ def create_management_app(st: ServerState) -> FastAPI:
         operators,
         tasks,
         rollouts,
+        schedules,
         fleet,
         reports,
     ):

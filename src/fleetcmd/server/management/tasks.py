@@ -29,6 +29,8 @@ async def file_task(
 ) -> tuple[int, dict[str, Any]]:
     """Check the targets, file the task, audit the outcome (shared with the dashboard)."""
     details: dict[str, Any] = {"type": body.type, "source": source}
+    if body.override_freeze and not st.rbac.can(user, "freeze:override"):
+        await deny(st, request, user, "freeze:override")
     try:
         await check_task(st, user, body.type, body.params)
     except FleetError as exc:
