@@ -29,6 +29,7 @@ class AuditTx(TxCore):
             },
         )
         assert row is not None
+        self.add_events("audit", [{"type": record["action"], "subject": int(row[0])}])
         return int(row[0])
 
 

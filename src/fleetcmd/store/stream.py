@@ -417,6 +417,7 @@ class StreamStore(StoreCore):
                 "lease_owner = NULL, lease_expires_at = NULL WHERE id = :id",
                 updates,
             )
+            tx.command_events(sorted(cid for cid, o in outcome.items() if o == "recorded"))
             if reported:
                 tx.report_agent_fields(reported)
         return [{"id": r.id, "outcome": outcome[r.id]} for r in results]
@@ -498,6 +499,10 @@ class StreamStore(StoreCore):
         if disconnect_after is not None:
             with self.transaction() as tx:
                 t = tx.now if now is None else now
+                lapsed = {"t": t - disconnect_after}
+                tx.agent_status_events(
+                    "status = 'active' AND last_seen < :t", lapsed, "disconnected"
+                )
                 cur = tx.ex(
                     "UPDATE agents SET status = 'disconnected', updated_at = :now "
                     "WHERE status = 'active' AND last_seen < :t",

@@ -23,6 +23,7 @@ from fleetcmd.server.management import (
     rollouts,
     schedules,
     security,
+    subscribers,
     tasks,
 )
 from fleetcmd.server.rbac import User
@@ -55,6 +56,7 @@ def create_management_app(st: ServerState) -> FastAPI:
         schedules,
         fleet,
         reports,
+        subscribers,
     ):
         app.include_router(module.router)
 
