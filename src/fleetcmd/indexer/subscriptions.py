@@ -64,6 +64,8 @@ class Dispatcher:
             for _, task in self.lanes.values():
                 task.cancel()
             await asyncio.gather(*(t for _, t in self.lanes.values()), return_exceptions=True)
+            with contextlib.suppress(Exception):
+                self.store.release_subscribers(self.owner)
 
     def _reconcile(self, subs: list[dict[str, Any]]) -> None:
         active = {s["id"]: s for s in subs if s["state"] == "active"}

@@ -128,7 +128,9 @@ class EventsStore(StoreCore):
         with self.transaction() as tx:
             if tx.one("SELECT id FROM subscribers WHERE id = :id", {"id": sub_id}) is None:
                 raise NotFound(f"subscriber {sub_id} not found")
-            sets = "state = :state, updated_at = :now"
+            # The lease goes too: a lane still running elsewhere loses its cursor writes
+            # (fenced by owner) and the next lane starts from the cursor set here.
+            sets = "state = :state, updated_at = :now, owner = NULL, owner_until = NULL"
             params: dict[str, Any] = {"id": sub_id, "state": state, "now": tx.now}
             if state == "active":
                 sets += ", failures = 0, failing_since = NULL, last_error = NULL"
@@ -152,6 +154,14 @@ class EventsStore(StoreCore):
                 {"id": sub_id, "owner": owner, "until": tx.now + lease, "now": tx.now},
             )
             return bool(cur.rowcount)
+
+    def release_subscribers(self, owner: str) -> None:
+        """An indexer stopping hands its subscribers over at once (not after their lease)."""
+        with self.transaction() as tx:
+            tx.ex(
+                "UPDATE subscribers SET owner = NULL, owner_until = NULL WHERE owner = :owner",
+                {"owner": owner},
+            )
 
     def read_events(
         self, after: Position, limit: int, filters: dict[str, Any]
