@@ -166,3 +166,12 @@ def test_postgres_reads_no_event_of_a_transaction_still_running(store: SqlStore)
     release.set()
     t.join()
     assert [e["data"]["actor"] for e in walk(store, sub)] == ["slow", "fast"]
+
+
+def test_old_events_every_subscriber_passed_are_pruned(store: SqlStore) -> None:
+    store.append_audit([{"actor": "a", "action": "user.login", "outcome": "success"}] * 7)
+    behind = subscribe(store, "behind")  # from the start: nothing read yet
+    assert store.prune_events(time.time() + 1, batch=2) == 0  # held by its cursor
+    assert len(walk(store, behind)) == 7
+    assert store.prune_events(time.time() + 1, batch=2) == 7
+    assert store.lag((0, 0)) == 0

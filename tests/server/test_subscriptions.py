@@ -10,7 +10,10 @@ from an event id."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +243,38 @@ def test_only_administrators_manage_subscribers(tmp_path: Path) -> None:
         r = op.post("/subscribers", json={"name": "x", "kind": "webhook", "url": "http://h/x"})
         assert r.status_code == 403 and r.json()["error"] == "forbidden"
         assert op.get("/subscribers").status_code == 403
+        # the CLI registers one and lists it
+        cli = [str(Path(sys.executable).parent / "fleetcmd"), "subscriber"]
+        common = ["--api", srv.api, "--data-dir", str(srv.data_dir)]
+        done = subprocess.run(
+            [
+                *cli,
+                "add",
+                "cli-hook",
+                "--webhook",
+                "https://siem.example/in",
+                "--kind",
+                "command",
+                "--status",
+                "failure",
+                "--options",
+                '{"batch": 10}',
+                *common,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        made = json.loads(done.stdout)
+        assert made["secret"] and made["filters"]["statuses"] == ["failure"]
+        assert made["options"]["batch"] == 10
+        wide = {**os.environ, "COLUMNS": "250"}
+        listed = subprocess.run(
+            [*cli, "list", *common], capture_output=True, text=True, timeout=60, env=wide
+        )
+        assert listed.returncode == 0 and "cli-hook" in listed.stdout
+        bad = subprocess.run(
+            [*cli, "add", "x", *common], capture_output=True, text=True, timeout=60
+        )
+        assert bad.returncode == 1 and "--webhook URL or --syslog" in bad.stderr

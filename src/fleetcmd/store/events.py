@@ -251,18 +251,29 @@ class EventsStore(StoreCore):
             )
         return int(row[0]) if row else 0
 
-    def prune_events(self, before: float) -> int:
-        """Events older than `before` that every subscriber has passed leave the store."""
-        with self.transaction() as tx:
-            floor = tx.one("SELECT min(cursor_tx), min(cursor_id) FROM subscribers")
-            where = "at < :before"
-            params: dict[str, Any] = {"before": before}
-            if floor is not None and floor[0] is not None:
-                # every subscriber's cursor is at or past (floor tx, floor id) in both parts
-                where += " AND tx <= :ftx AND id <= :fid"
-                params.update(ftx=int(floor[0]), fid=int(floor[1]))
-            cur = tx.ex(f"DELETE FROM events WHERE {where}", params)
-            return int(cur.rowcount)
+    def prune_events(self, before: float, batch: int = 5000) -> int:
+        """Events older than `before` that every subscriber has passed leave the store, in
+        short transactions (the live path waits for none of them). A paused subscriber keeps
+        its backlog until it is resumed or removed."""
+        removed = 0
+        while True:
+            with self.transaction() as tx:
+                floor = tx.one("SELECT min(cursor_tx), min(cursor_id) FROM subscribers")
+                where = "at < :before"
+                params: dict[str, Any] = {"before": before, "batch": batch}
+                if floor is not None and floor[0] is not None:
+                    # every cursor is at or past (min tx, min id) in both parts
+                    where += " AND tx <= :ftx AND id <= :fid"
+                    params.update(ftx=int(floor[0]), fid=int(floor[1]))
+                cur = tx.ex(
+                    "DELETE FROM events WHERE id IN "
+                    f"(SELECT id FROM events WHERE {where} ORDER BY id LIMIT :batch)",
+                    params,
+                )
+                n = int(cur.rowcount)
+            removed += n
+            if n < batch:
+                return removed
 
 
 def _start(tx: TxCore, from_event: int | None, from_time: float | None) -> Position:
