@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from dashboard.harness import dashboard_session
 from server.harness import FakeAgent, file_task, fleet, login, task_final
 from support import store_url_for, wait_until
 from support.receivers import WebhookReceiver, rsyslog
@@ -278,3 +279,43 @@ def test_only_administrators_manage_subscribers(tmp_path: Path) -> None:
             [*cli, "add", "x", *common], capture_output=True, text=True, timeout=60
         )
         assert bad.returncode == 1 and "--webhook URL or --syslog" in bad.stderr
+
+        # the dashboard page: listed, registered with its secret shown once, paused
+        browser = dashboard_session(
+            srv.api, "admin", (srv.data_dir / "admin.password").read_text().strip()
+        )
+        listing = browser.get("/app/subscribers")
+        assert listing.status_code == 200 and 'data-subscriber="cli-hook"' in listing.text
+        csrf = re.search(r'name="csrf_token" value="([0-9a-f]+)"', listing.text)
+        assert csrf
+        made = browser.post(
+            "/app/subscribers",
+            data={
+                "csrf_token": csrf[1],
+                "name": "dash-hook",
+                "kind": "webhook",
+                "url": "https://siem.example/dash",
+                "kind_command": "yes",
+                "statuses": "failure, timeout",
+            },
+        )
+        assert made.status_code == 200 and 'data-testid="subscriber-secret"' in made.text
+        dash = next(
+            s for s in admin.get("/subscribers").json()["data"]["items"] if s["name"] == "dash-hook"
+        )
+        assert dash["filters"]["kinds"] == ["command"]
+        assert dash["filters"]["statuses"] == ["failure", "timeout"]
+        r = browser.post(f"/app/subscribers/{dash['id']}/pause", data={"csrf_token": csrf[1]})
+        assert r.status_code == 303
+        assert admin.get(f"/subscribers/{dash['id']}").json()["data"]["state"] == "paused"
+        refused = browser.post(
+            "/app/subscribers",
+            data={"csrf_token": csrf[1], "name": "x", "kind": "syslog", "url": "http://no"},
+        )
+        assert refused.status_code == 422 and "tcp://host:port" in refused.text
+        assert (
+            dashboard_session(srv.api, "operator1", "operator-password")
+            .get("/app/subscribers")
+            .status_code
+            == 403
+        )

@@ -13,6 +13,7 @@ from fleetcmd.model.subscriptions import ReplayIn, SubscriberIn
 from fleetcmd.server import audit
 from fleetcmd.server.management.auth import State, require
 from fleetcmd.server.rbac import User
+from fleetcmd.server.state import ServerState
 
 router = APIRouter(tags=["subscribers"])
 Admin = Annotated[User, Depends(require("subscriber:manage"))]
@@ -31,7 +32,14 @@ async def create_subscriber(
 ) -> dict[str, Any]:
     """201 with the subscriber; for a webhook, `secret` (HMAC-SHA256 key of its signatures),
     shown only here. 409 when the name is taken."""
-    out = await st.indexer.post(
+    return {"data": await register(st, request, user, body)}
+
+
+async def register(
+    st: ServerState, request: Request, user: User, body: SubscriberIn
+) -> dict[str, Any]:
+    """Register and audit (shared with the dashboard)."""
+    out: dict[str, Any] = await st.indexer.post(
         "/subscribers", {"subscriber": body.model_dump(mode="json"), "user": user.name}
     )
     await audit.record(
@@ -42,7 +50,7 @@ async def create_subscriber(
         target=f"subscriber:{out['id']}",
         details={"name": body.name, "kind": body.kind, "url": body.url},
     )
-    return {"data": out}
+    return out
 
 
 @router.get("/subscribers/{sub_id}")
@@ -50,9 +58,10 @@ async def get_subscriber(sub_id: int, st: State, _: Admin) -> dict[str, Any]:
     return {"data": await st.indexer.get(f"/subscribers/{sub_id}")}
 
 
-async def _change(
-    st: State, request: Request, user: User, sub_id: int, verb: str, body: dict[str, Any]
+async def change(
+    st: ServerState, request: Request, user: User, sub_id: int, verb: str, body: dict[str, Any]
 ) -> dict[str, Any]:
+    """Pause, resume or replay, audited (shared with the dashboard)."""
     out: dict[str, Any] = await st.indexer.post(f"/subscribers/{sub_id}/{verb}", body)
     await audit.record(
         st,
@@ -67,13 +76,13 @@ async def _change(
 
 @router.post("/subscribers/{sub_id}/pause")
 async def pause(sub_id: int, request: Request, st: State, user: Admin) -> dict[str, Any]:
-    return await _change(st, request, user, sub_id, "pause", {})
+    return await change(st, request, user, sub_id, "pause", {})
 
 
 @router.post("/subscribers/{sub_id}/resume")
 async def resume(sub_id: int, request: Request, st: State, user: Admin) -> dict[str, Any]:
     """Active again (failures forgotten); delivery goes on from its cursor."""
-    return await _change(st, request, user, sub_id, "resume", {})
+    return await change(st, request, user, sub_id, "resume", {})
 
 
 @router.post("/subscribers/{sub_id}/replay")
@@ -81,7 +90,7 @@ async def replay(
     sub_id: int, body: ReplayIn, request: Request, st: State, user: Admin
 ) -> dict[str, Any]:
     """Deliver again from `from_event` (an event id) or `from_time` (epoch seconds)."""
-    return await _change(st, request, user, sub_id, "replay", body.model_dump(exclude_none=True))
+    return await change(st, request, user, sub_id, "replay", body.model_dump(exclude_none=True))
 
 
 @router.delete("/subscribers/{sub_id}")
