@@ -72,6 +72,7 @@ def test_changes_leave_events_in_their_transaction_and_subscribers_read_them(
             tx.put_document("alerts", "a1/1-100-x", {"rule": {"id": 100, "level": 10}})
     store.update_agents([{"id": "a1", "status": "active", "node": "n1"}])
     store.update_agents([{"id": "a1", "status": "active", "last_seen": time.time()}])  # same
+    store.sweep(now=time.time() + 120, disconnect_after=60)  # a1 stopped polling
 
     events = walk(store, everything)
     assert [e["id"] for e in events] == sorted(e["id"] for e in events)
@@ -97,7 +98,8 @@ def test_changes_leave_events_in_their_transaction_and_subscribers_read_them(
     assert [e["subject"] for e in by_kind["alert"]] == ["a1/1-100-x"]
     assert by_kind["alert"][0]["data"]["rule"]["level"] == 10
     assert [(e["subject"], e["type"], e["data"]) for e in by_kind["agent"]] == [
-        ("a1", "active", {"previous": "never_connected"})
+        ("a1", "active", {"previous": "never_connected"}),
+        ("a1", "disconnected", {"previous": "active"}),
     ]
     assert walk(store, everything) == []  # the cursor is durable: nothing twice
 

@@ -499,16 +499,20 @@ class StreamStore(StoreCore):
         if disconnect_after is not None:
             with self.transaction() as tx:
                 t = tx.now if now is None else now
-                lapsed = {"t": t - disconnect_after}
-                tx.agent_status_events(
-                    "status = 'active' AND last_seen < :t", lapsed, "disconnected"
-                )
-                cur = tx.ex(
+                gone = tx.update_returning(
                     "UPDATE agents SET status = 'disconnected', updated_at = :now "
-                    "WHERE status = 'active' AND last_seen < :t",
+                    "WHERE status = 'active' AND last_seen < :t RETURNING id",
                     {"now": tx.now, "t": t - disconnect_after},
                 )
-                report.disconnected = int(cur.rowcount)
+                # their events from what the update returned: the scan is made once a second
+                tx.add_events(
+                    "agent",
+                    [
+                        {"type": "disconnected", "subject": r[0], "data": {"previous": "active"}}
+                        for r in gone
+                    ],
+                )
+                report.disconnected = len(gone)
         return report
 
     def _hand_back_silent(self, report: SweepReport, now: float | None, after: float) -> None:
