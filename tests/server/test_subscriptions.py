@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from dashboard.harness import dashboard_session
+from fleetcmd.tls import make_dev_certs
 from server.harness import FakeAgent, file_task, fleet, login, task_final
 from support import store_url_for, wait_until
 from support.receivers import WebhookReceiver, rsyslog
@@ -319,3 +320,30 @@ def test_only_administrators_manage_subscribers(tmp_path: Path) -> None:
             .status_code
             == 403
         )
+
+
+def test_syslog_over_tls(store_url: str, tmp_path: Path) -> None:
+    """rsyslogd with its OpenSSL driver and a certificate of a CA the subscriber trusts
+    (`options.ca_file`); the name checked is the address in the URL."""
+    certs = make_dev_certs(tmp_path / "certs", ["127.0.0.1"])
+    tls = {"ca": certs["CA"], "cert": certs["certificate"], "key": certs["key"]}
+    with rsyslog(tmp_path, tls=tls) as (port, out), fleet(store_url, tmp_path) as (_, [srv]):
+        admin = srv.admin()
+        r = admin.post(
+            "/subscribers",
+            json={
+                "name": "siem-tls",
+                "kind": "syslog",
+                "url": f"tcp://127.0.0.1:{port}",
+                "filters": {"kinds": ["audit"]},
+                "options": {"tls": True, "ca_file": str(certs["CA"])},
+                "from_time": 0,
+            },
+        )
+        assert r.status_code == 201, r.text
+        wait_until(
+            lambda: any(e["data"]["action"] == "subscriber.create" for e in syslog_events(out)),
+            timeout=30,
+            what="the audit record of the registration, over TLS",
+        )
+        assert {e["kind"] for e in syslog_events(out)} == {"audit"}

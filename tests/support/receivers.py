@@ -74,32 +74,52 @@ class WebhookReceiver:
         self.server.server_close()
 
 
-def ensure_rsyslog() -> str:
-    """rsyslogd, installed with apt-get when missing (as `make rsyslog` does)."""
-    if not os.path.exists(RSYSLOGD) and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(["apt-get", "install", "-y", "rsyslog"], capture_output=True, timeout=600)
-    if not os.path.exists(RSYSLOGD):
+OSSL = "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_ossl.so"
+
+
+def ensure_rsyslog(tls: bool = False) -> str:
+    """rsyslogd (and, for TLS, its OpenSSL driver), installed with apt-get when missing, as
+    `make rsyslog` does."""
+    wanted = [("rsyslog", RSYSLOGD)] + ([("rsyslog-openssl", OSSL)] if tls else [])
+    missing = [pkg for pkg, path in wanted if not os.path.exists(path)]
+    if missing and shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", *missing], capture_output=True, timeout=600)
+    missing = [pkg for pkg, path in wanted if not os.path.exists(path)]
+    if missing:
         if os.environ.get("CI"):
-            pytest.fail("rsyslogd is required (CI): run `make rsyslog`")
-        pytest.skip("rsyslogd not installed and apt-get could not install it (make rsyslog)")
+            pytest.fail(f"{' '.join(missing)} required (CI): run `make rsyslog`")
+        pytest.skip(f"{' '.join(missing)} not installed and apt-get could not (make rsyslog)")
     return RSYSLOGD
 
 
 @contextmanager
-def rsyslog(tmp: Path) -> Iterator[tuple[int, Path]]:
-    """An rsyslogd of our own: imtcp on a free loopback port, every message written to
-    `out.log` in RFC 5424 form (rsyslog's own template), no system sockets or files."""
-    binary = ensure_rsyslog()
+def rsyslog(tmp: Path, tls: dict[str, Path] | None = None) -> Iterator[tuple[int, Path]]:
+    """An rsyslogd of our own: imtcp on a free loopback port (TLS with OpenSSL when `tls`
+    gives `ca`, `cert`, `key`), every message written to `out.log` in RFC 5424 form
+    (rsyslog's own template), no system sockets or files."""
+    binary = ensure_rsyslog(tls is not None)
     work = tmp / "rsyslog"
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     out = work / "out.log"
     conf = work / "rsyslog.conf"
+    driver = ""
+    module = 'module(load="imtcp")\n'
+    if tls is not None:
+        driver = (
+            f' defaultNetstreamDriver="ossl" defaultNetstreamDriverCAFile="{tls["ca"]}"'
+            f' defaultNetstreamDriverCertFile="{tls["cert"]}"'
+            f' defaultNetstreamDriverKeyFile="{tls["key"]}"'
+        )
+        module = (
+            'module(load="imtcp" streamDriver.name="ossl" streamDriver.mode="1" '
+            'streamDriver.authMode="anon")\n'
+        )
     conf.write_text(
-        f'global(workDirectory="{work}" maxMessageSize="256k")\n'
-        'module(load="imtcp")\n'
-        f'input(type="imtcp" address="127.0.0.1" port="{port}")\n'
-        f'action(type="omfile" file="{out}" template="RSYSLOG_SyslogProtocol23Format")\n'
+        f'global(workDirectory="{work}" maxMessageSize="256k"{driver})\n'
+        + module
+        + f'input(type="imtcp" address="127.0.0.1" port="{port}")\n'
+        + f'action(type="omfile" file="{out}" template="RSYSLOG_SyslogProtocol23Format")\n'
     )
     proc = subprocess.Popen(
         [binary, "-n", "-f", str(conf), "-i", str(work / "rsyslogd.pid")],
