@@ -18,13 +18,19 @@ from fleetcmd.store import ClaimFilter, Result
 from fleetcmd.store.base import SqlStore
 
 
-def walk(store: SqlStore, sub_id: int, batch: int = 1000) -> list[dict]:
+def walk(store: SqlStore, sub_id: int, batch: int = 1000, settle: bool = True) -> list[dict]:
+    """Read and advance to the end. `settle`: on PostgreSQL, also wait out write transactions
+    of other sessions on the cluster (other tests) that hold the read horizon back."""
     sub = store.subscriber(sub_id, with_secret=True)
     position = (sub["cursor"]["tx"], sub["cursor"]["id"])
     out: list[dict] = []
+    deadline = time.monotonic() + 20
     while True:
         events, last = store.read_events(position, batch, sub["filters"])
         if last is None:
+            if settle and store.lag(position) and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
             return out
         out += events
         assert store.lease_subscriber(sub_id, "me", 30)
@@ -164,7 +170,7 @@ def test_postgres_reads_no_event_of_a_transaction_still_running(store: SqlStore)
     store.append_audit([{"actor": "fast", "action": "user.login", "outcome": "success"}])
     # The fast record committed, but the slow one (a lower id) has not: neither is read yet,
     # so the cursor cannot step over the slow one.
-    assert walk(store, sub) == []
+    assert walk(store, sub, settle=False) == []
     release.set()
     t.join()
     assert [e["data"]["actor"] for e in walk(store, sub)] == ["slow", "fast"]
@@ -177,3 +183,38 @@ def test_old_events_every_subscriber_passed_are_pruned(store: SqlStore) -> None:
     assert len(walk(store, behind)) == 7
     assert store.prune_events(time.time() + 1, batch=2) == 7
     assert store.lag((0, 0)) == 0
+
+
+def test_one_dispatcher_holds_a_subscriber_and_only_it_moves_the_cursor(store: SqlStore) -> None:
+    store.append_audit([{"actor": "a", "action": "user.login", "outcome": "success"}])
+    sub = subscribe(store, "leased")
+    assert store.lease_subscriber(sub, "indexer-1", 30)
+    assert not store.lease_subscriber(sub, "indexer-2", 30)  # held
+    cursor = store.subscriber(sub)["cursor"]
+    deadline = time.monotonic() + 20  # PostgreSQL: other sessions' writes hold the horizon
+    while True:
+        events, last = store.read_events((cursor["tx"], cursor["id"]), 10, {})
+        if events or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert events and last is not None
+    start = store.subscriber(sub)["cursor"]
+    assert not store.advance(sub, "indexer-2", last, len(events))  # fenced
+    assert store.subscriber(sub)["cursor"] == start
+    assert store.delivery_failed(sub, "indexer-2", "not mine", 1) == 0
+    assert store.subscriber(sub)["state"] == "active"
+    # failures in a row pause it; a resume forgets them and drops the lease
+    assert store.delivery_failed(sub, "indexer-1", "HTTP 500", 2) == 1
+    assert store.delivery_failed(sub, "indexer-1", "HTTP 500", 2) == 2
+    paused = store.subscriber(sub)
+    assert paused["state"] == "paused" and paused["last_error"] == "HTTP 500"
+    assert not store.lease_subscriber(sub, "indexer-1", 30)  # a paused one is not delivered
+    resumed = store.set_subscriber_state(sub, "active")
+    assert resumed["failures"] == 0 and resumed["owner"] is None
+    assert store.lease_subscriber(sub, "indexer-2", 30)
+    assert store.advance(sub, "indexer-2", last, len(events))
+    # an indexer that stops hands its subscribers over at once
+    store.release_subscribers("indexer-2")
+    assert store.lease_subscriber(sub, "indexer-3", 0.01)
+    time.sleep(0.05)
+    assert store.lease_subscriber(sub, "indexer-1", 30)  # the lease lapsed

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,13 @@ def test_webhook_and_syslog_subscribers(store_url: str, tmp_path: Path) -> None:
                     "kind": "webhook",
                     "url": hook.url,
                     "filters": {"kinds": ["task", "command", "audit", "agent"]},
-                    "options": {"batch": 50, "retry_base": 0.1, "retry_max": 0.3, "pause_after": 3},
+                    "options": {
+                        "batch": 50,
+                        "retry_base": 0.1,
+                        "retry_max": 0.3,
+                        "pause_after": 3,
+                        "timeout": 1.0,
+                    },
                 },
             )
             assert r.status_code == 201, r.text
@@ -160,15 +167,26 @@ def test_webhook_and_syslog_subscribers(store_url: str, tmp_path: Path) -> None:
                 for e in syslog_events(syslog_file)
             )
 
-            # The webhook fails: retried with backoff, then paused and reported; the live
-            # path and the syslog subscriber go on meanwhile.
-            hook.status = 500
-            down = run_task(admin, agent, "web", 2)
+            # The webhook stops answering: its lane waits out its timeout; the live path
+            # does not wait with it.
+            hook.hang = 3.0
+            started = time.monotonic()
+            hung = run_task(admin, agent, "web", 5)
+            assert hung["status"] == "success" and time.monotonic() - started < 2.5
 
             def paused() -> dict[str, Any] | None:
                 s = admin.get(f"/subscribers/{sub['id']}").json()["data"]
                 return s if s["state"] == "paused" else None
 
+            state = wait_until(paused, timeout=30, what="paused after three timeouts")
+            assert "no answer within 1s" in state["last_error"]
+            hook.hang = 0.0
+
+            # The webhook fails: retried with backoff, then paused and reported; the live
+            # path and the syslog subscriber go on meanwhile.
+            hook.status = 500
+            assert admin.post(f"/subscribers/{sub['id']}/resume").status_code == 200
+            down = run_task(admin, agent, "web", 2)
             state = wait_until(paused, timeout=30, what="the webhook subscriber paused")
             assert state["failures"] == 3 and "HTTP 500" in state["last_error"]
             assert state["lag"] > 0
@@ -182,7 +200,7 @@ def test_webhook_and_syslog_subscribers(store_url: str, tmp_path: Path) -> None:
             )
             with idx.client() as ic:
                 text = ic.get("/metrics").text
-            assert 'fleetcmd_subscriber_failures_total{subscriber="hook"} 3.0' in text
+            assert 'fleetcmd_subscriber_failures_total{subscriber="hook"} 6.0' in text
             assert 'fleetcmd_subscriber_paused{subscriber="hook"} 1.0' in text
             assert re.search(r'fleetcmd_subscriber_lag_events\{subscriber="siem"\} \d', text)
 
@@ -193,14 +211,14 @@ def test_webhook_and_syslog_subscribers(store_url: str, tmp_path: Path) -> None:
             assert admin.post(f"/subscribers/{sub['id']}/resume").status_code == 200
             after = run_task(admin, agent, "web", 4)
             wait_until(
-                lambda: all(finals_of(hook.events(), t["id"]) for t in (down, during, after)),
+                lambda: all(finals_of(hook.events(), t["id"]) for t in (hung, down, during, after)),
                 timeout=60,
                 what="everything missed delivered after resume",
             )
             events = hook.events()
             assert hook.all_signed()
             seen = {e["id"] for e in events}
-            for t in (down, during, after):
+            for t in (hung, down, during, after):
                 expected = {
                     str(c["id"])
                     for c in admin.get("/commands", params={"task_id": t["id"]}).json()["data"][

@@ -31,6 +31,7 @@ class WebhookReceiver:
 
     def __init__(self) -> None:
         self.status = 200
+        self.hang = 0.0  # seconds to wait before answering (a receiver that stopped answering)
         self.secret = ""
         self.deliveries: list[tuple[bool, dict[str, Any]]] = []
         self.refused = 0
@@ -40,6 +41,10 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if receiver.hang:
+                    time.sleep(receiver.hang)
+                    self.close_connection = True
+                    return
                 ok = verify(receiver.secret, self.headers.get(SIGNATURE_HEADER, ""), body)
                 with receiver.lock:
                     status = receiver.status

@@ -46,7 +46,8 @@ class WebhookSender:
         self.name = sub["name"]
         self.url = sub["url"]
         self.secret = sub["secret"] or ""
-        self.http = httpx.AsyncClient(timeout=sub["options"].get("timeout", 10.0))
+        self.timeout = float(sub["options"].get("timeout", 10.0))
+        self.http = httpx.AsyncClient(timeout=self.timeout)
 
     async def send(self, events: list[dict[str, Any]]) -> None:
         body = json.dumps(
@@ -58,7 +59,12 @@ class WebhookSender:
             "X-Fleetcmd-Subscriber": self.name,
             SIGNATURE_HEADER: sign(self.secret, body),
         }
-        r = await self.http.post(self.url, content=body, headers=headers)
+        try:
+            r = await self.http.post(self.url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise DeliveryFailed(f"no answer within {self.timeout:g}s from {self.url}") from exc
+        except httpx.HTTPError as exc:
+            raise DeliveryFailed(f"{self.url}: {exc or type(exc).__name__}") from exc
         if not r.is_success:
             raise DeliveryFailed(f"HTTP {r.status_code} from {self.url}: {r.text[:200]}")
 

@@ -132,8 +132,9 @@ class Dispatcher:
                         await sender.send(events)
                     except Exception as exc:
                         m.subscriber_failures.labels(name).inc()
+                        error = str(exc) or type(exc).__name__
                         failures = await run_in_threadpool(
-                            self.store.delivery_failed, sid, self.owner, str(exc), pause_after
+                            self.store.delivery_failed, sid, self.owner, error, pause_after
                         )
                         if failures >= pause_after:
                             log.error(
@@ -141,7 +142,7 @@ class Dispatcher:
                                 "(last: %s); resume it when it is back",
                                 name,
                                 failures,
-                                exc,
+                                error,
                             )
                             m.subscriber_paused.labels(name).set(1)
                             return
@@ -149,7 +150,7 @@ class Dispatcher:
                         log.warning(
                             "subscriber %s: delivery failed (%s); retry %d in %.1fs",
                             name,
-                            exc,
+                            error,
                             failures,
                             pause,
                         )
