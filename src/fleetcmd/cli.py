@@ -136,6 +136,7 @@ def indexer(
         IndexerOptions(
             token=credential,
             run_command_manager=cfg.command_manager,
+            run_dispatcher=cfg.dispatcher,
             retention_days=cfg.retention_days,
             upkeep_interval=cfg.upkeep_interval,
             node_silent_after=cfg.node_silent_after,
