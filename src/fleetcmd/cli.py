@@ -55,6 +55,9 @@ def indexer(
     command_manager: Annotated[
         bool, typer.Option(help="Run the command manager worker.")
     ] = _IX.command_manager,
+    dispatcher: Annotated[
+        bool, typer.Option(help="Push events to the event subscribers from this indexer.")
+    ] = _IX.dispatcher,
     retention_days: Annotated[
         float,
         typer.Option(
