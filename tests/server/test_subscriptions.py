@@ -342,10 +342,12 @@ def test_only_administrators_manage_subscribers(tmp_path: Path) -> None:
 
 def test_syslog_over_tls(store_url: str, tmp_path: Path) -> None:
     """rsyslogd with its OpenSSL driver and a certificate of a CA the subscriber trusts
-    (`options.ca_file`); the name checked is the address in the URL."""
+    (`options.ca_file`); the name checked is the address in the URL. Alerts too: one written
+    as the engine writes it (PUT to the indexer's alerts index) arrives with its body, at
+    syslog severity warning."""
     certs = make_dev_certs(tmp_path / "certs", ["127.0.0.1"])
     tls = {"ca": certs["CA"], "cert": certs["certificate"], "key": certs["key"]}
-    with rsyslog(tmp_path, tls=tls) as (port, out), fleet(store_url, tmp_path) as (_, [srv]):
+    with rsyslog(tmp_path, tls=tls) as (port, out), fleet(store_url, tmp_path) as (idx, [srv]):
         admin = srv.admin()
         r = admin.post(
             "/subscribers",
@@ -353,7 +355,7 @@ def test_syslog_over_tls(store_url: str, tmp_path: Path) -> None:
                 "name": "siem-tls",
                 "kind": "syslog",
                 "url": f"tcp://127.0.0.1:{port}",
-                "filters": {"kinds": ["audit"]},
+                "filters": {"kinds": ["audit", "alert"]},
                 "options": {"tls": True, "ca_file": str(certs["CA"])},
                 "from_time": 0,
             },
@@ -364,4 +366,18 @@ def test_syslog_over_tls(store_url: str, tmp_path: Path) -> None:
             timeout=30,
             what="the audit record of the registration, over TLS",
         )
-        assert {e["kind"] for e in syslog_events(out)} == {"audit"}
+        alert = {"id": "agent1/1765100000000-100101-ab", "rule": {"id": 100101, "level": 10}}
+        with idx.client() as ic:
+            assert ic.put(f"/indexes/alerts/{alert['id']}", json=alert).is_success
+            assert ic.put(f"/indexes/alerts/{alert['id']}", json=alert).is_success  # rewrite
+        wait_until(
+            lambda: any(e["kind"] == "alert" for e in syslog_events(out)),
+            timeout=30,
+            what="the alert over TLS",
+        )
+        alerts = [e for e in syslog_events(out) if e["kind"] == "alert"]
+        assert len(alerts) == 1 and alerts[0]["data"]["rule"]["level"] == 10
+        assert alerts[0]["subject"] == alert["id"]
+        line = next(x for x in out.read_text().splitlines() if '"kind":"alert"' in x)
+        assert line.startswith(f"<{16 * 8 + 4}>1 ")  # local0.warning
+        assert {e["kind"] for e in syslog_events(out)} == {"audit", "alert"}
