@@ -26,14 +26,14 @@ RSYSLOGD = "/usr/sbin/rsyslogd"
 
 class WebhookReceiver:
     """Answers `status` (200 by default; set 500 to play a failing receiver) and keeps every
-    delivery it accepted: (signature valid, body). `secret` is set once the subscriber is
-    registered (its secret comes back then)."""
+    delivery it accepted: (signature header, raw body, time received) and the parsed body.
+    `secret` is set once the subscriber is registered (its secret comes back then)."""
 
     def __init__(self) -> None:
         self.status = 200
         self.hang = 0.0  # seconds to wait before answering (a receiver that stopped answering)
         self.secret = ""
-        self.deliveries: list[tuple[bool, dict[str, Any]]] = []
+        self.deliveries: list[tuple[tuple[str, bytes, float], dict[str, Any]]] = []
         self.refused = 0
         self.lock = threading.Lock()
         receiver = self
@@ -45,11 +45,11 @@ class WebhookReceiver:
                     time.sleep(receiver.hang)
                     self.close_connection = True
                     return
-                ok = verify(receiver.secret, self.headers.get(SIGNATURE_HEADER, ""), body)
+                signature = (self.headers.get(SIGNATURE_HEADER, ""), body, time.time())
                 with receiver.lock:
                     status = receiver.status
                     if status == 200:
-                        receiver.deliveries.append((ok, json.loads(body)))
+                        receiver.deliveries.append((signature, json.loads(body)))
                     else:
                         receiver.refused += 1
                 self.send_response(status)
@@ -71,8 +71,13 @@ class WebhookReceiver:
             return [e for _, body in self.deliveries for e in body["events"]]
 
     def all_signed(self) -> bool:
+        """Every accepted delivery's signature checks out with the secret (checked now: the
+        secret is known once registration answered, a first delivery may come before)."""
         with self.lock:
-            return all(ok for ok, _ in self.deliveries)
+            return bool(self.deliveries) and all(
+                verify(self.secret, header, body, now=at)
+                for (header, body, at), _ in self.deliveries
+            )
 
     def close(self) -> None:
         self.server.shutdown()

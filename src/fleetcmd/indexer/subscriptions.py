@@ -45,6 +45,7 @@ class Dispatcher:
         self.metrics = metrics
         self.owner = owner or f"indexer-{uuid.uuid4().hex[:12]}"
         self.lanes: dict[int, tuple[float, asyncio.Task[None]]] = {}
+        self.named: set[str] = set()
 
     async def run(self) -> None:
         """Keep one lane per active subscriber; restart a lane whose registration changed
@@ -69,6 +70,17 @@ class Dispatcher:
 
     def _reconcile(self, subs: list[dict[str, Any]]) -> None:
         active = {s["id"]: s for s in subs if s["state"] == "active"}
+        names = {s["name"] for s in subs}
+        for gone in self.named - names:  # removed: their series go too
+            for metric in (
+                self.metrics.subscriber_paused,
+                self.metrics.subscriber_lag,
+                self.metrics.subscriber_delivered,
+                self.metrics.subscriber_failures,
+            ):
+                with contextlib.suppress(KeyError):
+                    metric.remove(gone)
+        self.named = names
         for s in subs:
             self.metrics.subscriber_paused.labels(s["name"]).set(s["state"] == "paused")
         for sid, (version, task) in list(self.lanes.items()):
@@ -124,8 +136,12 @@ class Dispatcher:
                     self.store.read_events, position, batch, filters
                 )
                 if last is None:
-                    m.subscriber_lag.labels(name).set(0)
-                    await wait_for(wake, IDLE)
+                    # nothing readable; on PostgreSQL committed events may still wait behind
+                    # an older transaction, so count rather than assume none
+                    counted_at = now
+                    lag = await run_in_threadpool(self.store.lag, position)
+                    m.subscriber_lag.labels(name).set(lag)
+                    await wait_for(wake, IDLE if not lag else 0.2)
                     continue
                 if events:
                     try:
