@@ -60,22 +60,22 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 Pages = AsyncIterator[list[dict[str, Any]]]
 
 
-async def pages(
-    st: ServerState, path: str, params: dict[str, Any], page: int = PAGE
-) -> tuple[list[dict[str, Any]], Pages]:
-    """The first page now (errors raise before any byte is sent), then an iterator of it and
+async def pages(st: ServerState, path: str, params: dict[str, Any], page: int = PAGE) -> Pages:
+    """The first page read now (errors raise before any byte is sent); an iterator of it and
     the pages after it, walked by the indexer's keyset cursor."""
     first = await st.indexer.get(path, **params, limit=page)
 
-    async def walk() -> Pages:
-        data = first
+    async def walk(data: dict[str, Any]) -> Pages:
+        # `data` is the only reference to a page: each is freed once the next is read
         while True:
-            yield list(data["items"])
-            if not data.get("next_cursor"):
+            items, cursor = data["items"], data.get("next_cursor")
+            del data
+            yield items
+            if not cursor:
                 return
-            data = await st.indexer.get(path, **params, cursor=data["next_cursor"], limit=page)
+            data = await st.indexer.get(path, **params, cursor=cursor, limit=page)
 
-    return first["items"], walk()
+    return walk(first)
 
 
 def command_row(c: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +165,7 @@ async def may_read_task(st: ServerState, user: User, task_id: int) -> bool:
 
 async def task_export(st: ServerState, task_id: int, fmt: Format) -> StreamingResponse:
     """Every command of the task with its result, in id order (parents before children)."""
-    _, items = await pages(st, "/commands", {"task_id": task_id})
+    items = await pages(st, "/commands", {"task_id": task_id})
     return download(items, fmt, f"task-{task_id}-commands", COMMAND_COLUMNS, command_row)
 
 
@@ -174,7 +174,7 @@ async def audit_export(
 ) -> StreamingResponse:
     """The trail from `since` (inclusive) to `until` (exclusive), oldest first."""
     params = {**filters, "since": since, "until": until, "order": "asc"}
-    _, items = await pages(st, "/audit", params)
+    items = await pages(st, "/audit", params)
     return download(items, fmt, "audit", AUDIT_COLUMNS, lambda r: r)
 
 
