@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PG ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: venv packages browser nftables haproxy run test bench chaos lint format trace clean lock dist
+.PHONY: venv packages browser nftables haproxy rsyslog run test bench chaos lint format trace clean lock dist
 
 # The product and, beside it, the lab (lab/: benchmarks and chaos, `fleetcmd bench …`), both
 # editable; the lab is its own distribution, never in the product's wheel.
@@ -23,12 +23,14 @@ run: venv
 
 ## packages: the Debian packages the tests drive for real, installed once where missing:
 ## Chromium (the dashboard's Playwright tests; no browser download), nftables (firewall-drop,
-## in network namespaces the tests make), HAProxy (the multi-host topology, deploy/haproxy.cfg)
-HOST_PACKAGES := /usr/bin/chromium:chromium /usr/sbin/nft:nftables /usr/sbin/haproxy:haproxy
+## in network namespaces the tests make), HAProxy (the multi-host topology, deploy/haproxy.cfg),
+## rsyslog and its OpenSSL driver (the syslog collector event subscriptions deliver to)
+HOST_PACKAGES := /usr/bin/chromium:chromium /usr/sbin/nft:nftables /usr/sbin/haproxy:haproxy \
+	/usr/sbin/rsyslogd:rsyslog /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_ossl.so:rsyslog-openssl
 packages:
-	@missing=""; for p in $(HOST_PACKAGES); do test -x "$${p%%:*}" || missing="$$missing $${p##*:}"; done; \
+	@missing=""; for p in $(HOST_PACKAGES); do test -e "$${p%%:*}" || missing="$$missing $${p##*:}"; done; \
 	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update && apt-get install -y $$missing; fi
-browser nftables haproxy: packages
+browser nftables haproxy rsyslog: packages
 
 ## test: the whole suite, SQLite and PostgreSQL, on TEST_WORKERS processes (pytest-xdist;
 ## most tests wait on real processes, so two workers fill a 2-core machine)

@@ -55,6 +55,9 @@ def indexer(
     command_manager: Annotated[
         bool, typer.Option(help="Run the command manager worker.")
     ] = _IX.command_manager,
+    dispatcher: Annotated[
+        bool, typer.Option(help="Push events to the event subscribers from this indexer.")
+    ] = _IX.dispatcher,
     retention_days: Annotated[
         float,
         typer.Option(
@@ -136,6 +139,7 @@ def indexer(
         IndexerOptions(
             token=credential,
             run_command_manager=cfg.command_manager,
+            run_dispatcher=cfg.dispatcher,
             retention_days=cfg.retention_days,
             upkeep_interval=cfg.upkeep_interval,
             node_silent_after=cfg.node_silent_after,

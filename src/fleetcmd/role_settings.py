@@ -68,6 +68,9 @@ class IndexerSettings(StoreSettings):
         "else DATA_DIR/node.token, made on first start).",
     )
     command_manager: bool = Field(True, description="Run the command manager worker.")
+    dispatcher: bool = Field(
+        True, description="Push events to the event subscribers from this indexer."
+    )
     retention_days: float = Field(
         30.0, ge=0, description="Finished tasks older than this leave the store (0: keep all)."
     )

@@ -33,6 +33,7 @@ from fleetcmd.indexer.api import (
     rollouts,
     schedules,
     stream,
+    subscribers,
     tasks,
 )
 from fleetcmd.indexer.command_manager import CommandManager
@@ -41,6 +42,7 @@ from fleetcmd.indexer.rollouts import RolloutScheduler
 from fleetcmd.indexer.scheduler import TEST_CLOCK_SLEEP, Scheduler, clock_from_env
 from fleetcmd.indexer.signing import CommandSigner, record_key
 from fleetcmd.indexer.state import IndexerState, Metrics
+from fleetcmd.indexer.subscriptions import Dispatcher
 from fleetcmd.indexer.task_manager import TaskManager
 from fleetcmd.indexer.user_proofs import UserProofs
 from fleetcmd.indexer.windows import WindowGate
@@ -65,6 +67,8 @@ class IndexerOptions:
     retention_interval: float = 3600.0
     # The store's own vacuum/analyze where its database does not (0: never); seconds.
     upkeep_interval: float = 60.0
+    # Push events to subscribers from this indexer (docs/indexer.md, "Events out").
+    run_dispatcher: bool = True
     # Signs agent-bound commands; None: a throw-away key (embedded use and tests only).
     signer: CommandSigner | None = None
 
@@ -173,6 +177,8 @@ def create_app(store: SqlStore, options: IndexerOptions) -> FastAPI:
         loops.append(asyncio.create_task(upkeep_loop(st, options.upkeep_interval)))
         loops.append(asyncio.create_task(schedule_loop(st, test_clock)))
         loops.append(asyncio.create_task(window_loop(st, test_clock)))
+        if options.run_dispatcher:
+            loops.append(asyncio.create_task(Dispatcher(store, waker, st.metrics).run()))
         if options.run_command_manager:
             loops.append(asyncio.create_task(command_manager_loop(st)))
             loops.append(asyncio.create_task(rollout_loop(st)))
@@ -213,6 +219,7 @@ def create_app(store: SqlStore, options: IndexerOptions) -> FastAPI:
     app.include_router(rollouts.router)
     app.include_router(schedules.router)
     app.include_router(proofs.router)
+    app.include_router(subscribers.router)
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, Any]:

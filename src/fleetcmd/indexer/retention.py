@@ -1,6 +1,7 @@
 """The store's housekeeping loops. Retention: now and then, finished tasks older than the
 configured age leave the store with their commands (store/retention.py does it in short
-batched transactions). Upkeep: every minute, and at once after retention removed something,
+batched transactions), and so do events that old every subscriber has passed. Upkeep:
+every minute, and at once after retention removed something,
 the store vacuums and analyzes what its database does not (store.upkeep)."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from starlette.concurrency import run_in_threadpool
 
@@ -38,6 +40,9 @@ async def retention_loop(
                     report.batches,
                     report.seconds,
                 )
+            pruned = await run_in_threadpool(st.store.prune_events, time.time() - days * 86400)
+            if pruned:
+                log.info("retention: removed %d event(s) every subscriber had passed", pruned)
         except Exception:  # retention must outlive a store hiccup
             log.exception("retention pass failed")
         await asyncio.sleep(interval)

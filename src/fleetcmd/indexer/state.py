@@ -56,6 +56,30 @@ class Metrics:
             "fleetcmd_child_commands_total", "Child commands written", registry=r
         )
         self.waiting = Gauge("fleetcmd_pulls_waiting", "Long-polls waiting for work", registry=r)
+        self.subscriber_lag = Gauge(
+            "fleetcmd_subscriber_lag_events",
+            "Events a subscriber has still to look at",
+            ["subscriber"],
+            registry=r,
+        )
+        self.subscriber_delivered = Counter(
+            "fleetcmd_subscriber_delivered_events_total",
+            "Events delivered to a subscriber",
+            ["subscriber"],
+            registry=r,
+        )
+        self.subscriber_failures = Counter(
+            "fleetcmd_subscriber_failures_total",
+            "Failed deliveries to a subscriber",
+            ["subscriber"],
+            registry=r,
+        )
+        self.subscriber_paused = Gauge(
+            "fleetcmd_subscriber_paused",
+            "1 while a subscriber is paused (failing, or by an administrator)",
+            ["subscriber"],
+            registry=r,
+        )
         self.upkeep = Counter(
             "fleetcmd_store_upkeep_total",
             "Tables vacuumed or analyzed by the store's upkeep",

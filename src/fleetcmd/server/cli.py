@@ -1,4 +1,5 @@
-"""Command-line entry points of the server role: `fleetcmd server` and `fleetcmd task …`."""
+"""Command-line entry points of the server role: `fleetcmd server`, `fleetcmd task …`,
+`fleetcmd audit export` and `fleetcmd subscriber …`."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ from typing import Annotated
 import typer
 
 from fleetcmd.role_settings import ServerSettings
-from fleetcmd.server import rollout_cli, schedule_cli, task_cli
+from fleetcmd.server import export_cli, rollout_cli, schedule_cli, subscriber_cli, task_cli
 
 
 def register(app: typer.Typer) -> None:
     """Add this role's commands to the `fleetcmd` CLI."""
     app.command("server")(server)
+    task_cli.app.command("export")(export_cli.export_task)
     app.add_typer(task_cli.app, name="task")
+    app.add_typer(export_cli.audit_app, name="audit")
+    app.add_typer(subscriber_cli.app, name="subscriber")
     app.add_typer(rollout_cli.app, name="rollout")
     app.add_typer(schedule_cli.app, name="schedule")
     app.add_typer(schedule_cli.window_app, name="window")

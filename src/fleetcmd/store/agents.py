@@ -121,6 +121,7 @@ class AgentsTx(TxCore):
     def remove_agent(self, agent_id: str) -> None:
         """Agents are tombstoned, not dropped: the Comms API must keep refusing them and their
         deletion command still has to be routed to the node they are connected to."""
+        self.agent_status_events("id = :rid", {"rid": agent_id}, "removed")
         self.ex("DELETE FROM agent_groups WHERE agent_id = :id", {"id": agent_id})
         self.ex("DELETE FROM agent_labels WHERE agent_id = :id", {"id": agent_id})
         self.ex(
@@ -324,6 +325,8 @@ class AgentsStore(StoreCore):
                     row["if_node"] = u["if_node"]
                 by_shape.setdefault((keys, "if_node" in row), []).append(row)
             for (keys, conditional), rows in by_shape.items():
+                if "status" in keys:
+                    _status_events(tx, rows, conditional)
                 sets = ", ".join(f"{k} = :{k}" for k in keys)
                 tx.many(
                     f"UPDATE agents SET {sets}, updated_at = :now "
@@ -370,3 +373,16 @@ class AgentsStore(StoreCore):
                 {"s": since, "n": limit},
             )
         return [(str(r[0]), float(r[1])) for r in rows]
+
+
+def _status_events(tx: SqlTx, rows: list[dict[str, Any]], conditional: bool) -> None:
+    """Agent-status events for the rows whose status changes (called before the update; one
+    statement per new status, and per node for updates conditional on the node)."""
+    groups: dict[tuple[str, str | None], list[str]] = {}
+    for r in rows:
+        if r.get("status"):
+            node = str(r["if_node"]) if conditional else None
+            groups.setdefault((str(r["status"]), node), []).append(str(r["id"]))
+    for (status, node), ids in groups.items():
+        where = tx.in_list("id", "eids") + (" AND node = :enode" if node is not None else "")
+        tx.agent_status_events(where, {"eids": tx.list_param(ids), "enode": node}, status)

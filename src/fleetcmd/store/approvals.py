@@ -27,6 +27,10 @@ class ApprovalsTx(TxCore):
 
     def set_approval(self, task_id: int, approval: dict[str, Any], status: str) -> None:
         final = status != AWAITING_APPROVAL and status != "pending"
+        before = self.one(
+            "SELECT status, cancelled, type, username, source FROM tasks WHERE id = :id",
+            {"id": task_id},
+        )
         self.ex(
             "UPDATE tasks SET approval = :a, status = :s, updated_at = :now, "
             "completed_at = :done WHERE id = :id",
@@ -38,6 +42,8 @@ class ApprovalsTx(TxCore):
                 "id": task_id,
             },
         )
+        if before is not None and before[0] != status:
+            self.task_event(task_id, status, before)
 
     def awaiting_approval(self) -> list[tuple[int, dict[str, Any]]]:
         rows = self.all(

@@ -29,6 +29,7 @@ class AuditTx(TxCore):
             },
         )
         assert row is not None
+        self.add_events("audit", [{"type": record["action"], "subject": int(row[0])}])
         return int(row[0])
 
 
@@ -50,8 +51,11 @@ class AuditStore(StoreCore):
         until: float | None = None,
         cursor: str | None = None,
         limit: int = 100,
+        oldest_first: bool = False,
     ) -> Page:
-        """Newest first. `action` ending in `*` is a prefix (`task.*`)."""
+        """Newest first (oldest first for an export). `action` ending in `*` is a prefix
+        (`task.*`). The cursor is the last id read: a keyset, so a walk of the whole trail
+        reads each page by the primary key, whatever its size."""
         where: list[str] = ["1 = 1"]
         params: dict[str, Any] = {"limit": limit + 1}
         for col, val in (("actor", actor), ("outcome", outcome), ("target", target)):
@@ -72,12 +76,13 @@ class AuditStore(StoreCore):
             params["until"] = until
         after = cursor_id(cursor)
         if after is not None:
-            where.append("id < :after")
+            where.append("id > :after" if oldest_first else "id < :after")
             params["after"] = after
+        order = "ASC" if oldest_first else "DESC"
         with self.reading() as tx:
             rows = tx.all(
                 "SELECT id, at, actor, action, outcome, address, target, node, details "
-                f"FROM audit WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT :limit",
+                f"FROM audit WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT :limit",
                 params,
             )
         items = [

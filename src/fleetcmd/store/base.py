@@ -6,8 +6,8 @@ Where each part lives: `core.py` (transactions, status moves, counts, roll-up),
 `stream.py` (leases, marks, results, sweep, command reads), `tasks.py`, `agents.py`,
 `groups.py` (groups and configurations), `documents.py` (documents and blobs), `audit.py`,
 `nodes.py`, `schedules.py` (schedules, occurrences, freezes), `windows.py` (maintenance
-windows and held commands); `rollouts.py` and
-`retention.py` are functions over a `SqlTx`/`SqlStore`.
+windows and held commands), `events.py` (the outbox's readers: subscribers and their
+cursors); `rollouts.py` and `retention.py` are functions over a `SqlTx`/`SqlStore`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from fleetcmd.store.core import (
     schema_version,
 )
 from fleetcmd.store.documents import DocumentsStore, DocumentsTx
+from fleetcmd.store.events import EventsStore
 from fleetcmd.store.groups import GroupsStore, GroupsTx
 from fleetcmd.store.nodes import NodesStore, NodesTx
 from fleetcmd.store.schedules import FreezesTx, SchedulesStore, SchedulesTx
@@ -66,6 +67,7 @@ class SqlStore(
     NodesStore,
     SchedulesStore,
     WindowsStore,
+    EventsStore,
 ):
     """The store, as every consumer sees it (both backends subclass it)."""
 

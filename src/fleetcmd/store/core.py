@@ -163,6 +163,50 @@ class TxCore(ABC):
     def notify(self, target_type: str) -> None:
         self.notifications.add(target_type)
 
+    # -- the outbox (store/events.py: who reads it) --------------------------------------------
+    def add_events(self, kind: str, rows: list[dict[str, Any]]) -> None:
+        """Events of changes the caller has in hand: `type`, `subject`, `task_id`, `data`."""
+        self.many(
+            "INSERT INTO events (at, kind, type, subject, task_id, data) "
+            "VALUES (:at, :kind, :type, :subject, :task_id, :data)",
+            [
+                {
+                    "at": self.now,
+                    "kind": kind,
+                    "type": r["type"],
+                    "subject": str(r["subject"]),
+                    "task_id": r.get("task_id"),
+                    "data": None if r.get("data") is None else dumps(r["data"]),
+                }
+                for r in rows
+            ],
+        )
+        if rows:
+            self.notify("events")
+
+    def command_events(self, ids: list[int]) -> None:
+        """One event per command of `ids`, now final, in bulk (the body is read at delivery)."""
+        for part in chunks(ids, 20_000):
+            self.ex(
+                "INSERT INTO events (at, kind, type, subject, task_id) "
+                "SELECT :now, 'command', status, CAST(id AS TEXT), task_id FROM commands "
+                f"WHERE {self.in_list('id', 'ids')} ORDER BY id",
+                {"now": self.now, "ids": self.list_param(part)},
+            )
+        if ids:
+            self.notify("events")
+
+    def agent_status_events(self, where: str, params: dict[str, Any], status: str) -> None:
+        """One event per agent matching `where` whose status is about to become `status`
+        (called before the update; the previous status goes in the event)."""
+        self.ex(
+            "INSERT INTO events (at, kind, type, subject, data) "
+            "SELECT :_at, 'agent', :_status, id, '{\"previous\":\"' || status || '\"}' "
+            f"FROM agents WHERE ({where}) AND status <> :_status AND status <> 'removed'",
+            dict(params, _at=self.now, _status=status),
+        )
+        self.notify("events")
+
     # -- status moves and counts ----------------------------------------------------------------
     def move(
         self,
@@ -195,6 +239,8 @@ class TxCore(ABC):
                 )
             else:
                 self.ex(sql, p)
+            if str(new) in FINAL:
+                self.command_events([r[0] for r in part])
         for _, old, parent_id, task_id, expanded in rows:
             self.count(parent_id, task_id, bool(expanded), old, -1)
             self.count(parent_id, task_id, bool(expanded), str(new), +1)
@@ -271,7 +317,10 @@ class TxCore(ABC):
         self.touched_tasks.clear()
 
     def refresh_task(self, task_id: int) -> None:
-        row = self.one("SELECT status, cancelled FROM tasks WHERE id = :id", {"id": task_id})
+        row = self.one(
+            "SELECT status, cancelled, type, username, source FROM tasks WHERE id = :id",
+            {"id": task_id},
+        )
         if row is None:
             return
         if row[0] in APPROVAL_STATUSES:
@@ -282,6 +331,7 @@ class TxCore(ABC):
                     "completed_at = :now WHERE id = :id",
                     {"now": self.now, "id": task_id},
                 )
+                self.task_event(task_id, "cancelled", row)
             return
         status = rollup(self.counts("task", task_id), cancelled=bool(row[1]))
         if status != row[0]:
@@ -291,6 +341,38 @@ class TxCore(ABC):
                 "WHERE id = :id",
                 {"s": status, "now": self.now, "done": self.now if final else None, "id": task_id},
             )
+            self.task_event(task_id, status, row)
+
+    def task_event(self, task_id: int, status: str, row: tuple[Any, ...] | None) -> None:
+        """A task's status changed (`row`: its status before, cancelled, type, user, source;
+        None for a new task)."""
+        if row is None:
+            found = self.one(
+                "SELECT NULL, cancelled, type, username, source FROM tasks WHERE id = :id",
+                {"id": task_id},
+            )
+            if found is None:
+                return
+            row = found
+        self.add_events(
+            "task",
+            [
+                {
+                    "type": status,
+                    "subject": task_id,
+                    "task_id": task_id,
+                    "data": {
+                        "id": task_id,
+                        "status": status,
+                        "previous": row[0],
+                        "type": row[2],
+                        "user": row[3],
+                        "source": row[4],
+                        "counts": self.counts("task", task_id),
+                    },
+                }
+            ],
+        )
 
 
 class StoreCore(ABC):

@@ -23,6 +23,8 @@ class DocumentsTx(TxCore):
             {"i": index, "d": doc_id, "b": dumps(body), "now": self.now},
         )
         assert row is not None
+        if index == "alerts" and int(row[0]) == 1:
+            self.add_events("alert", [{"type": "alert", "subject": doc_id}])
         return int(row[0])
 
     def delete_document(self, index: str, doc_id: str) -> bool:

@@ -126,6 +126,10 @@ class PostgresStore(SqlStore):
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"PostgreSQL unavailable: {exc}") from exc
 
+    def horizon_sql(self) -> str:
+        # The oldest transaction still running: every event of an older one has committed.
+        return "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+
     def _publish(self, tx: SqlTx) -> None:
         for target in sorted(tx.notifications):
             tx.cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, target))

@@ -417,6 +417,7 @@ class StreamStore(StoreCore):
                 "lease_owner = NULL, lease_expires_at = NULL WHERE id = :id",
                 updates,
             )
+            tx.command_events(sorted(cid for cid, o in outcome.items() if o == "recorded"))
             if reported:
                 tx.report_agent_fields(reported)
         return [{"id": r.id, "outcome": outcome[r.id]} for r in results]
@@ -498,12 +499,20 @@ class StreamStore(StoreCore):
         if disconnect_after is not None:
             with self.transaction() as tx:
                 t = tx.now if now is None else now
-                cur = tx.ex(
+                gone = tx.update_returning(
                     "UPDATE agents SET status = 'disconnected', updated_at = :now "
-                    "WHERE status = 'active' AND last_seen < :t",
+                    "WHERE status = 'active' AND last_seen < :t RETURNING id",
                     {"now": tx.now, "t": t - disconnect_after},
                 )
-                report.disconnected = int(cur.rowcount)
+                # their events from what the update returned: the scan is made once a second
+                tx.add_events(
+                    "agent",
+                    [
+                        {"type": "disconnected", "subject": r[0], "data": {"previous": "active"}}
+                        for r in gone
+                    ],
+                )
+                report.disconnected = len(gone)
         return report
 
     def _hand_back_silent(self, report: SweepReport, now: float | None, after: float) -> None:

@@ -79,6 +79,7 @@ class TasksTx(TxCore):
         )
         assert row is not None
         self.touched_tasks.add(int(row[0]))
+        self.task_event(int(row[0]), "pending" if approval is None else AWAITING_APPROVAL, None)
         return int(row[0])
 
     def task_target_set(self, task_id: int) -> int | None:

@@ -3,7 +3,7 @@ route that changes or deletes a record, and the store's triggers refuse it anywa
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,8 +52,10 @@ async def list_audit(
     until: float | None = None,
     cursor: Annotated[str | None, Query(max_length=32)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    order: Literal["desc", "asc"] = "desc",
 ) -> dict[str, Any]:
-    """Newest first; `action=task.*` matches by prefix; `next_cursor` pages on."""
+    """Newest first (`order=asc`: oldest first, for exports); `action=task.*` matches by
+    prefix; `next_cursor` pages on."""
     page = await run_in_threadpool(
         lambda: st.store.list_audit(
             actor=actor,
@@ -64,6 +66,7 @@ async def list_audit(
             until=until,
             cursor=cursor,
             limit=limit,
+            oldest_first=order == "asc",
         )
     )
     return {"data": page.to_json()}

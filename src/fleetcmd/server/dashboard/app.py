@@ -27,6 +27,7 @@ from fleetcmd.server.dashboard.pages import (
     operators,
     overview,
     schedules,
+    subscribers,
     tasks,
 )
 from fleetcmd.server.dashboard.render import STATIC, page
@@ -69,6 +70,7 @@ def create_dashboard_app(st: ServerState) -> FastAPI:
         groups,
         audit,
         schedules,
+        subscribers,
     ):
         app.include_router(module.router)
     app.mount("/static", _Static(directory=STATIC), name="static")

@@ -15,6 +15,7 @@ from fleetcmd.server.management import (
     audit,
     auth,
     enrollment,
+    export,
     fleet,
     live,
     operators,
@@ -22,6 +23,7 @@ from fleetcmd.server.management import (
     rollouts,
     schedules,
     security,
+    subscribers,
     tasks,
 )
 from fleetcmd.server.rbac import User
@@ -49,10 +51,12 @@ def create_management_app(st: ServerState) -> FastAPI:
         live,
         operators,
         tasks,
+        export,
         rollouts,
         schedules,
         fleet,
         reports,
+        subscribers,
     ):
         app.include_router(module.router)
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from fleetcmd.errors import Forbidden
+from fleetcmd.errors import Forbidden, InvalidParams
 from fleetcmd.model.catalog import CATALOG, Expansion
 from fleetcmd.server import audit
 from fleetcmd.server.dashboard.pager import Pager
@@ -18,6 +18,7 @@ from fleetcmd.server.dashboard.render import page, redirect
 from fleetcmd.server.dashboard.session import Denied
 from fleetcmd.server.indexer_client import IndexerError
 from fleetcmd.server.management.auth import user_proof
+from fleetcmd.server.management.export import Format, may_read_task, task_export
 from fleetcmd.server.management.live import event_stream, task_events
 from fleetcmd.server.management.tasks import cancel as cancel_task
 
@@ -186,3 +187,31 @@ async def cancel(task_id: int, request: Request, v: Viewing) -> Response:
     except Forbidden as exc:
         raise Denied(exc.message, "task:cancel") from None
     return redirect(request, f"/app/tasks/{task_id}?cancelled=1")
+
+
+def export_format(request: Request) -> Format:
+    fmt = request.query_params.get("format", "csv")
+    if fmt == "csv":
+        return "csv"
+    if fmt == "ndjson":
+        return "ndjson"
+    raise InvalidParams(f"format must be csv or ndjson, not {fmt[:20]!r}")
+
+
+@router.get("/tasks/{task_id}/export")
+async def export(task_id: int, request: Request, v: Viewing) -> Response:
+    """The download buttons: the Management API's export, with the session's user."""
+    v.require("task:read")
+    fmt = export_format(request)
+    if not await may_read_task(v.st, v.user, task_id):
+        v.deny("task:read", f"task {task_id}")
+    response = await task_export(v.st, task_id, fmt)
+    await audit.record(
+        v.st,
+        "task.export",
+        actor=v.name,
+        request=request,
+        target=f"task:{task_id}",
+        details={"format": fmt, "source": "dashboard"},
+    )
+    return response
