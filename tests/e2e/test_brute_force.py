@@ -5,10 +5,9 @@ and an attacker's address in a second namespace. The agent follows a log file; s
 failures from one address are appended (the agent is killed with SIGKILL after three and
 started again); the engine's rule fires; it files an active-response task; the agent blocks
 the address with nftables in its namespace, and the block lifts after its timeout. The alert,
-the task, the command and its result are read back through the Management API.
-
-Left out here: the dashboard's view of the flow and the push to a webhook and to rsyslog
-(issue 18 items 1 and 5, built on another branch)."""
+the task, the command and its result are read back through the Management API, seen on the
+dashboard's pages, and pushed to a webhook receiver on loopback (signatures checked) and to
+Debian's rsyslogd over TCP (event subscriptions)."""
 
 from __future__ import annotations
 
@@ -26,9 +25,10 @@ import pytest
 from fleetcmd.agent.cli import status_of
 from fleetcmd.content.sample import SAMPLE_SOURCE
 from fleetcmd.launch import Process, clean_env, fleetcmd_argv
-from server.harness import ENROLLMENT_KEY, file_task, fleet, task_final
+from server.harness import ENROLLMENT_KEY, dashboard_page, file_task, fleet, task_final
 from support import wait_until
 from support.hostnet import Namespaces, ensure_program, namespaces
+from support.receivers import WebhookReceiver, rsyslog, syslog_events
 
 BRIDGE = str(Path(__file__).resolve().parent.parent / "support" / "bridge.py")
 ATTEMPT = {
@@ -109,8 +109,22 @@ class Bridge:
 def test_ssh_brute_force_in_a_log_is_blocked_on_the_host_until_its_timeout(
     store_url: str, tmp_path: Path, net: Namespaces
 ) -> None:
-    with fleet(store_url, tmp_path) as (_, [srv]):
+    hook = WebhookReceiver()
+    with (
+        rsyslog(tmp_path) as (syslog_port, syslog_file),
+        fleet(store_url, tmp_path) as (_, [srv]),
+    ):
         api = srv.admin()
+        for body in (
+            {"name": "soc-hook", "kind": "webhook", "url": hook.url},
+            {"name": "soc-siem", "kind": "syslog", "url": f"tcp://127.0.0.1:{syslog_port}"},
+        ):
+            r = api.post(
+                "/subscribers", json={**body, "filters": {"kinds": ["alert", "task", "command"]}}
+            )
+            assert r.status_code == 201, r.text
+            if body["kind"] == "webhook":
+                hook.secret = r.json()["data"]["secret"]
         port = srv.comms_port
         bridge = Bridge(net, port, tmp_path / "comms.sock")
         auth = tmp_path / "auth.log"
@@ -231,9 +245,35 @@ def test_ssh_brute_force_in_a_log_is_blocked_on_the_host_until_its_timeout(
             # each failure counted once across the crash: six plain alerts, one brute force
             rules = sorted(a["rule"]["id"] for a in alerts(api, aid))
             assert rules == [100100] * 6 + [100101], rules
+
+            # what the operator sees on the dashboard
+            page = dashboard_page(api, f"/app/tasks/{task['id']}")
+            assert page.status_code == 200 and "active-response-execution" in page.text
+            assert str(cmd["id"]) in page.text
+            page = dashboard_page(api, "/app/alerts")
+            assert page.status_code == 200 and "100101" in page.text
+            assert dashboard_page(api, f"/app/commands/{cmd['id']}").status_code == 200
+
+            # and what the SOC's webhook and syslog collector received
+            def flow(events: list[dict[str, Any]]) -> set[str]:
+                seen = set()
+                for e in events:
+                    if e["kind"] == "alert" and e["data"].get("rule", {}).get("id") == 100101:
+                        seen.add("alert")
+                    if e["kind"] == "task" and e["subject"] == str(task["id"]):
+                        seen.add(f"task {e['type']}")
+                    if e["kind"] == "command" and e["subject"] == str(cmd["id"]):
+                        seen.add(f"command {e['type']}")
+                return seen
+
+            everything = {"alert", "task success", "command success"}
+            wait_until(lambda: flow(hook.events()) >= everything, 30, what="the webhook")
+            assert hook.all_signed()
+            wait_until(lambda: flow(syslog_events(syslog_file)) >= everything, 30, what="rsyslog")
         finally:
             listener.kill()
             listener.wait()
             agent.stop()
             bridge.stop()
+            hook.close()
             print(f"----- agent log (tail) -----\n{agent.log_path.read_text()[-6000:]}")

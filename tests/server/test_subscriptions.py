@@ -24,27 +24,7 @@ from dashboard.harness import dashboard_session
 from fleetcmd.tls import make_dev_certs
 from server.harness import FakeAgent, file_task, fleet, login, task_final
 from support import store_url_for, wait_until
-from support.receivers import WebhookReceiver, rsyslog
-
-RFC5424 = re.compile(
-    r"^<(?P<pri>\d+)>1 (?P<ts>\S+) (?P<host>\S+) fleetcmd (?P<pid>\d+) (?P<msgid>\S+) "
-    r"\[fleetcmd@32473 id=\"(?P<id>\d+)\" kind=\"(?P<kind>\w+)\" type=\"(?P<type>[^\"]+)\"\] "
-    r"(?P<msg>\{.*\})$"
-)
-
-
-def syslog_events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        m = RFC5424.match(line)
-        assert m, f"not an RFC 5424 line as expected: {line[:300]}"
-        event = json.loads(m["msg"])
-        assert str(event["id"]) == m["id"] and event["kind"] == m["kind"]
-        assert m["msgid"] == f"{event['kind']}.{event['type']}"[:32]
-        out.append(event)
-    return out
+from support.receivers import WebhookReceiver, rsyslog, syslog_events
 
 
 def run_task(admin: httpx.Client, agent: FakeAgent, group: str, value: int) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -158,3 +159,24 @@ def rsyslog(tmp: Path, tls: dict[str, Path] | None = None) -> Iterator[tuple[int
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+RFC5424 = re.compile(
+    r"^<(?P<pri>\d+)>1 (?P<ts>\S+) (?P<host>\S+) fleetcmd (?P<pid>\d+) (?P<msgid>\S+) "
+    r"\[fleetcmd@32473 id=\"(?P<id>\d+)\" kind=\"(?P<kind>\w+)\" type=\"(?P<type>[^\"]+)\"\] "
+    r"(?P<msg>\{.*\})$"
+)
+
+
+def syslog_events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        m = RFC5424.match(line)
+        assert m, f"not an RFC 5424 line as expected: {line[:300]}"
+        event = json.loads(m["msg"])
+        assert str(event["id"]) == m["id"] and event["kind"] == m["kind"]
+        assert m["msgid"] == f"{event['kind']}.{event['type']}"[:32]
+        out.append(event)
+    return out
