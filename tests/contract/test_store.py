@@ -138,6 +138,29 @@ def test_a_silent_nodes_commands_go_back_before_their_leases_lapse(store: SqlSto
     assert store.sweep(now=t0, silent_after=15).node_silent == 0
 
 
+def test_an_agent_that_moved_to_another_node_takes_its_claimed_commands_along(
+    store: SqlStore,
+) -> None:
+    """A command node-a claimed for an agent, undelivered, goes back to the stream when the
+    agent is reported polling node-b (a load balancer moved it), so node-b can claim it;
+    a report from the node the agent is on already changes nothing."""
+    task_id = fan_out(store, 3)
+    ids = [a.id for a in store.list_agents(limit=10).items]
+    store.update_agents([{"id": i, "node": "node-a", "status": "active"} for i in ids])
+    held = store.claim("node-a#1", ClaimFilter("agent", node="node-a"), 10, lease=600)
+    assert len(held) == 3
+    assert store.mark("node-a#1", [held[0].id], "sent") == [held[0].id]
+    store.update_agents([{"id": i, "node": "node-a"} for i in ids])  # still there
+    assert store.counts("task", task_id) == {"processing": 2, "sent": 1}
+    moved = held[0].target_id, held[1].target_id
+    store.update_agents([{"id": i, "node": "node-b"} for i in moved])
+    assert store.counts("task", task_id) == {"pending": 2, "processing": 1}
+    again = store.claim("node-b#1", ClaimFilter("agent", node="node-b"), 10, lease=600)
+    assert sorted(c.id for c in again) == sorted(c.id for c in held[:2])
+    assert store.mark("node-a#1", [held[1].id], "sent") == []  # node-a lost it
+    assert store.renew("node-a#1", [held[2].id], 60) == [held[2].id]  # not the one it kept
+
+
 def test_an_exception_mid_expansion_leaves_no_child_and_no_parent_change(
     store: SqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

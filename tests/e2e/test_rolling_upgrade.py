@@ -99,7 +99,7 @@ def test_nodes_upgraded_one_at_a_time_with_commands_in_flight(topo: Topology) ->
         },
     )
     assert r.status_code == 202, r.text
-    tasks.append(task_final(api, r.json()["data"]["id"], timeout=60))
+    tasks.append(task_final(api, r.json()["data"]["id"], timeout=120))
 
     runs = topo.runs()
     for task in tasks:

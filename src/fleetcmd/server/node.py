@@ -125,6 +125,31 @@ def build_state(options: ServerOptions) -> ServerState:
     return st
 
 
+async def release_previous(st: ServerState) -> None:
+    """Hand back at once what an earlier run of this node still held (a crash, a restart)."""
+    released = (
+        await st.indexer.post("/leases/release-previous", {"owner": st.owner}, idempotent=True)
+    )["released"]
+    if released:
+        log.info(
+            "handed back %d command(s) an earlier run of node %s still held",
+            released,
+            st.options.node_id,
+        )
+
+
+async def release_previous_later(st: ServerState) -> None:
+    """Once more when the earlier run's last pull must have ended: behind a proxy that does
+    not pass on a closed connection (HAProxy), a long-poll the earlier run left waiting on
+    an indexer still claims for it until its wait runs out, after the hand-back at start;
+    those commands would otherwise wait out their lease."""
+    await asyncio.sleep(st.options.pull_wait + 5.0)
+    try:
+        await release_previous(st)
+    except Exception as exc:  # the leases lapse by themselves; this only saves the wait
+        log.warning("could not hand back what an earlier run still held: %s", exc)
+
+
 async def heartbeat_loop(st: ServerState) -> None:
     """Register this node so that per-node server commands are written for it."""
     o = st.options
@@ -190,15 +215,7 @@ async def prepare(st: ServerState) -> None:
     kid = await st.enrollment_keys.register_configured(st.options.enrollment_key)
     if kid is not None:
         log.info("configured enrollment key registered as %s", kid)
-    released = (
-        await st.indexer.post("/leases/release-previous", {"owner": st.owner}, idempotent=True)
-    )["released"]
-    if released:
-        log.info(
-            "handed back %d command(s) an earlier run of node %s still held",
-            released,
-            st.options.node_id,
-        )
+    await release_previous(st)
     await st.rbac.refresh()
     outcome = await handlers.server_config(st, actions.ServerConfig())
     log.info("live configuration loaded (%s)", outcome.message)
@@ -233,6 +250,7 @@ async def serve(options: ServerOptions) -> None:
             ("renew", puller.renew_loop()),
             ("away", puller.away_loop()),
             ("removed", removed_loop(st)),
+            ("release-previous", release_previous_later(st)),
         )
     ]
     limits = serving.Limits(

@@ -9,6 +9,7 @@ from fleetcmd.errors import Conflict, NotFound
 from fleetcmd.model.records import Agent, Page, dumps, loads
 from fleetcmd.model.selectors import version_key
 from fleetcmd.store.core import StoreCore, TxCore
+from fleetcmd.store.stream import StreamStore
 from fleetcmd.store.types import chunks
 
 if TYPE_CHECKING:
@@ -310,6 +311,7 @@ class AgentsStore(StoreCore):
         allowed = ("status", "node", "last_seen", "version", "config_hash", "info", "secret_hash")
         n = 0
         with self.transaction() as tx:
+            self._follow_moved_agents(tx, updates)
             by_shape: dict[tuple[tuple[str, ...], bool], list[dict[str, Any]]] = {}
             for u in updates:
                 keys = tuple(sorted(k for k in u if k in allowed))
@@ -336,6 +338,40 @@ class AgentsStore(StoreCore):
                 )
                 n += len(rows)
         return n
+
+    @staticmethod
+    def _follow_moved_agents(tx: SqlTx, updates: list[dict[str, Any]]) -> None:
+        """Agents now polling another node than the one they were attached to (a load
+        balancer moved them, their node went away): the commands another node claimed for
+        them and has not delivered go back to the stream now, for the node they poll now,
+        instead of waiting in the old node's mailbox until its lease lapses or the agent
+        comes back. The old node loses the lease, so it can no longer mark them `sent`; one
+        it had already handed is confirmed once, whichever node the agent's ack reaches."""
+        wanted = {
+            str(u["id"]): str(u["node"])
+            for u in updates
+            if u.get("node") and u.get("if_node") is None
+        }
+        if not wanted:
+            return
+        moved: dict[str, list[str]] = {}  # new node -> its agents that were elsewhere
+        for part in chunks(list(wanted), 5000):
+            for agent_id, node in tx.all(
+                f"SELECT id, node FROM agents WHERE {tx.in_list('id', 'ids')}",
+                {"ids": tx.list_param(part)},
+            ):
+                if node and node != wanted[agent_id]:
+                    moved.setdefault(wanted[agent_id], []).append(agent_id)
+        for node, ids in moved.items():
+            prefix = f"{node}#"
+            for part in chunks(ids, 5000):
+                StreamStore._hand_back(
+                    tx,
+                    f"target_type = 'agent' AND {tx.in_list('target_id', 'ids')} "
+                    "AND status IN ('processing', 'sent') AND lease_owner IS NOT NULL "
+                    "AND substr(lease_owner, 1, :n) <> :prefix",
+                    {"ids": tx.list_param(part), "n": len(prefix), "prefix": prefix},
+                )
 
     def agent_secret_hash(self, agent_id: str) -> tuple[str | None, str]:
         with self.reading() as tx:
