@@ -247,6 +247,11 @@ class Comms:
         data = self.request("POST", "/agents/results", {"results": results}, timeout=30.0)
         return {str(r["id"]): str(r.get("outcome", "")) for r in (data or {}).get("results", [])}
 
+    def progress(self, beats: list[dict[str, Any]]) -> dict[str, list[int]]:
+        """Heartbeats of running commands; returns {running: ids, stopped: ids}."""
+        data = self.request("POST", "/agents/commands/progress", {"progress": beats}, timeout=10.0)
+        return {k: list((data or {}).get(k) or []) for k in ("running", "stopped")}
+
     def configuration(self, groups: list[str]) -> dict[str, Any]:
         q = quote(",".join(groups), safe=",")
         return dict(self.request("GET", f"/agents/configuration?groups={q}"))

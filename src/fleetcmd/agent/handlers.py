@@ -75,6 +75,11 @@ class Context:
     command_id: Any = None
     deadline: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Heartbeats of a long command (runner: POST /agents/commands/progress): sent every
+    # `heartbeat_interval` seconds once it has run `heartbeat_after` (short ones send none).
+    heartbeat: Callable[[Any, float], None] | None = None
+    heartbeat_after: float = 2.0
+    heartbeat_interval: float = 10.0
 
     def save(self) -> None:
         self.state_dir.save_state(self.applied)
@@ -292,6 +297,28 @@ HANDLERS: dict[str, tuple[type[a.ActionArgs], Handler]] = {
 }
 
 
+def _wait_reporting(ctx: Context, cid: Any, worker: threading.Thread, timeout: float) -> None:
+    """Wait for the handler up to `timeout`; past `heartbeat_after`, send a heartbeat every
+    `heartbeat_interval` from this thread while the handler runs in its own."""
+    started = time.monotonic()
+    end = started + timeout
+    beat_at = started + ctx.heartbeat_after
+    while worker.is_alive():
+        now = time.monotonic()
+        if now >= end:
+            return
+        if ctx.heartbeat is None:
+            worker.join(end - now)
+            continue
+        if now >= beat_at:
+            try:
+                ctx.heartbeat(cid, ctx.heartbeat_interval)
+            except Exception as exc:  # a lost beat is not the command's failure
+                log.warning("heartbeat of command %s not sent: %s", cid, exc)
+            beat_at = time.monotonic() + ctx.heartbeat_interval
+        worker.join(max(0.0, min(end, beat_at) - time.monotonic()))
+
+
 def execute(ctx: Context, command: dict[str, Any]) -> Result:
     """Run one command's handler within the command's execution timeout."""
     cid = command["id"]
@@ -329,7 +356,7 @@ def execute(ctx: Context, command: dict[str, Any]) -> Result:
 
     worker = threading.Thread(target=run, name=f"command-{cid}", daemon=True)
     worker.start()
-    worker.join(float(timeout))
+    _wait_reporting(ctx, cid, worker, float(timeout))
     if not outcome:
         return Result.failure(
             cid, f"{name}: did not finish within its {timeout:g}s timeout", TIMED_OUT

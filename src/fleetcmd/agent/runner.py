@@ -95,6 +95,10 @@ class AgentOptions:
     command_keys: list[str] = field(default_factory=list)
     # CA file that signed the server's TLS certificate (https URLs; default: system CAs).
     ca: str | None = None
+    # A command that runs longer than `heartbeat_after` is heartbeated every
+    # `heartbeat_interval` seconds (the stream records it `running`).
+    heartbeat_after: float = 2.0
+    heartbeat_interval: float = 10.0
 
 
 class Agent:
@@ -117,6 +121,7 @@ class Agent:
         # The boot marker while this process is a version on trial (commits at check-in).
         self._trial: dict[str, Any] | None = None
         self._switch_to: upgrades.PendingUpgrade | None = None
+        self._beats: Comms | None = None  # the heartbeats' own connection
 
     # -- process life -------------------------------------------------------------------------
     def run(self) -> int:
@@ -241,6 +246,9 @@ class Agent:
             comms=self.comms,
             trust_keys=list(self.options.trust_keys),
             upgrade_deadline=self.options.upgrade_deadline,
+            heartbeat=self._heartbeat,
+            heartbeat_after=self.options.heartbeat_after,
+            heartbeat_interval=self.options.heartbeat_interval,
         )
 
     def _apply_local(self, applied: AgentState) -> None:
@@ -709,6 +717,17 @@ class Agent:
 
     def _send_events(self, events: list[dict[str, Any]]) -> None:
         self.comms.events(events)
+
+    def _heartbeat(self, command_id: Any, interval: float) -> None:
+        """A heartbeat of the running command, on a connection of its own: the handler may be
+        using the main one (an upgrade's download)."""
+        if self._beats is None:
+            self._beats = self._event_channel()
+        if self._beats is None:
+            return
+        answer = self._beats.progress([{"id": command_id, "interval": interval}])
+        if command_id in answer["stopped"]:
+            log.info("command %s: the stream no longer waits for it (final already)", command_id)
 
     def _event_channel(self) -> Comms | None:
         """A connection of the log collector's own (the main one is held by the long-poll);

@@ -141,6 +141,28 @@ class AgentResultsIn(BaseModel):
     results: list[ResultIn] = Field(max_length=10_000)
 
 
+# An agent heartbeats a command it has run for a while every `interval` seconds; the stream
+# ends it `timeout` after two intervals without one (store `heartbeat`, `sweep`).
+HEARTBEAT_MIN = 0.5
+HEARTBEAT_MAX = 3600.0
+
+
+class ProgressIn(BaseModel):
+    """One running command's heartbeat: the agent still executes it, and says when to expect
+    the next."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: int = Field(ge=1, le=2**63 - 1)
+    interval: float = Field(default=10.0, ge=HEARTBEAT_MIN, le=HEARTBEAT_MAX)
+
+
+class AgentProgressIn(BaseModel):
+    """`POST /agents/commands/progress`: heartbeats of the commands one agent is running."""
+
+    model_config = ConfigDict(extra="forbid")
+    progress: list[ProgressIn] = Field(min_length=1, max_length=1000)
+
+
 class NodeResultsIn(BaseModel):
     """A server node's batch, many agents' results coalesced (server/bulker.py)."""
 

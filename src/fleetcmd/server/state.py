@@ -54,6 +54,7 @@ class ServerState:
     results: Bulker[dict[str, Any], str]
     delivered: Bulker[int, bool]  # command id -> delivered now (acks)
     held: Bulker[int, bool]  # command id -> lease renewed: still this node's, undelivered
+    progress: Bulker[dict[str, Any], bool]  # a heartbeat -> its command is running now
     targets: Bulker[int, dict[str, Any] | None]  # command id -> {type, id, action}
     engine: Engine
     packages: PackageStore

@@ -25,6 +25,9 @@ REMOVED_OFFLINE = (
     "refused if it returns"
 )
 REMOVED_UNDELIVERED = "never delivered: its agent was removed from the fleet"
+STOPPED_REPORTING = "agent stopped reporting"
+# A heartbeat promises the next within `interval`; the command is stale after two.
+STALE_AFTER_INTERVALS = 2
 
 
 class StreamTx(TxCore):
@@ -344,7 +347,7 @@ class StreamStore(StoreCore):
                         int(r[0])
                         for r in tx.all(
                             f"SELECT id FROM commands WHERE {tx.in_list('id', 'rest')} "
-                            "AND status = 'delivered'",
+                            "AND status IN ('delivered', 'running')",
                             {"rest": tx.list_param(rest)},
                         )
                     )
@@ -352,6 +355,40 @@ class StreamStore(StoreCore):
             else:
                 raise InvalidParams(f"status '{status}' cannot be marked; use results")
         return sorted(r[0] for r in rows)
+
+    def command_heartbeats(self, beats: Sequence[tuple[int, float]]) -> list[int]:
+        """Heartbeats of commands agents are executing, (id, interval) each, in one write: a
+        `delivered` command becomes `running` (counted), and every running one is stale two
+        intervals from now. Returns the ids running now; the others went final (cancelled,
+        timed out) or were never delivered, and their agents may stop reporting on them."""
+        latest = {int(cid): float(interval) for cid, interval in beats}
+        if not latest:
+            return []
+        ids = sorted(latest)
+        with self.transaction() as tx:
+            for part in chunks(ids, 20_000):
+                tx.move(
+                    f"{tx.in_list('id', 'ids')} AND expanded = 0",
+                    {"ids": tx.list_param(part)},
+                    Status.RUNNING,
+                )
+            tx.many(
+                "UPDATE commands SET stale_at = :stale, updated_at = :now "
+                "WHERE id = :id AND status = 'running'",
+                [
+                    {"id": i, "now": tx.now, "stale": tx.now + STALE_AFTER_INTERVALS * latest[i]}
+                    for i in ids
+                ],
+            )
+            return sorted(
+                int(r[0])
+                for part in chunks(ids, 20_000)
+                for r in tx.all(
+                    f"SELECT id FROM commands WHERE {tx.in_list('id', 'ids')} "
+                    "AND status = 'running'",
+                    {"ids": tx.list_param(part)},
+                )
+            )
 
     def complete(
         self, results: list[Result], agent_fields: tuple[str, ...] = ()
@@ -479,6 +516,18 @@ class StreamStore(StoreCore):
                 Status.TIMEOUT,
                 ", completed_at = :_now, result_message = 'no result within the execution timeout'",
                 "timed_out",
+            ),
+            (
+                "status = 'running' AND timeout_at < :t",
+                Status.TIMEOUT,
+                ", completed_at = :_now, result_message = 'no result within the execution timeout'",
+                "timed_out",
+            ),
+            (
+                "status = 'running' AND stale_at < :t",
+                Status.TIMEOUT,
+                f", completed_at = :_now, result_message = '{STOPPED_REPORTING}'",
+                "stopped_reporting",
             ),
         ]
         for where, new, sets, field_name in steps:

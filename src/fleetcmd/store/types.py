@@ -61,6 +61,8 @@ class SweepReport:
     lease_lapsed: int = 0
     expired: int = 0
     timed_out: int = 0
+    # Running commands whose agent stopped heartbeating (two intervals without one).
+    stopped_reporting: int = 0
     disconnected: int = 0
     # Agent commands handed back early because the server node holding them fell silent.
     node_silent: int = 0
@@ -68,7 +70,13 @@ class SweepReport:
 
     @property
     def total(self) -> int:
-        return self.lease_lapsed + self.expired + self.timed_out + self.node_silent
+        return (
+            self.lease_lapsed
+            + self.expired
+            + self.timed_out
+            + self.stopped_reporting
+            + self.node_silent
+        )
 
 
 @dataclass(frozen=True)

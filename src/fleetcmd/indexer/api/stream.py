@@ -16,7 +16,7 @@ from fleetcmd.indexer.approvals import Approvals
 from fleetcmd.indexer.delivery import outgoing
 from fleetcmd.indexer.results import record_results
 from fleetcmd.indexer.state import IndexerState, authorized
-from fleetcmd.model.wire import NodeResultsIn
+from fleetcmd.model.wire import HEARTBEAT_MAX, HEARTBEAT_MIN, NodeResultsIn
 from fleetcmd.store import ClaimFilter, Result
 
 log = logging.getLogger("fleetcmd.sweeper")
@@ -86,6 +86,26 @@ class MarkIn(BaseModel):
 async def mark(body: MarkIn, st: Auth) -> dict[str, Any]:
     moved = await run_in_threadpool(st.store.mark, body.owner, body.ids, body.status)
     return {"data": {"moved": moved, "refused": sorted(set(body.ids) - set(moved))}}
+
+
+class BeatIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: int
+    interval: float = Field(ge=HEARTBEAT_MIN, le=HEARTBEAT_MAX)
+
+
+class HeartbeatIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    beats: list[BeatIn] = Field(max_length=50_000)
+
+
+@router.post("/commands/heartbeat")
+async def heartbeat(body: HeartbeatIn, st: Auth) -> dict[str, Any]:
+    """Heartbeats of running commands, many agents' in one write (the servers' bulker)."""
+    running = await run_in_threadpool(
+        st.store.command_heartbeats, [(b.id, b.interval) for b in body.beats]
+    )
+    return {"data": {"running": running}}
 
 
 class LeaseIn(BaseModel):

@@ -3,7 +3,7 @@
 // apply, JSON fields validate as you type, and dangerous posts ask for confirmation.
 "use strict";
 
-const ORDER = ["success", "failure", "timeout", "expired", "cancelled", "delivered", "sent",
+const ORDER = ["success", "failure", "timeout", "expired", "cancelled", "running", "delivered", "sent",
   "processing", "pending"];
 const FINAL = new Set(["success", "failure", "expired", "timeout", "cancelled"]);
 

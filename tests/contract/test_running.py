@@ -1,0 +1,107 @@
+"""Long-running commands against the store, both backends (issue 17.3): a heartbeat moves a
+delivered command to `running` (counted apart, its task in progress), every beat pushes its
+staleness two intervals on, and the sweep, on a clock the test passes, ends one whose beats
+stopped `timeout` "agent stopped reporting" long before its execution timeout."""
+
+from __future__ import annotations
+
+import time
+
+from fleetcmd.indexer.task_manager import TaskManager, TaskRequest
+from fleetcmd.store import ClaimFilter, Result
+from fleetcmd.store.base import SqlStore
+from fleetcmd.store.stream import STOPPED_REPORTING
+
+HOUR = 3600.0
+
+
+def delivered_task(store: SqlStore, agents: list[str], timeout: float = 6 * HOUR) -> int:
+    """A rescan of `agents`, every command delivered (the agents hold them and run them)."""
+    store.register_agents([{"id": a, "name": a, "groups": [], "status": "active"} for a in agents])
+    task, _ = TaskManager(store).submit(
+        TaskRequest("vulnerability-rescan", {"agents": agents}, user="bob", timeout=timeout)
+    )
+    got = store.claim("node-1", ClaimFilter("agent", target_ids=tuple(agents)), 10_000, 60)
+    assert len(got) == len(agents)
+    store.mark("node-1", [c.id for c in got], "sent")
+    assert store.mark(None, [c.id for c in got], "delivered") == sorted(c.id for c in got)
+    return task.id
+
+
+def ids_of(store: SqlStore, task_id: int) -> list[int]:
+    return [c.id for c in store.list_commands(task_id=task_id, limit=10_000).items]
+
+
+def test_a_command_whose_heartbeats_stop_ends_timeout_within_two_intervals(
+    store: SqlStore,
+) -> None:
+    task_id = delivered_task(store, ["a-1", "a-2"])
+    one, two = ids_of(store, task_id)
+    interval = 5.0
+    t0 = time.time()
+    assert store.command_heartbeats([(one, interval)]) == [one]
+    assert store.get_command(one).status == "running"
+    task = store.get_task(task_id)
+    assert task.counts == {"running": 1, "delivered": 1} and task.status == "in_progress"
+    assert store.counts("task", task_id) == store.recount("task", task_id)
+    # a repeated ack of a running command is still confirmed (the agent lost an answer)
+    assert store.mark(None, [one], "delivered") == [one]
+
+    # one interval late is not stale; beats keep it alive
+    assert store.sweep(now=t0 + interval).total == 0
+    assert store.command_heartbeats([(one, interval)]) == [one]
+    assert store.sweep(now=time.time() + 1.9 * interval).stopped_reporting == 0
+    # two intervals without a beat: ended, hours before its execution timeout
+    report = store.sweep(now=time.time() + 2 * interval + 0.5)
+    assert report.stopped_reporting == 1 and report.timed_out == 0
+    c = store.get_command(one)
+    assert c.status == "timeout" and c.result_message == STOPPED_REPORTING
+    assert store.get_command(two).status == "delivered"  # never beat: its full timeout applies
+    assert store.get_task(task_id).counts == {"timeout": 1, "delivered": 1}
+    assert store.counts("task", task_id) == store.recount("task", task_id)
+
+    # the agent comes back: its beat is answered "not running", its late result ignored
+    assert store.command_heartbeats([(one, interval)]) == []
+    late = store.complete([Result(one, "success", data={})])
+    assert late == [{"id": one, "outcome": "ignored: already timeout"}]
+
+
+def test_running_commands_finish_are_cancelled_or_time_out_in_full(store: SqlStore) -> None:
+    task_id = delivered_task(store, ["b-1", "b-2", "b-3"], timeout=60)
+    one, two, three = ids_of(store, task_id)
+    assert store.command_heartbeats([(one, 10), (two, 10), (three, 10)]) == [one, two, three]
+    assert store.complete([Result(one, "success", data={"ok": True})])[0]["outcome"] == "recorded"
+    # the execution timeout still holds for a command that keeps beating
+    report = store.sweep(now=time.time() + 61)
+    assert report.timed_out == 2 and report.stopped_reporting == 0
+    assert store.get_command(two).result_message == "no result within the execution timeout"
+    task = store.get_task(task_id)
+    assert task.status == "failure" and task.counts == {"success": 1, "timeout": 2}
+
+    other = delivered_task(store, ["b-4"])
+    (four,) = ids_of(store, other)
+    store.command_heartbeats([(four, 10)])
+    assert store.cancel_task(other) == 1
+    assert store.get_command(four).status == "cancelled"
+    assert store.command_heartbeats([(four, 10)]) == []
+
+
+def test_only_delivered_commands_run_and_many_beats_are_one_write(store: SqlStore) -> None:
+    agents = [f"c-{i:04d}" for i in range(1500)]
+    task_id = delivered_task(store, agents)
+    ids = ids_of(store, task_id)
+    # an undelivered command (sent, never acked) does not become running
+    store.register_agents([{"id": "c-late", "name": "c-late", "groups": [], "status": "active"}])
+    late, _ = TaskManager(store).submit(
+        TaskRequest("vulnerability-rescan", {"agents": ["c-late"]}, user="bob")
+    )
+    (late_id,) = ids_of(store, late.id)
+    beats = [(i, 10.0) for i in ids] + [(late_id, 10.0), (ids[0], 20.0), (10**12, 10.0)]
+    assert store.command_heartbeats(beats) == ids
+    assert store.get_command(late_id).status == "pending"
+    assert store.get_task(task_id).counts == {"running": 1500}
+    assert store.counts("task", task_id) == store.recount("task", task_id)
+    # the last beat of an id counts: ids[0] promised 20 s, the others 10 s
+    report = store.sweep(now=time.time() + 25)
+    assert report.stopped_reporting == 1499
+    assert store.get_command(ids[0]).status == "running"
