@@ -17,6 +17,8 @@ import pytest
 
 from fleetcmd.agent import handlers
 from fleetcmd.agent.handlers import Context, execute
+from fleetcmd.agent.reporting import TRUNCATED, Reporter
+from fleetcmd.model.wire import OUTPUT_CHUNK, OUTPUT_MAX
 from fleetcmd.store.stream import STOPPED_REPORTING
 from support import wait_until
 
@@ -36,7 +38,7 @@ def command(timeout: float = 30) -> dict[str, Any]:
 
 def slow(ctx: Context, monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[float]:
     beats: list[float] = []
-    ctx.heartbeat = lambda cid, interval: beats.append(time.monotonic())
+    ctx.heartbeat = lambda body: beats.append(time.monotonic()) or {}
     monkeypatch.setitem(
         handlers.HANDLERS, "rename", (handlers.a.Rename, lambda c, a: time.sleep(seconds) or {})
     )
@@ -61,6 +63,54 @@ def test_a_long_handler_is_heartbeated_and_a_short_one_is_not(
     assert all(0.15 <= g <= 0.45 for g in gaps), gaps
 
 
+def test_progress_and_output_travel_with_the_heartbeats_in_order(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx.heartbeat_after, ctx.heartbeat_interval = 0.1, 0.1
+    bodies: list[dict[str, Any]] = []
+    held: list[str] = []
+
+    def server(body: dict[str, Any]) -> dict[str, Any]:
+        """The stream's side: takes chunks only as the next one; loses every other answer."""
+        bodies.append(body)
+        for chunk in body.get("output", []):
+            if chunk["seq"] == len(held):
+                held.append(chunk["data"])
+        if len(bodies) % 2:
+            raise OSError("answer lost")
+        return {"running": [body["id"]], "next": {str(body["id"]): len(held)}}
+
+    def work(c: Context, _a: Any) -> dict[str, Any]:
+        for i in range(5):
+            c.report(percent=i * 20, message=f"step {i}")
+            c.output(f"line {i}\n" * 1000)  # 7 KB a step: chunks of 8,192 characters
+            time.sleep(0.1)
+        return {}
+
+    ctx.heartbeat = server
+    monkeypatch.setitem(handlers.HANDLERS, "rename", (handlers.a.Rename, work))
+    assert execute(ctx, command()).status == "success"
+    assert "".join(held) == "".join(f"line {i}\n" * 1000 for i in range(5))
+    assert all(len(c["data"]) <= OUTPUT_CHUNK for b in bodies for c in b.get("output", []))
+    percents = [b["percent"] for b in bodies if "percent" in b]
+    assert percents == sorted(percents) and percents[-1] == 80
+    assert bodies[-1]["message"] == "step 4"
+
+
+def test_a_command_s_output_is_bounded_and_says_so() -> None:
+    r = Reporter(9)
+    for _ in range(300):
+        r.write("x" * 4000)
+    sent = []
+    while r.unsent():
+        body = r.beat(10)
+        sent.extend(c["data"] for c in body["output"])
+        r.taken(body["output"][-1]["seq"] + 1)
+    text = "".join(sent)
+    assert len(text.encode()) <= OUTPUT_MAX and text.endswith(TRUNCATED)
+    assert r.truncated
+
+
 def test_a_failing_heartbeat_does_not_fail_the_command(
     ctx: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -68,8 +118,8 @@ def test_a_failing_heartbeat_does_not_fail_the_command(
     slow(ctx, monkeypatch, 0.5)
     tries: list[int] = []
 
-    def down(cid: Any, interval: float) -> None:
-        tries.append(cid)
+    def down(body: dict[str, Any]) -> dict[str, Any]:
+        tries.append(body["id"])
         raise OSError("server unreachable")
 
     ctx.heartbeat = down

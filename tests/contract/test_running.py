@@ -6,9 +6,11 @@ stopped `timeout` "agent stopped reporting" long before its execution timeout.""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fleetcmd.indexer.task_manager import TaskManager, TaskRequest
-from fleetcmd.store import ClaimFilter, Result
+from fleetcmd.model.wire import OUTPUT_CHUNK, OUTPUT_MAX
+from fleetcmd.store import Beat, ClaimFilter, Result
 from fleetcmd.store.base import SqlStore
 from fleetcmd.store.stream import STOPPED_REPORTING
 
@@ -28,6 +30,11 @@ def delivered_task(store: SqlStore, agents: list[str], timeout: float = 6 * HOUR
     return task.id
 
 
+def beat(store: SqlStore, beats: list[tuple[int, float]]) -> list[int]:
+    """Heartbeat (id, interval) pairs; the ids running now."""
+    return sorted(store.command_heartbeats([Beat(i, interval) for i, interval in beats]))
+
+
 def ids_of(store: SqlStore, task_id: int) -> list[int]:
     return [c.id for c in store.list_commands(task_id=task_id, limit=10_000).items]
 
@@ -39,7 +46,7 @@ def test_a_command_whose_heartbeats_stop_ends_timeout_within_two_intervals(
     one, two = ids_of(store, task_id)
     interval = 5.0
     t0 = time.time()
-    assert store.command_heartbeats([(one, interval)]) == [one]
+    assert beat(store, [(one, interval)]) == [one]
     assert store.get_command(one).status == "running"
     task = store.get_task(task_id)
     assert task.counts == {"running": 1, "delivered": 1} and task.status == "in_progress"
@@ -49,7 +56,7 @@ def test_a_command_whose_heartbeats_stop_ends_timeout_within_two_intervals(
 
     # one interval late is not stale; beats keep it alive
     assert store.sweep(now=t0 + interval).total == 0
-    assert store.command_heartbeats([(one, interval)]) == [one]
+    assert beat(store, [(one, interval)]) == [one]
     assert store.sweep(now=time.time() + 1.9 * interval).stopped_reporting == 0
     # two intervals without a beat: ended, hours before its execution timeout
     report = store.sweep(now=time.time() + 2 * interval + 0.5)
@@ -61,7 +68,7 @@ def test_a_command_whose_heartbeats_stop_ends_timeout_within_two_intervals(
     assert store.counts("task", task_id) == store.recount("task", task_id)
 
     # the agent comes back: its beat is answered "not running", its late result ignored
-    assert store.command_heartbeats([(one, interval)]) == []
+    assert beat(store, [(one, interval)]) == []
     late = store.complete([Result(one, "success", data={})])
     assert late == [{"id": one, "outcome": "ignored: already timeout"}]
 
@@ -69,7 +76,7 @@ def test_a_command_whose_heartbeats_stop_ends_timeout_within_two_intervals(
 def test_running_commands_finish_are_cancelled_or_time_out_in_full(store: SqlStore) -> None:
     task_id = delivered_task(store, ["b-1", "b-2", "b-3"], timeout=60)
     one, two, three = ids_of(store, task_id)
-    assert store.command_heartbeats([(one, 10), (two, 10), (three, 10)]) == [one, two, three]
+    assert beat(store, [(one, 10), (two, 10), (three, 10)]) == [one, two, three]
     assert store.complete([Result(one, "success", data={"ok": True})])[0]["outcome"] == "recorded"
     # the execution timeout still holds for a command that keeps beating
     report = store.sweep(now=time.time() + 61)
@@ -80,10 +87,10 @@ def test_running_commands_finish_are_cancelled_or_time_out_in_full(store: SqlSto
 
     other = delivered_task(store, ["b-4"])
     (four,) = ids_of(store, other)
-    store.command_heartbeats([(four, 10)])
+    beat(store, [(four, 10)])
     assert store.cancel_task(other) == 1
     assert store.get_command(four).status == "cancelled"
-    assert store.command_heartbeats([(four, 10)]) == []
+    assert beat(store, [(four, 10)]) == []
 
 
 def test_only_delivered_commands_run_and_many_beats_are_one_write(store: SqlStore) -> None:
@@ -97,7 +104,7 @@ def test_only_delivered_commands_run_and_many_beats_are_one_write(store: SqlStor
     )
     (late_id,) = ids_of(store, late.id)
     beats = [(i, 10.0) for i in ids] + [(late_id, 10.0), (ids[0], 20.0), (10**12, 10.0)]
-    assert store.command_heartbeats(beats) == ids
+    assert beat(store, beats) == ids
     assert store.get_command(late_id).status == "pending"
     assert store.get_task(task_id).counts == {"running": 1500}
     assert store.counts("task", task_id) == store.recount("task", task_id)
@@ -105,3 +112,47 @@ def test_only_delivered_commands_run_and_many_beats_are_one_write(store: SqlStor
     report = store.sweep(now=time.time() + 25)
     assert report.stopped_reporting == 1499
     assert store.get_command(ids[0]).status == "running"
+
+
+def test_output_chunks_are_kept_in_order_and_bounded(store: SqlStore) -> None:
+    task_id = delivered_task(store, ["d-1", "d-2"])
+    one, two = ids_of(store, task_id)
+
+    def send(cid: int, *chunks: tuple[int, str], **progress: Any) -> int:
+        return store.command_heartbeats([Beat(cid, 10, output=tuple(chunks), **progress)])[cid]
+
+    # out of order within a beat is sorted; a gap waits (the agent sends it again)
+    assert send(one, (1, "b"), (0, "a"), percent=10, message="starting") == 2
+    assert send(one, (3, "d")) == 2  # 2 missing: 3 is not taken
+    assert send(one, (2, "c"), (3, "d"), (1, "b")) == 4  # a repeat of 1 is ignored
+    got = store.command_output(one)
+    assert [(o.seq, o.data) for o in got] == [(0, "a"), (1, "b"), (2, "c"), (3, "d")]
+    assert [o.seq for o in store.command_output(one, after=1)] == [2, 3]
+    c = store.get_command(one)
+    assert (c.progress_percent, c.progress_message) == (10, "starting")
+    assert (c.output_chunks, c.output_bytes) == (4, 4)
+    # a beat without progress keeps the last one reported
+    send(one, (4, "e"))
+    c = store.get_command(one)
+    assert (c.progress_percent, c.progress_message) == (10, "starting")
+    send(one, percent=55.5, message="verifying")
+    assert store.get_command(one).to_json()["progress"]["percent"] == 55.5
+
+    # bounded: the chunk that crosses the limit is cut (on a character), later ones dropped
+    big = "é" * (OUTPUT_CHUNK // 2)  # 8 KiB of UTF-8 per chunk
+    seq, n = 0, 0
+    while seq < 200:
+        n = send(two, *[(s, big) for s in range(seq, seq + 8)])
+        seq += 8
+    c = store.get_command(two)
+    assert c.output_bytes <= OUTPUT_MAX and c.output_bytes > OUTPUT_MAX - len(big.encode())
+    assert n == c.output_chunks == len(store.command_output(two, limit=1000))
+    assert (
+        "".join(o.data for o in store.command_output(two, limit=1000)).encode()
+        == ((big * c.output_chunks).encode()[: c.output_bytes])
+    )
+
+    # a final command takes no more output
+    store.complete([Result(one, "success", data={})])
+    assert store.command_heartbeats([Beat(one, 10, output=((5, "late"),))]) == {}
+    assert len(store.command_output(one)) == 5

@@ -11,8 +11,10 @@ from typing import Any
 
 import httpx
 
-from server.harness import FakeAgent, file_task, fleet
+from server.harness import FakeAgent, file_task, fleet, login, task_final
 from support import wait_until
+
+PW = "Operator-pass-1!"
 
 
 def beat(agent: FakeAgent, beats: list[dict[str, Any]]) -> httpx.Response:
@@ -32,14 +34,22 @@ def test_heartbeats_make_a_command_running_until_they_stop(store_url: str, tmp_p
 
         assert counts() == {"delivered": 1}
         r = beat(other, [{"id": cmd["id"], "interval": 1}])
-        assert r.status_code == 200 and r.json()["data"] == {"running": [], "stopped": [cmd["id"]]}
+        assert r.status_code == 200 and r.json()["data"] == {
+            "running": [],
+            "stopped": [cmd["id"]],
+            "next": {},
+        }
         assert counts() == {"delivered": 1}  # not its command: nothing moved
 
         interval = 1.0
         for _ in range(3):
             r = beat(agent, [{"id": cmd["id"], "interval": interval}])
             assert r.status_code == 200, r.text
-            assert r.json()["data"] == {"running": [cmd["id"]], "stopped": []}
+            assert r.json()["data"] == {
+                "running": [cmd["id"]],
+                "stopped": [],
+                "next": {str(cmd["id"]): 0},
+            }
             assert counts() == {"running": 1}
             time.sleep(interval / 2)
         last = time.monotonic()
@@ -49,7 +59,7 @@ def test_heartbeats_make_a_command_running_until_they_stop(store_url: str, tmp_p
         c = api.get(f"/commands/{cmd['id']}").json()["data"]
         assert c["status"] == "timeout" and c["result"]["message"] == "agent stopped reporting"
         r = beat(agent, [{"id": cmd["id"], "interval": interval}])
-        assert r.json()["data"] == {"running": [], "stopped": [cmd["id"]]}
+        assert r.json()["data"] == {"running": [], "stopped": [cmd["id"]], "next": {}}
         late = agent.report([{"id": cmd["id"], "status": "success", "data": {}}])
         assert late[0]["outcome"] == "ignored: already timeout"
 
@@ -61,3 +71,69 @@ def test_heartbeats_make_a_command_running_until_they_stop(store_url: str, tmp_p
         ):
             r = agent.http.post("/agents/commands/progress", json=bad)
             assert r.status_code == 422 and why in r.text, (bad, r.text)
+
+
+def test_progress_and_output_are_read_as_the_command_is(store_url: str, tmp_path: Path) -> None:
+    with fleet(store_url, tmp_path) as (_, [srv]):
+        api = srv.admin()
+        for g in ("web", "db"):
+            task_final(
+                api,
+                file_task(api, "group-configuration-change", {"group": g, "configuration": {}})[
+                    "id"
+                ],
+            )
+        web, db = FakeAgent(srv.comms, "out-web", ["web"]), FakeAgent(srv.comms, "out-db", ["db"])
+        ids = {}
+        for agent in (web, db):
+            file_task(api, "vulnerability-rescan", {"agents": [agent.id]})
+            (cmd,) = agent.poll()
+            agent.ack([cmd["id"]])
+            ids[agent.name] = cmd["id"]
+        cid = ids["out-web"]
+        chunks = [{"seq": i, "data": f"line {i}\n"} for i in range(5)]
+        r = beat(
+            web,
+            [
+                {
+                    "id": cid,
+                    "interval": 30,
+                    "percent": 40,
+                    "message": "scanning",
+                    "output": chunks[:3],
+                }
+            ],
+        )
+        assert r.json()["data"]["next"] == {str(cid): 3}
+        r = beat(web, [{"id": cid, "interval": 30, "output": chunks[2:]}])  # 2 again: ignored
+        assert r.json()["data"]["next"] == {str(cid): 5}
+        beat(db, [{"id": ids["out-db"], "interval": 30, "output": chunks[:1]}])
+
+        c = api.get(f"/commands/{cid}").json()["data"]
+        assert c["status"] == "running" and c["progress"]["percent"] == 40
+        assert c["progress"]["message"] == "scanning" and c["output"] == {"chunks": 5, "bytes": 35}
+        page = api.get(f"/commands/{cid}/output", params={"after": 1, "limit": 2}).json()["data"]
+        assert [x["seq"] for x in page["chunks"]] == [2, 3] and page["next"] == 3
+        assert page["done"] is False
+        rest = api.get(f"/commands/{cid}/output", params={"after": page["next"]}).json()["data"]
+        assert [x["data"] for x in rest["chunks"]] == ["line 4\n"]
+        web.report([{"id": cid, "status": "success", "data": {}}])
+        end = api.get(f"/commands/{cid}/output", params={"after": 4}).json()["data"]
+        assert end["chunks"] == [] and end["done"] is True and end["status"] == "success"
+        assert api.get("/commands/999999/output").status_code == 404
+        assert api.get(f"/commands/{cid}/output", params={"after": -5}).status_code == 422
+
+        # read as the command is: a web operator reads web's output, not db's
+        role = {
+            "actions": ["command:read", "task:read", "agent:read"],
+            "resources": ["agent:group:web"],
+        }
+        assert api.put("/security/roles/web-read", json={"policies": [role]}).status_code == 200
+        made = api.post(
+            "/security/users", json={"name": "webop", "password": PW, "roles": ["web-read"]}
+        )
+        assert made.status_code == 201, made.text
+        op = login(srv.api, "webop", PW)
+        assert op.get(f"/commands/{cid}/output").status_code == 200
+        denied = op.get(f"/commands/{ids['out-db']}/output")
+        assert denied.status_code == 403 and denied.json()["error"] == "forbidden"

@@ -718,16 +718,17 @@ class Agent:
     def _send_events(self, events: list[dict[str, Any]]) -> None:
         self.comms.events(events)
 
-    def _heartbeat(self, command_id: Any, interval: float) -> None:
+    def _heartbeat(self, beat: dict[str, Any]) -> dict[str, Any]:
         """A heartbeat of the running command, on a connection of its own: the handler may be
         using the main one (an upgrade's download)."""
         if self._beats is None:
             self._beats = self._event_channel()
         if self._beats is None:
-            return
-        answer = self._beats.progress([{"id": command_id, "interval": interval}])
-        if command_id in answer["stopped"]:
-            log.info("command %s: the stream no longer waits for it (final already)", command_id)
+            return {}
+        answer = self._beats.progress([beat])
+        if beat["id"] in answer["stopped"]:
+            log.info("command %s: the stream no longer waits for it (final already)", beat["id"])
+        return answer
 
     def _event_channel(self) -> Comms | None:
         """A connection of the log collector's own (the main one is held by the long-poll);

@@ -147,13 +147,29 @@ HEARTBEAT_MIN = 0.5
 HEARTBEAT_MAX = 3600.0
 
 
+# A running command's output travels in numbered chunks of at most OUTPUT_CHUNK characters,
+# at most OUTPUT_MAX bytes (UTF-8) per command: past that the rest is dropped, and said so.
+OUTPUT_CHUNK = 8192
+OUTPUT_MAX = 1 << 20
+OUTPUT_CHUNKS_PER_BEAT = 32
+
+
+class ChunkIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seq: int = Field(ge=0, le=2**31 - 1)  # 0, 1, 2, … per command: taken only in order
+    data: str = Field(max_length=OUTPUT_CHUNK)
+
+
 class ProgressIn(BaseModel):
     """One running command's heartbeat: the agent still executes it, and says when to expect
-    the next."""
+    the next; with, optionally, how far it got and the output it wrote since the last one."""
 
     model_config = ConfigDict(extra="forbid")
     id: int = Field(ge=1, le=2**63 - 1)
     interval: float = Field(default=10.0, ge=HEARTBEAT_MIN, le=HEARTBEAT_MAX)
+    percent: float | None = Field(default=None, ge=0, le=100)
+    message: str | None = Field(default=None, max_length=500)
+    output: list[ChunkIn] = Field(default_factory=list, max_length=OUTPUT_CHUNKS_PER_BEAT)
 
 
 class AgentProgressIn(BaseModel):

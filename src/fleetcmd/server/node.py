@@ -67,11 +67,11 @@ def build_state(options: ServerOptions) -> ServerState:
         moved = set(data["moved"])
         return [i in moved for i in ids]
 
-    async def flush_progress(items: list[dict[str, Any]]) -> list[bool]:
+    async def flush_progress(items: list[dict[str, Any]]) -> list[int | None]:
         with metrics.bulk.labels("progress").time():
             data = await indexer.post("/commands/heartbeat", {"beats": items}, idempotent=True)
-        running = set(data["running"])
-        return [int(i["id"]) in running for i in items]
+        running = data["running"]
+        return [running.get(str(i["id"])) for i in items]
 
     mailboxes = Mailboxes()
 

@@ -13,6 +13,27 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class Beat:
+    """A heartbeat of a running command (store `command_heartbeats`): the agent's interval,
+    optionally its progress, and output chunks `(seq, text)` numbered from 0 per command."""
+
+    id: int
+    interval: float
+    percent: float | None = None
+    message: str | None = None
+    output: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Output:
+    """One chunk of a command's output, as kept."""
+
+    seq: int
+    at: float
+    data: str
+
+
+@dataclass(frozen=True)
 class ClaimFilter:
     """Which commands a claimer wants.
 

@@ -18,17 +18,22 @@ router = APIRouter(tags=["commands"])
 log = logging.getLogger("fleetcmd.server.comms.progress")
 
 
-async def report(st: ServerState, agent_id: str, beats: list[ProgressIn]) -> dict[str, list[int]]:
-    """Pass this agent's heartbeats on; `running`: the ids the stream records running now,
-    `stopped`: the others (final, not delivered, or not this agent's): nothing waits for
-    them, and the agent may stop reporting on them."""
-    latest = {b.id: b for b in beats}  # a repeated id: its last beat counts
-    owned = await owned_by(st, agent_id, list(latest))
-    mine = [b for cid, b in latest.items() if cid in owned]
-    running = await st.progress.submit_many([b.model_dump() for b in mine]) if mine else []
-    alive = sorted(b.id for b, ok in zip(mine, running, strict=True) if ok)
+async def report(st: ServerState, agent_id: str, beats: list[ProgressIn]) -> dict[str, Any]:
+    """Pass this agent's heartbeats on. `running`: the ids the stream records running now,
+    `next`: for each, the output chunks kept so far (the next `seq` taken; the agent drops
+    those below and sends the rest again), `stopped`: the others (final, not delivered, or
+    not this agent's): nothing waits for them, and the agent may stop reporting on them."""
+    ids = list(dict.fromkeys(b.id for b in beats))
+    owned = await owned_by(st, agent_id, ids)
+    mine = [b for b in beats if b.id in owned]
+    answers = await st.progress.submit_many([b.model_dump() for b in mine]) if mine else []
+    kept = {b.id: n for b, n in zip(mine, answers, strict=True) if n is not None}
     st.metrics.heartbeats.inc(len(mine))
-    return {"running": alive, "stopped": sorted(set(latest) - set(alive))}
+    return {
+        "running": sorted(kept),
+        "stopped": sorted(set(ids) - set(kept)),
+        "next": {str(k): v for k, v in sorted(kept.items())},
+    }
 
 
 @router.post("/agents/commands/progress")
