@@ -137,3 +137,43 @@ def test_progress_and_output_are_read_as_the_command_is(store_url: str, tmp_path
         assert op.get(f"/commands/{cid}/output").status_code == 200
         denied = op.get(f"/commands/{ids['out-db']}/output")
         assert denied.status_code == 403 and denied.json()["error"] == "forbidden"
+
+
+def test_execution_timeouts_are_capped_by_the_administrator_s_setting(
+    store_url: str, tmp_path: Path
+) -> None:
+    with fleet(store_url, tmp_path) as (_, [srv]):
+        api = srv.admin()
+        agent = FakeAgent(srv.comms, "cap-1")
+
+        def file(timeout: float, path: str = "/tasks") -> httpx.Response:
+            return api.post(
+                path,
+                json={
+                    "type": "vulnerability-rescan",
+                    "params": {"agents": [agent.id]},
+                    "timeout": timeout,
+                },
+            )
+
+        hours = 3600.0
+        r = file(12 * hours)  # many hours: under the default cap (24 h)
+        assert r.status_code == 202, r.text
+        (cmd,) = agent.poll()
+        assert cmd["timeout"] == 12 * hours
+        r = file(48 * hours)
+        assert r.status_code == 422, r.text
+        assert "commands.max_timeout" in r.json()["message"] and "86400" in r.json()["message"]
+        assert file(31 * 86400).status_code == 422  # past MAX_WINDOW whatever the setting
+
+        def configure(cap: float) -> None:
+            t = file_task(api, "server-config-change", {"settings": {"commands.max_timeout": cap}})
+            assert task_final(api, t["id"])["status"] == "success"
+
+        configure(3 * 86400)
+        assert file(48 * hours).status_code == 202
+        configure(hours)
+        r = file(2 * hours)
+        assert r.status_code == 422 and "3600 s" in r.json()["message"], r.text
+        r = api.post("/tasks/1/rerun", json={"timeout": 2 * hours})
+        assert r.status_code == 422 and "commands.max_timeout" in r.text, r.text
