@@ -177,3 +177,59 @@ def test_execution_timeouts_are_capped_by_the_administrator_s_setting(
         assert r.status_code == 422 and "3600 s" in r.json()["message"], r.text
         r = api.post("/tasks/1/rerun", json={"timeout": 2 * hours})
         assert r.status_code == 422 and "commands.max_timeout" in r.text, r.text
+
+
+def test_task_watch_shows_running_commands_with_their_progress(
+    store_url: str, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import threading
+
+    from support import FLEETCMD
+
+    with fleet(store_url, tmp_path) as (_, [srv]):
+        api = srv.admin()
+        agent = FakeAgent(srv.comms, "watched-1")
+        task = file_task(api, "vulnerability-rescan", {"agents": [agent.id]})
+        (cmd,) = agent.poll()
+        agent.ack([cmd["id"]])
+        r = beat(agent, [{"id": cmd["id"], "interval": 60, "percent": 45, "message": "hashing"}])
+        assert r.status_code == 200, r.text
+        # a terminal as far as rich is concerned, so the live rows are drawn
+        env = dict(os.environ, TTY_COMPATIBLE="1", TTY_INTERACTIVE="1", COLUMNS="160")
+        watch = subprocess.Popen(
+            [
+                *FLEETCMD,
+                "task",
+                "watch",
+                str(task["id"]),
+                "--interval",
+                "0.2",
+                "--api",
+                srv.api,
+                "--data-dir",
+                str(srv.data_dir),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        seen: list[str] = []
+        reader = threading.Thread(target=lambda: seen.extend(iter(watch.stdout.readline, "")))  # type: ignore[union-attr]
+        reader.start()
+        try:
+            row = f"#{cmd['id']} {agent.id}"
+            wait_until(
+                lambda: any(row in s and "hashing" in s and "45/100" in s for s in seen),
+                30,
+                what="the running command's row: agent, percent, message",
+            )
+            agent.report([{"id": cmd["id"], "status": "success", "data": {}}])
+            assert watch.wait(30) == 0, watch.stderr.read()  # type: ignore[union-attr]
+        finally:
+            if watch.poll() is None:
+                watch.kill()
+            reader.join(10)
+        assert any(f"task {task['id']}: success" in s for s in seen)

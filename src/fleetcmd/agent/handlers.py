@@ -278,7 +278,13 @@ def upgrade(ctx: Context, args: a.Upgrade) -> dict[str, Any]:
         raise Refused("this agent cannot download packages")
     try:
         prepared = upgrades.prepare(
-            ctx.state_dir, ctx.comms, ctx.command_id, args, ctx.trust_keys, ctx.upgrade_deadline
+            ctx.state_dir,
+            ctx.comms,
+            ctx.command_id,
+            args,
+            ctx.trust_keys,
+            ctx.upgrade_deadline,
+            lambda percent, phase: ctx.report(percent, phase),
         )
     except upgrades.UpgradeRefused as exc:
         raise Refused(f"upgrade refused, nothing changed: {exc}") from None

@@ -42,6 +42,7 @@ from fleetcmd.agent.outbox import DEFAULT_LIMIT, Outbox
 from fleetcmd.agent.state import AgentState, Credentials, StateDir
 from fleetcmd.agent.trust import CommandTrust, Refusal
 from fleetcmd.model.config import config_hash
+from fleetcmd.model.wire import HEARTBEAT_MAX
 
 log = logging.getLogger("fleetcmd.agent")
 
@@ -635,6 +636,7 @@ class Agent:
         """The server answered this version: if it is on trial, it is now the current one."""
         if self._trial is None:
             return
+        self._phase(self._trial["command_id"], "watch", self.options.heartbeat_interval)
         doc = self.versions.commit()
         self._trial = None
         if doc is None:
@@ -673,6 +675,8 @@ class Agent:
             self.versions.roll_back(f"the upgrade watchdog could not start ({exc})")
             self._answer_switch_failure(pending, f"the upgrade watchdog could not start: {exc}")
             return
+        # Until the new version checks in (its deadline) nothing heartbeats the command.
+        self._phase(pending.command_id, "restart", pending.deadline)
         src = self.versions.boot_target()
         log.warning("restarting into version %s (%s)", pending.target.version, src)
         self._shutdown()
@@ -729,6 +733,15 @@ class Agent:
         if beat["id"] in answer["stopped"]:
             log.info("command %s: the stream no longer waits for it (final already)", beat["id"])
         return answer
+
+    def _phase(self, command_id: Any, phase: str, interval: float) -> None:
+        """An upgrade phase the handler's heartbeats cannot carry: the switch, the trial."""
+        percent, message = upgrades.PHASES[phase]
+        beat = {"id": command_id, "percent": percent, "message": message}
+        try:
+            self._heartbeat({**beat, "interval": min(max(interval, 1.0), HEARTBEAT_MAX)})
+        except Exception as exc:  # a lost phase report never stops an upgrade
+            log.warning("phase %s of upgrade command %s not reported: %s", phase, command_id, exc)
 
     def _event_channel(self) -> Comms | None:
         """A connection of the log collector's own (the main one is held by the long-poll);

@@ -90,6 +90,35 @@ function watchTask(scope) {
   });
 }
 
+// -- one long command: progress and output, as its agent reports them ----------------------------
+function watchCommand(scope) {
+  if (scope.dataset.final === "1" || !window.EventSource) return;
+  const source = new EventSource(scope.dataset.sseCommand);
+  const out = scope.querySelector("[data-testid=command-output]");
+  source.addEventListener("progress", (ev) => {
+    const c = JSON.parse(ev.data);
+    const pct = c.progress && c.progress.percent != null ? c.progress.percent : null;
+    scope.querySelector("[data-testid=command-percent]").textContent = pct == null ? "–" : Math.floor(pct) + "%";
+    scope.querySelector("[data-command-bar]").style.width = (pct || 0) + "%";
+    scope.querySelector("[data-testid=command-message]").textContent = (c.progress && c.progress.message) || "";
+    scope.querySelector("[data-command-status]").replaceChildren(badge(c.status));
+    scope.querySelector("[data-testid=command-output-size]").textContent = fmt(c.output.bytes) + " bytes";
+  });
+  source.addEventListener("output", (ev) => {
+    const stick = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
+    out.append(document.createTextNode(JSON.parse(ev.data).chunks.map((c) => c.data).join("")));
+    if (stick) out.scrollTop = out.scrollHeight;
+  });
+  source.addEventListener("done", () => {
+    source.close();
+    scope.dataset.final = "1";
+    scope.querySelectorAll(".live-dot").forEach((e) => e.remove());
+  });
+  source.addEventListener("error", (ev) => {
+    if (ev.data) source.close();
+  });
+}
+
 // -- the overview's running tasks --------------------------------------------------------------
 function watchTasks(tbody) {
   if (!window.EventSource) return;
@@ -192,6 +221,7 @@ function enhanceForm(form) {
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-sse]").forEach(watchTask);
   document.querySelectorAll("[data-sse-tasks]").forEach(watchTasks);
+  document.querySelectorAll("[data-sse-command]").forEach(watchCommand);
   document.querySelectorAll("form[data-task-form]").forEach(enhanceForm);
   document.querySelectorAll("form[data-confirm]").forEach((f) => f.addEventListener("submit", (ev) => {
     if (!window.confirm(f.dataset.confirm)) ev.preventDefault();
