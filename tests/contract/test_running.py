@@ -156,3 +156,18 @@ def test_output_chunks_are_kept_in_order_and_bounded(store: SqlStore) -> None:
     store.complete([Result(one, "success", data={})])
     assert store.command_heartbeats([Beat(one, 10, output=((5, "late"),))]) == {}
     assert len(store.command_output(one)) == 5
+
+
+def test_retention_takes_a_command_s_output_with_it(store: SqlStore) -> None:
+    old = delivered_task(store, ["e-1"])
+    (cid,) = ids_of(store, old)
+    store.command_heartbeats([Beat(cid, 10, output=((0, "kept until the task goes\n"),))])
+    store.complete([Result(cid, "success", data={})])
+    kept = delivered_task(store, ["e-2"])
+    (other,) = ids_of(store, kept)
+    store.command_heartbeats([Beat(other, 10, output=((0, "still running\n"),))])
+    assert len(store.command_output(cid)) == 1
+    report = store.purge_finished(older_than=60, now=time.time() + 120, batch=10)
+    assert report.tasks == 1
+    assert store.command_output(cid) == []
+    assert [o.data for o in store.command_output(other)] == ["still running\n"]
