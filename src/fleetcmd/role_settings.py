@@ -11,7 +11,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field
 
-from fleetcmd.model.wire import HEARTBEAT_MAX, HEARTBEAT_MIN
+from fleetcmd.model.progress import HEARTBEAT_MAX, HEARTBEAT_MIN
 from fleetcmd.settings import (
     ConfigError,
     RoleSettings,

@@ -3,7 +3,7 @@
 one sends nothing. End to end with real processes (indexer, server, `fleetcmd agent`): the
 stream shows the command `running`, counted in its task, and once the agent is stopped
 (SIGSTOP) the command ends `timeout` "agent stopped reporting" within two intervals (plus
-the sweeper's second), hours before its execution timeout."""
+the sweeper's second), hours before its execution timeout; its output arrived while it ran."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from fleetcmd.agent import handlers
 from fleetcmd.agent.handlers import Context, execute
 from fleetcmd.agent.reporting import TRUNCATED, Reporter
-from fleetcmd.model.wire import OUTPUT_CHUNK, OUTPUT_MAX
+from fleetcmd.model.progress import OUTPUT_CHUNK, OUTPUT_MAX
 from fleetcmd.store.stream import STOPPED_REPORTING
 from support import wait_until
 
@@ -144,7 +144,7 @@ def test_a_stopped_agent_s_running_command_ends_timeout_within_two_intervals(
         )
         bin_dir = state / "active-response" / "bin"
         bin_dir.mkdir(parents=True, exist_ok=True)
-        (bin_dir / "sleeper").write_text("#!/bin/sh\nsleep 30\n")
+        (bin_dir / "sleeper").write_text("#!/bin/sh\necho started\necho step 1\nsleep 30\n")
         (bin_dir / "sleeper").chmod(0o700)
         definition = {
             "name": "sleeper",
@@ -181,6 +181,13 @@ def test_a_stopped_agent_s_running_command_ends_timeout_within_two_intervals(
         assert task()["status"] == "in_progress"
         (cmd,) = commands_of(c, task())
         assert cmd["status"] == "running"
+        # the script's output arrives while it runs (the response's live output)
+
+        def output() -> str:
+            page = c.get(f"/commands/{cmd['id']}/output").json()["data"]
+            return "".join(x["data"] for x in page["chunks"])
+
+        wait_until(lambda: output() == "started\nstep 1\n", 15, what="the script's output")
 
         pid = int(status(state)["pid"])
         os.kill(pid, signal.SIGSTOP)

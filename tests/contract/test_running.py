@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from fleetcmd.indexer.task_manager import TaskManager, TaskRequest
-from fleetcmd.model.wire import OUTPUT_CHUNK, OUTPUT_MAX
+from fleetcmd.model.progress import OUTPUT_CHUNK, OUTPUT_MAX
 from fleetcmd.store import Beat, ClaimFilter, Result
 from fleetcmd.store.base import SqlStore
 from fleetcmd.store.stream import STOPPED_REPORTING

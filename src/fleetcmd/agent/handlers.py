@@ -264,7 +264,9 @@ def ar_config(ctx: Context, args: a.ArConfig) -> dict[str, Any]:
 def ar_execute(ctx: Context, args: a.ArExecute) -> dict[str, Any]:
     """Row 11: run an allow-listed response; a non-zero exit or a timeout is a failure that
     still reports the exit code and output."""
-    ok, data, message = ctx.active_response.execute(args.name, args.arguments, ctx.deadline)
+    ok, data, message = ctx.active_response.execute(
+        args.name, args.arguments, ctx.deadline, ctx.output
+    )
     if not ok:
         raise Refused(message, data, TIMED_OUT if data.get("timed_out") else FAILED)
     return data

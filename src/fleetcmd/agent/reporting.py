@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from fleetcmd.model.wire import OUTPUT_CHUNK, OUTPUT_CHUNKS_PER_BEAT, OUTPUT_MAX
+from fleetcmd.model.progress import OUTPUT_CHUNK, OUTPUT_CHUNKS_PER_BEAT, OUTPUT_MAX
 
 TRUNCATED = "\n[output truncated: over the limit of a command's output]\n"
 

@@ -42,7 +42,7 @@ from fleetcmd.agent.outbox import DEFAULT_LIMIT, Outbox
 from fleetcmd.agent.state import AgentState, Credentials, StateDir
 from fleetcmd.agent.trust import CommandTrust, Refusal
 from fleetcmd.model.config import config_hash
-from fleetcmd.model.wire import HEARTBEAT_MAX
+from fleetcmd.model.progress import HEARTBEAT_MAX
 
 log = logging.getLogger("fleetcmd.agent")
 

@@ -13,6 +13,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fleetcmd.model.progress import (
+    HEARTBEAT_MAX,
+    HEARTBEAT_MIN,
+    OUTPUT_CHUNK,
+    OUTPUT_CHUNKS_PER_BEAT,
+)
 from fleetcmd.model.selectors import LABEL_KEY_RE
 
 MAX_WINDOW = 30 * 86400  # the longest execution timeout or delivery window, seconds
@@ -139,19 +145,6 @@ class AgentResultsIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     results: list[ResultIn] = Field(max_length=10_000)
-
-
-# An agent heartbeats a command it has run for a while every `interval` seconds; the stream
-# ends it `timeout` after two intervals without one (store `heartbeat`, `sweep`).
-HEARTBEAT_MIN = 0.5
-HEARTBEAT_MAX = 3600.0
-
-
-# A running command's output travels in numbered chunks of at most OUTPUT_CHUNK characters,
-# at most OUTPUT_MAX bytes (UTF-8) per command: past that the rest is dropped, and said so.
-OUTPUT_CHUNK = 8192
-OUTPUT_MAX = 1 << 20
-OUTPUT_CHUNKS_PER_BEAT = 32
 
 
 class ChunkIn(BaseModel):

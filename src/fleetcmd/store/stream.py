@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fleetcmd.errors import InvalidParams, LeaseLost, NotFound
+from fleetcmd.model.progress import OUTPUT_MAX
 from fleetcmd.model.records import Command, Page, dumps
 from fleetcmd.model.status import FINAL, Status
-from fleetcmd.model.wire import OUTPUT_MAX
 from fleetcmd.store.core import ACTIVE_SQL, COLS, UNDELIVERED_SQL, StoreCore, TxCore, cursor_id
 from fleetcmd.store.types import Beat, ClaimFilter, Output, Result, SweepReport, chunks
 

@@ -16,8 +16,9 @@ from fleetcmd.indexer.approvals import Approvals
 from fleetcmd.indexer.delivery import outgoing
 from fleetcmd.indexer.results import record_results
 from fleetcmd.indexer.state import IndexerState, authorized
+from fleetcmd.model.progress import OUTPUT_MAX
 from fleetcmd.model.status import FINAL
-from fleetcmd.model.wire import OUTPUT_MAX, NodeResultsIn, ProgressIn
+from fleetcmd.model.wire import NodeResultsIn, ProgressIn
 from fleetcmd.store import Beat, ClaimFilter, Result
 
 log = logging.getLogger("fleetcmd.sweeper")
