@@ -11,6 +11,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field
 
+from fleetcmd.model.progress import HEARTBEAT_MAX, HEARTBEAT_MIN
 from fleetcmd.settings import (
     ConfigError,
     RoleSettings,
@@ -200,6 +201,15 @@ class AgentSettings(RoleSettings):
     )
     upgrade_deadline: float = Field(
         120.0, ge=5, description="Seconds a new version has to check in before rollback."
+    )
+    heartbeat_after: float = Field(
+        2.0, ge=0, le=3600, description="Seconds a command runs before it is heartbeated."
+    )
+    heartbeat_interval: float = Field(
+        10.0,
+        ge=HEARTBEAT_MIN,
+        le=HEARTBEAT_MAX,
+        description="Seconds between heartbeats of a running command (two missed: timeout).",
     )
     command_key: list[str] = Field(
         [], description="The indexer's command-signing public keys (none: pinned at enrollment)."

@@ -53,6 +53,7 @@ class FakeComms:
         self.sca: dict[str, dict[str, Any]] = {}  # policy id -> policy (GET /agents/sca/…)
         self.signer = CommandSigner(Ed25519PrivateKey.generate())
         self.all_results: list[dict[str, Any]] = []  # every result posted, in order
+        self.beats: list[dict[str, Any]] = []  # every heartbeat of a running command, in order
         self.connections: set[Any] = set()
         self.generation = 0  # bumped by stop(): long-polls of an earlier run end at once
         self._server: ThreadingHTTPServer | None = None
@@ -213,6 +214,17 @@ class FakeComms:
                 return 503, {"error": "unavailable", "message": "indexer unreachable"}
             self.acked.extend(body["ids"])
             return 200, {"data": {"acked": [i for i in body["ids"] if i not in self.unconfirmed]}}
+        if method == "POST" and path == "/agents/commands/progress":
+            self.beats.extend(body["progress"])
+            ids = [b["id"] for b in body["progress"]]
+            running = [i for i in ids if str(i) not in self.results]
+            return 200, {
+                "data": {
+                    "running": running,
+                    "stopped": [i for i in ids if i not in running],
+                    "next": {str(b["id"]): len(b.get("output", [])) for b in body["progress"]},
+                }
+            }
         if method == "POST" and path == "/agents/results":
             if self.refuse_results:
                 return 503, {"error": "unavailable", "message": "indexer unreachable"}

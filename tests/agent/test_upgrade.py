@@ -22,7 +22,8 @@ import fleetcmd
 from fleetcmd.agent import upgrade as upgrades
 from fleetcmd.agent.handlers import Context, execute
 from fleetcmd.agent.state import StateDir
-from fleetcmd.agent.upgrade import UpgradeRefused, Versions
+from fleetcmd.agent.upgrade import PHASES, UpgradeRefused, Versions, prepare
+from fleetcmd.model.actions import Upgrade
 from support import Role, wait_until
 
 from .fake_comms import KEY, FakeComms
@@ -296,6 +297,8 @@ class Upgradable:
                 str(pub),
                 "--upgrade-deadline",
                 str(deadline),
+                "--heartbeat-after",
+                "0",
             ],
             tmp,
         )
@@ -373,6 +376,13 @@ def test_upgrade_restarts_into_the_new_version(
     r = agent.result(10)
     assert r["status"] == "success", r
     assert r["data"] == {"version": NEW, "previous": OLD}
+    # its phases were reported while it ran (issue 17.3): the handler's with its heartbeats,
+    # `restart` by the old version before the switch, `watch` by the new one on trial
+    phases = [b["message"] for b in agent.fake.beats if b["id"] == 10 and "message" in b]
+    assert phases[-2:] == ["restart", "watch"], phases
+    assert set(phases) <= {"download", "verify", "install", "restart", "watch"}, phases
+    percents = [b["percent"] for b in agent.fake.beats if b["id"] == 10 and "percent" in b]
+    assert percents == sorted(percents) and percents[-1] == 90, percents
     st = agent.status()
     assert st["version"] == NEW
     assert st["upgrade"]["last"]["state"] == "committed"
@@ -454,3 +464,36 @@ def test_a_version_that_never_checks_in_is_rolled_back_at_the_deadline(
         assert agent.status()["version"] == OLD
     finally:
         agent.stop()
+
+
+def test_an_upgrade_reports_download_verify_install_in_order(
+    ctx: Context, keys: Any, packages: dict[str, bytes]
+) -> None:
+    key, pub, _ = keys
+    ctx.comms = served(key, packages["good"])
+    phases: list[tuple[float, str]] = []
+    got = prepare(
+        ctx.state_dir,
+        ctx.comms,
+        7,
+        Upgrade(version=NEW, package="fleetcmd"),
+        [str(pub)],
+        30,
+        lambda p, m: phases.append((p, m)),
+    )
+    assert not isinstance(got, dict)
+    assert phases == [PHASES["download"], PHASES["verify"], PHASES["install"]]
+    # a refused package stops at the phase that refused it
+    phases.clear()
+    ctx.comms = served(key, packages["good"], **{"X-Package-Sha256": "0" * 64})
+    with pytest.raises(UpgradeRefused):
+        prepare(
+            ctx.state_dir,
+            ctx.comms,
+            8,
+            Upgrade(version=NEW, package="fleetcmd"),
+            [str(pub)],
+            30,
+            lambda p, m: phases.append((p, m)),
+        )
+    assert [m for _, m in phases] == ["download", "verify"]

@@ -60,6 +60,16 @@ def agent(
     upgrade_deadline: Annotated[
         float, typer.Option(help="Seconds a new version has to check in before it is rolled back.")
     ] = 120.0,
+    heartbeat_after: Annotated[
+        float,
+        typer.Option(help="Seconds a command runs before the agent starts heartbeating it."),
+    ] = 2.0,
+    heartbeat_interval: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between heartbeats of a running command (two missed: it times out)."
+        ),
+    ] = 10.0,
     command_key: Annotated[
         list[str] | None,
         typer.Option(
@@ -128,6 +138,8 @@ def agent(
         "log_level": cfg.log_level,
         "trust_keys": absolute(cfg.trust_key),
         "upgrade_deadline": cfg.upgrade_deadline,
+        "heartbeat_after": cfg.heartbeat_after,
+        "heartbeat_interval": cfg.heartbeat_interval,
         "command_keys": absolute(cfg.command_key),
         "ca": str(cfg.ca.resolve()) if cfg.ca else None,
     }

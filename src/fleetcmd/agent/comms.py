@@ -247,6 +247,17 @@ class Comms:
         data = self.request("POST", "/agents/results", {"results": results}, timeout=30.0)
         return {str(r["id"]): str(r.get("outcome", "")) for r in (data or {}).get("results", [])}
 
+    def progress(self, beats: list[dict[str, Any]]) -> dict[str, Any]:
+        """Heartbeats of running commands; returns {running: ids, stopped: ids, next: {id:
+        output chunks the stream holds}}."""
+        data = self.request("POST", "/agents/commands/progress", {"progress": beats}, timeout=10.0)
+        got = data or {}
+        return {
+            "running": list(got.get("running") or []),
+            "stopped": list(got.get("stopped") or []),
+            "next": dict(got.get("next") or {}),
+        }
+
     def configuration(self, groups: list[str]) -> dict[str, Any]:
         q = quote(",".join(groups), safe=",")
         return dict(self.request("GET", f"/agents/configuration?groups={q}"))

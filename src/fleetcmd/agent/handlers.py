@@ -23,6 +23,7 @@ from fleetcmd.agent.modules import ConfigError, Modules
 from fleetcmd.agent.modules.active_response import ActiveResponse
 from fleetcmd.agent.modules.inventory import Inventory
 from fleetcmd.agent.modules.sca import Sca
+from fleetcmd.agent.reporting import Reporter
 from fleetcmd.agent.state import AgentState, InvalidName, StateDir, check_name
 from fleetcmd.model import actions as a
 from fleetcmd.model.config import config_hash
@@ -75,9 +76,26 @@ class Context:
     command_id: Any = None
     deadline: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Heartbeats of a long command (runner: POST /agents/commands/progress, body -> answer):
+    # sent every `heartbeat_interval` seconds once it has run `heartbeat_after` (short ones
+    # send none), with what the handler reported (`report`, `output`).
+    heartbeat: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    heartbeat_after: float = 2.0
+    heartbeat_interval: float = 10.0
+    reporter: Reporter | None = None
 
     def save(self) -> None:
         self.state_dir.save_state(self.applied)
+
+    def report(self, percent: float | None = None, message: str | None = None) -> None:
+        """A handler says how far it got (sent with the command's next heartbeat)."""
+        if self.reporter is not None:
+            self.reporter.progress(percent, message)
+
+    def output(self, text: str) -> None:
+        """A handler's incremental output (chunked, bounded, sent with the heartbeats)."""
+        if self.reporter is not None:
+            self.reporter.write(text)
 
 
 Handler = Callable[[Context, Any], dict[str, Any]]
@@ -246,7 +264,9 @@ def ar_config(ctx: Context, args: a.ArConfig) -> dict[str, Any]:
 def ar_execute(ctx: Context, args: a.ArExecute) -> dict[str, Any]:
     """Row 11: run an allow-listed response; a non-zero exit or a timeout is a failure that
     still reports the exit code and output."""
-    ok, data, message = ctx.active_response.execute(args.name, args.arguments, ctx.deadline)
+    ok, data, message = ctx.active_response.execute(
+        args.name, args.arguments, ctx.deadline, ctx.output
+    )
     if not ok:
         raise Refused(message, data, TIMED_OUT if data.get("timed_out") else FAILED)
     return data
@@ -260,7 +280,13 @@ def upgrade(ctx: Context, args: a.Upgrade) -> dict[str, Any]:
         raise Refused("this agent cannot download packages")
     try:
         prepared = upgrades.prepare(
-            ctx.state_dir, ctx.comms, ctx.command_id, args, ctx.trust_keys, ctx.upgrade_deadline
+            ctx.state_dir,
+            ctx.comms,
+            ctx.command_id,
+            args,
+            ctx.trust_keys,
+            ctx.upgrade_deadline,
+            lambda percent, phase: ctx.report(percent, phase),
         )
     except upgrades.UpgradeRefused as exc:
         raise Refused(f"upgrade refused, nothing changed: {exc}") from None
@@ -292,6 +318,44 @@ HANDLERS: dict[str, tuple[type[a.ActionArgs], Handler]] = {
 }
 
 
+def _wait_reporting(
+    ctx: Context, reporter: Reporter, worker: threading.Thread, timeout: float
+) -> None:
+    """Wait for the handler up to `timeout`; past `heartbeat_after`, send a heartbeat every
+    `heartbeat_interval` from this thread while the handler runs in its own, and once more
+    at its end if output is left unsent (a short command sends nothing)."""
+    started = time.monotonic()
+    end = started + timeout
+    beat_at = started + ctx.heartbeat_after
+    beats = 0
+    while worker.is_alive():
+        now = time.monotonic()
+        if now >= end:
+            return
+        if ctx.heartbeat is None:
+            worker.join(end - now)
+            continue
+        if now >= beat_at:
+            beats += _beat(ctx, reporter)
+            beat_at = time.monotonic() + ctx.heartbeat_interval
+        worker.join(max(0.0, min(end, beat_at) - time.monotonic()))
+    if beats and reporter.unsent():
+        _beat(ctx, reporter)
+
+
+def _beat(ctx: Context, reporter: Reporter) -> int:
+    assert ctx.heartbeat is not None
+    try:
+        answer = ctx.heartbeat(reporter.beat(ctx.heartbeat_interval))
+    except Exception as exc:  # a lost beat is not the command's failure; its chunks wait
+        log.warning("heartbeat of command %s not sent: %s", reporter.command_id, exc)
+        return 1
+    taken = (answer.get("next") or {}).get(str(reporter.command_id))
+    if taken is not None:
+        reporter.taken(int(taken))
+    return 1
+
+
 def execute(ctx: Context, command: dict[str, Any]) -> Result:
     """Run one command's handler within the command's execution timeout."""
     cid = command["id"]
@@ -309,15 +373,16 @@ def execute(ctx: Context, command: dict[str, Any]) -> Result:
     timeout = command.get("timeout") or DEFAULT_TIMEOUT
     outcome: list[Result] = []
     deadline = time.monotonic() + max(float(timeout) - MARGIN, float(timeout) / 2)
+    reporter = Reporter(cid)
 
     def run() -> None:
         try:
             with ctx.lock:  # handlers never overlap, even one outliving its timeout
-                ctx.command_id, ctx.deadline = cid, deadline
+                ctx.command_id, ctx.deadline, ctx.reporter = cid, deadline, reporter
                 try:
                     data = handler(ctx, typed)
                 finally:
-                    ctx.command_id = ctx.deadline = None
+                    ctx.command_id = ctx.deadline = ctx.reporter = None
             outcome.append(Result.success(cid, data))
         except Refused as exc:
             outcome.append(Result.failure(cid, f"{name}: {exc}", exc.code, exc.data))
@@ -329,7 +394,7 @@ def execute(ctx: Context, command: dict[str, Any]) -> Result:
 
     worker = threading.Thread(target=run, name=f"command-{cid}", daemon=True)
     worker.start()
-    worker.join(float(timeout))
+    _wait_reporting(ctx, reporter, worker, float(timeout))
     if not outcome:
         return Result.failure(
             cid, f"{name}: did not finish within its {timeout:g}s timeout", TIMED_OUT

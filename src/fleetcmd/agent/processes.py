@@ -9,11 +9,13 @@ so a chatty child can neither block on a full pipe nor grow the agent's memory.
 
 from __future__ import annotations
 
+import codecs
 import os
 import selectors
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +53,11 @@ def run_bounded(
     cap: int = DEFAULT_CAP,
     env: dict[str, str] | None = None,
     cwd: Path | str | None = None,
+    on_output: Callable[[str], None] | None = None,
 ) -> Completed:
     """Run `argv` (no shell) for at most `timeout` seconds; raises OSError if it cannot start
-    (not found, not executable)."""
+    (not found, not executable). `on_output` gets stdout and stderr as they are read (text,
+    interleaved), for a long command's live output; the capped capture is kept regardless."""
     if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
         raise ValueError("argv must be a non-empty list of strings without NUL bytes")
     start = time.monotonic()
@@ -73,6 +77,7 @@ def run_bounded(
         proc.stdout.fileno(): bytearray(),
         proc.stderr.fileno(): bytearray(),
     }
+    decoders = {fd: codecs.getincrementaldecoder("utf-8")(errors="replace") for fd in kept}
     truncated = timed_out = False
     deadline = start + timeout
     with selectors.DefaultSelector() as sel:
@@ -89,6 +94,10 @@ def run_bounded(
                     chunk = os.read(key.fd, 65536)
                 except BlockingIOError:
                     continue
+                if on_output is not None:
+                    text = decoders[key.fd].decode(chunk, final=not chunk)
+                    if text:
+                        on_output(text)
                 if not chunk:
                     sel.unregister(key.fd)
                     continue

@@ -42,6 +42,7 @@ from fleetcmd.agent.outbox import DEFAULT_LIMIT, Outbox
 from fleetcmd.agent.state import AgentState, Credentials, StateDir
 from fleetcmd.agent.trust import CommandTrust, Refusal
 from fleetcmd.model.config import config_hash
+from fleetcmd.model.progress import HEARTBEAT_MAX
 
 log = logging.getLogger("fleetcmd.agent")
 
@@ -95,6 +96,10 @@ class AgentOptions:
     command_keys: list[str] = field(default_factory=list)
     # CA file that signed the server's TLS certificate (https URLs; default: system CAs).
     ca: str | None = None
+    # A command that runs longer than `heartbeat_after` is heartbeated every
+    # `heartbeat_interval` seconds (the stream records it `running`).
+    heartbeat_after: float = 2.0
+    heartbeat_interval: float = 10.0
 
 
 class Agent:
@@ -117,6 +122,7 @@ class Agent:
         # The boot marker while this process is a version on trial (commits at check-in).
         self._trial: dict[str, Any] | None = None
         self._switch_to: upgrades.PendingUpgrade | None = None
+        self._beats: Comms | None = None  # the heartbeats' own connection
 
     # -- process life -------------------------------------------------------------------------
     def run(self) -> int:
@@ -241,6 +247,9 @@ class Agent:
             comms=self.comms,
             trust_keys=list(self.options.trust_keys),
             upgrade_deadline=self.options.upgrade_deadline,
+            heartbeat=self._heartbeat,
+            heartbeat_after=self.options.heartbeat_after,
+            heartbeat_interval=self.options.heartbeat_interval,
         )
 
     def _apply_local(self, applied: AgentState) -> None:
@@ -627,6 +636,7 @@ class Agent:
         """The server answered this version: if it is on trial, it is now the current one."""
         if self._trial is None:
             return
+        self._phase(self._trial["command_id"], "watch", self.options.heartbeat_interval)
         doc = self.versions.commit()
         self._trial = None
         if doc is None:
@@ -665,6 +675,8 @@ class Agent:
             self.versions.roll_back(f"the upgrade watchdog could not start ({exc})")
             self._answer_switch_failure(pending, f"the upgrade watchdog could not start: {exc}")
             return
+        # Until the new version checks in (its deadline) nothing heartbeats the command.
+        self._phase(pending.command_id, "restart", pending.deadline)
         src = self.versions.boot_target()
         log.warning("restarting into version %s (%s)", pending.target.version, src)
         self._shutdown()
@@ -709,6 +721,27 @@ class Agent:
 
     def _send_events(self, events: list[dict[str, Any]]) -> None:
         self.comms.events(events)
+
+    def _heartbeat(self, beat: dict[str, Any]) -> dict[str, Any]:
+        """A heartbeat of the running command, on a connection of its own: the handler may be
+        using the main one (an upgrade's download)."""
+        if self._beats is None:
+            self._beats = self._event_channel()
+        if self._beats is None:
+            return {}
+        answer = self._beats.progress([beat])
+        if beat["id"] in answer["stopped"]:
+            log.info("command %s: the stream no longer waits for it (final already)", beat["id"])
+        return answer
+
+    def _phase(self, command_id: Any, phase: str, interval: float) -> None:
+        """An upgrade phase the handler's heartbeats cannot carry: the switch, the trial."""
+        percent, message = upgrades.PHASES[phase]
+        beat = {"id": command_id, "percent": percent, "message": message}
+        try:
+            self._heartbeat({**beat, "interval": min(max(interval, 1.0), HEARTBEAT_MAX)})
+        except Exception as exc:  # a lost phase report never stops an upgrade
+            log.warning("phase %s of upgrade command %s not reported: %s", phase, command_id, exc)
 
     def _event_channel(self) -> Comms | None:
         """A connection of the log collector's own (the main one is held by the long-poll);

@@ -53,7 +53,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -388,6 +388,16 @@ class PendingUpgrade:
     deadline: float
 
 
+# An upgrade's phases as its command reports them (percent when the phase starts, its name).
+PHASES: dict[str, tuple[float, str]] = {
+    "download": (10.0, "download"),
+    "verify": (40.0, "verify"),
+    "install": (60.0, "install"),
+    "restart": (80.0, "restart"),
+    "watch": (90.0, "watch"),
+}
+
+
 def prepare(
     state: StateDir,
     comms: Any,
@@ -395,9 +405,13 @@ def prepare(
     args: Upgrade,
     trust_keys: list[str],
     deadline_s: float,
+    report: Callable[[float, str], None] | None = None,
 ) -> PendingUpgrade | dict[str, Any]:
     """Download, verify and install; returns the switch to make, or the result data when
-    there is nothing to do. Raises UpgradeRefused; on any refusal nothing is switched."""
+    there is nothing to do. Raises UpgradeRefused; on any refusal nothing is switched. Each
+    phase is `report`ed (percent, phase) as it starts; `restart` and `watch` follow in the
+    runner and in the version that runs next (PHASES)."""
+    say = report or (lambda _percent, _phase: None)
     version = args.version
     name = args.package or "fleetcmd"
     if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
@@ -415,10 +429,12 @@ def prepare(
     versions.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     download = versions.root / f".download-{name}-{version}.{os.getpid()}"
     try:
+        say(*PHASES["download"])
         with open(download, "wb") as f:
             headers = comms.download(
                 f"/agents/packages/{name}-{version}", f, MAX_PACKAGE, timeout=120.0
             )
+        say(*PHASES["verify"])
         sha256 = _sha256(download)
         claimed = headers.get("x-package-sha256", "").lower()
         if claimed and claimed != sha256:
@@ -430,6 +446,7 @@ def prepare(
             raise UpgradeRefused("bad sha256")
         key = verify(name, version, sha256, headers.get("x-package-signature", ""), trust_keys)
         log.info("package %s-%s verified: sha256 %s, signed by key %s", name, version, sha256, key)
+        say(*PHASES["install"])
         target = versions.install(download, name, version, sha256)
     finally:
         with contextlib.suppress(FileNotFoundError):

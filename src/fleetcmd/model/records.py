@@ -116,12 +116,19 @@ class Command:
     lease_owner: str | None
     lease_expires_at: float | None
     expanded: bool
+    # What the agent last reported while running it (issue 17.3), and its output so far.
+    progress_percent: float | None = None
+    progress_message: str | None = None
+    progress_at: float | None = None
+    output_chunks: int = 0
+    output_bytes: int = 0
 
     COLUMNS = (
         "id, task_id, parent_id, source, username, target_type, target_id, action_name, "
         "action_args, action_version, timeout, expires_at, status, result_code, result_message, "
         "result_data, created_at, updated_at, sent_at, delivered_at, completed_at, attempts, "
-        "lease_owner, lease_expires_at, expanded"
+        "lease_owner, lease_expires_at, expanded, progress_percent, progress_message, "
+        "progress_at, output_chunks, output_bytes"
     )
 
     @classmethod
@@ -152,6 +159,11 @@ class Command:
             r[22],
             r[23],
             bool(r[24]),
+            r[25],
+            r[26],
+            r[27],
+            int(r[28] or 0),
+            int(r[29] or 0),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -187,6 +199,14 @@ class Command:
             if self.lease_owner
             else None,
             "expanded": self.expanded,
+            "progress": {
+                "percent": self.progress_percent,
+                "message": self.progress_message,
+                "at": iso(self.progress_at),
+            }
+            if self.progress_at is not None
+            else None,
+            "output": {"chunks": self.output_chunks, "bytes": self.output_bytes},
         }
 
 

@@ -197,7 +197,7 @@ class WaveProgress:
 
     @property
     def in_flight(self) -> int:
-        moving = sum(self.counts.get(s, 0) for s in ("processing", "sent", "delivered"))
+        moving = sum(self.counts.get(s, 0) for s in ("processing", "sent", "delivered", "running"))
         return moving + max(0, self.waiting - self.offline)
 
     @property
@@ -206,7 +206,9 @@ class WaveProgress:
 
     @property
     def delivered(self) -> int:
-        return sum(self.counts.get(s, 0) for s in ("delivered", "success", "failure", "timeout"))
+        return sum(
+            self.counts.get(s, 0) for s in ("delivered", "running", "success", "failure", "timeout")
+        )
 
     def to_json(self) -> dict[str, Any]:
         c = self.counts

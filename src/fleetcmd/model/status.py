@@ -15,6 +15,9 @@ class Status(StrEnum):
     PROCESSING = "processing"
     SENT = "sent"
     DELIVERED = "delivered"
+    # Delivered and reporting: the agent sends heartbeats while a long command runs (only
+    # after it has run a few seconds); one whose heartbeats stop ends `timeout`.
+    RUNNING = "running"
     SUCCESS = "success"
     FAILURE = "failure"
     EXPIRED = "expired"
@@ -55,7 +58,8 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.SENT: frozenset(
         {Status.PENDING, Status.PROCESSING, Status.DELIVERED, Status.EXPIRED, *_RESULT, *_STOP}
     ),
-    Status.DELIVERED: frozenset({Status.TIMEOUT, *_RESULT, *_STOP}),
+    Status.DELIVERED: frozenset({Status.RUNNING, Status.TIMEOUT, *_RESULT, *_STOP}),
+    Status.RUNNING: frozenset({Status.TIMEOUT, *_RESULT, *_STOP}),
     Status.SUCCESS: frozenset(),
     Status.FAILURE: frozenset(),
     Status.EXPIRED: frozenset(),

@@ -13,6 +13,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fleetcmd.model.progress import (
+    HEARTBEAT_MAX,
+    HEARTBEAT_MIN,
+    OUTPUT_CHUNK,
+    OUTPUT_CHUNKS_PER_BEAT,
+)
 from fleetcmd.model.selectors import LABEL_KEY_RE
 
 MAX_WINDOW = 30 * 86400  # the longest execution timeout or delivery window, seconds
@@ -139,6 +145,31 @@ class AgentResultsIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     results: list[ResultIn] = Field(max_length=10_000)
+
+
+class ChunkIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seq: int = Field(ge=0, le=2**31 - 1)  # 0, 1, 2, … per command: taken only in order
+    data: str = Field(max_length=OUTPUT_CHUNK)
+
+
+class ProgressIn(BaseModel):
+    """One running command's heartbeat: the agent still executes it, and says when to expect
+    the next; with, optionally, how far it got and the output it wrote since the last one."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: int = Field(ge=1, le=2**63 - 1)
+    interval: float = Field(default=10.0, ge=HEARTBEAT_MIN, le=HEARTBEAT_MAX)
+    percent: float | None = Field(default=None, ge=0, le=100)
+    message: str | None = Field(default=None, max_length=500)
+    output: list[ChunkIn] = Field(default_factory=list, max_length=OUTPUT_CHUNKS_PER_BEAT)
+
+
+class AgentProgressIn(BaseModel):
+    """`POST /agents/commands/progress`: heartbeats of the commands one agent is running."""
+
+    model_config = ConfigDict(extra="forbid")
+    progress: list[ProgressIn] = Field(min_length=1, max_length=1000)
 
 
 class NodeResultsIn(BaseModel):

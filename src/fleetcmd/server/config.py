@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fleetcmd.errors import InvalidParams
+from fleetcmd.model.wire import MAX_WINDOW
+
 log = logging.getLogger("fleetcmd.server.config")
 
 
@@ -55,7 +58,26 @@ DEFAULTS: dict[str, Any] = {
     "comms.max_poll_wait": 60.0,
     "comms.results_flush_ms": 20,
     "events.queue_size": 10_000,
+    # The longest execution timeout a task may ask for, seconds (issue 17.3): long commands
+    # heartbeat, so a high cap costs nothing when an agent dies. Up to MAX_WINDOW (30 days).
+    "commands.max_timeout": 86_400.0,
 }
+
+
+def check_timeout(config: ServerConfig, timeout: float | None) -> None:
+    """Refuse (422) an execution timeout over the administrator's cap."""
+    if timeout is None:
+        return
+    try:
+        cap = min(float(config.get("commands.max_timeout")), float(MAX_WINDOW))
+    except (TypeError, ValueError):
+        cap = float(DEFAULTS["commands.max_timeout"])
+    if timeout > cap:
+        raise InvalidParams(
+            f"timeout {timeout:g} s is over the longest execution timeout allowed, {cap:g} s "
+            "(server setting commands.max_timeout; an administrator raises it with a "
+            "server-config-change task)"
+        )
 
 
 @dataclass

@@ -40,6 +40,11 @@ class ServerMetrics:
             registry=r,
         )
         self.acks = Counter("fleetcmd_server_acks_total", "Commands acked by agents", registry=r)
+        self.heartbeats = Counter(
+            "fleetcmd_server_heartbeats_total",
+            "Heartbeats of running commands from agents",
+            registry=r,
+        )
         self.results = Counter(
             "fleetcmd_server_results_total",
             "Results passed to the indexer",

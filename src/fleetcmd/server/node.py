@@ -67,6 +67,12 @@ def build_state(options: ServerOptions) -> ServerState:
         moved = set(data["moved"])
         return [i in moved for i in ids]
 
+    async def flush_progress(items: list[dict[str, Any]]) -> list[int | None]:
+        with metrics.bulk.labels("progress").time():
+            data = await indexer.post("/commands/heartbeat", {"beats": items}, idempotent=True)
+        running = data["running"]
+        return [running.get(str(i["id"])) for i in items]
+
     mailboxes = Mailboxes()
 
     async def flush_held(ids: list[int]) -> list[bool]:
@@ -96,6 +102,7 @@ def build_state(options: ServerOptions) -> ServerState:
         results=Bulker("results", flush_results),
         delivered=Bulker("delivered", flush_delivered),
         held=Bulker("held", flush_held),
+        progress=Bulker("progress", flush_progress),
         targets=Bulker("targets", flush_targets),
         engine=Engine(indexer, options.data_dir, metrics.registry),
         packages=PackageStore(
@@ -237,6 +244,7 @@ async def serve(options: ServerOptions) -> None:
     st.results.start()
     st.delivered.start()
     st.held.start()
+    st.progress.start()
     st.targets.start()
     await st.engine.start(lambda: st.events)
     gctune.settle()  # what a node keeps for its life is never walked by the GC again
@@ -310,6 +318,7 @@ async def serve(options: ServerOptions) -> None:
     await st.results.stop()
     await st.delivered.stop()
     await st.held.stop()
+    await st.progress.stop()
     await st.targets.stop()
     await st.packages.close()
     await release_all(st)

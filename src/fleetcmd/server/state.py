@@ -54,6 +54,8 @@ class ServerState:
     results: Bulker[dict[str, Any], str]
     delivered: Bulker[int, bool]  # command id -> delivered now (acks)
     held: Bulker[int, bool]  # command id -> lease renewed: still this node's, undelivered
+    # a heartbeat -> the next output chunk its command takes, None: not running
+    progress: Bulker[dict[str, Any], int | None]
     targets: Bulker[int, dict[str, Any] | None]  # command id -> {type, id, action}
     engine: Engine
     packages: PackageStore

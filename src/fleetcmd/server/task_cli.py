@@ -247,18 +247,20 @@ def watch(
     password: PasswordOpt = None,
     data_dir: DataDir = Path("./data"),
 ) -> None:
-    """Live progress bar with counts per status until the task is final."""
+    """Live progress bar with counts per status until the task is final; below it, the
+    running commands (at most ten) with what their agents report (percent, message)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     session = _session(api, user, password, data_dir)
     with Progress(
-        TextColumn("task {task.fields[id]} [bold]{task.fields[status]}"),
+        TextColumn("{task.fields[label]} [bold]{task.fields[status]}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[counts]}"),
         TimeElapsedColumn(),
     ) as progress:
-        bar = progress.add_task("", total=None, id=task_id, status="…", counts="")
+        bar = progress.add_task("", total=None, label=f"task {task_id}", status="…", counts="")
+        rows: dict[int, Any] = {}  # running command id -> its row
         while True:
             t = session.call("GET", f"/tasks/{task_id}")
             counts = " ".join(f"{k}={v}" for k, v in sorted(t["counts"].items()) if v)
@@ -269,12 +271,54 @@ def watch(
                 status=t["status"],
                 counts=counts,
             )
+            _show_running(progress, rows, session, task_id, bool(t["counts"].get("running")))
             if t["status"] in FINAL and t.get("completed_at"):
                 break
             time.sleep(interval)
     typer.echo(f"task {task_id}: {t['status']} ({counts})")
     if t["status"] != "success":
         raise typer.Exit(2)
+
+
+RUNNING_SHOWN = 10
+
+
+def _show_running(
+    progress: Any, rows: dict[int, Any], session: Any, task_id: int, any_: bool
+) -> None:
+    """One row per running command: its agent, percent and message; rows of commands that
+    stopped running go."""
+    page = (
+        session.call(
+            "GET",
+            "/commands",
+            params={"task_id": task_id, "status": "running", "limit": RUNNING_SHOWN},
+        )["items"]
+        if any_
+        else []
+    )
+    seen = set()
+    for c in page:
+        seen.add(c["id"])
+        p = c.get("progress") or {}
+        percent = p.get("percent")
+        fields = {
+            "label": f"  #{c['id']} {c['target']['id']}",
+            "status": "running",
+            "counts": p.get("message") or "",
+        }
+        if c["id"] not in rows:
+            rows[c["id"]] = progress.add_task(
+                "", total=100 if percent is not None else None, **fields
+            )
+        progress.update(
+            rows[c["id"]],
+            total=100 if percent is not None else None,
+            completed=percent or 0,
+            **fields,
+        )
+    for cid in [i for i in rows if i not in seen]:
+        progress.remove_task(rows.pop(cid))
 
 
 @app.command()

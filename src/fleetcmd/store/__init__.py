@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from fleetcmd.model.targets import AgentSelection
 from fleetcmd.store.base import SqlStore
-from fleetcmd.store.types import ClaimFilter, Fanout, NewCommand, Result, SweepReport
+from fleetcmd.store.types import (
+    Beat,
+    ClaimFilter,
+    Fanout,
+    NewCommand,
+    Output,
+    Result,
+    SweepReport,
+)
 
 
 def open_store(url: str, migrate: bool = True) -> SqlStore:
@@ -32,9 +40,11 @@ def open_store(url: str, migrate: bool = True) -> SqlStore:
 
 __all__ = [
     "AgentSelection",
+    "Beat",
     "ClaimFilter",
     "Fanout",
     "NewCommand",
+    "Output",
     "Result",
     "SqlStore",
     "SweepReport",

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fleetcmd.store")
 
-ACTIVE_SQL = "('pending', 'processing', 'sent', 'delivered')"
+ACTIVE_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(ACTIVE)) + ")"
 UNDELIVERED_SQL = "('pending', 'processing', 'sent')"
 COLS = Command.COLUMNS
 Moved = tuple[int, str, int | None, int, int]  # id, old status, parent_id, task_id, expanded

@@ -60,6 +60,10 @@ def purge_task(store: SqlStore, task_id: int, cutoff: float, batch: int) -> tupl
                     f"DELETE FROM commands WHERE {tx.in_list('id', 'ids')}",
                     {"ids": tx.list_param(ids)},
                 )
+                tx.ex(
+                    f"DELETE FROM command_output WHERE {tx.in_list('command_id', 'ids')}",
+                    {"ids": tx.list_param(ids)},
+                )
                 if parents:
                     tx.ex(
                         "DELETE FROM progress WHERE scope = 'parent' AND "

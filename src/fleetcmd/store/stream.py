@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fleetcmd.errors import InvalidParams, LeaseLost, NotFound
+from fleetcmd.model.progress import OUTPUT_MAX
 from fleetcmd.model.records import Command, Page, dumps
 from fleetcmd.model.status import FINAL, Status
 from fleetcmd.store.core import ACTIVE_SQL, COLS, UNDELIVERED_SQL, StoreCore, TxCore, cursor_id
-from fleetcmd.store.types import ClaimFilter, Result, SweepReport, chunks
+from fleetcmd.store.types import Beat, ClaimFilter, Output, Result, SweepReport, chunks
 
 # How long after a node's last heartbeat the sweep still looks at it: a node silent for
 # longer than that has had every lease it held lapse (server leases are seconds to minutes).
@@ -25,6 +26,9 @@ REMOVED_OFFLINE = (
     "refused if it returns"
 )
 REMOVED_UNDELIVERED = "never delivered: its agent was removed from the fleet"
+STOPPED_REPORTING = "agent stopped reporting"
+# A heartbeat promises the next within `interval`; the command is stale after two.
+STALE_AFTER_INTERVALS = 2
 
 
 class StreamTx(TxCore):
@@ -344,7 +348,7 @@ class StreamStore(StoreCore):
                         int(r[0])
                         for r in tx.all(
                             f"SELECT id FROM commands WHERE {tx.in_list('id', 'rest')} "
-                            "AND status = 'delivered'",
+                            "AND status IN ('delivered', 'running')",
                             {"rest": tx.list_param(rest)},
                         )
                     )
@@ -352,6 +356,84 @@ class StreamStore(StoreCore):
             else:
                 raise InvalidParams(f"status '{status}' cannot be marked; use results")
         return sorted(r[0] for r in rows)
+
+    def command_heartbeats(self, beats: Sequence[Beat]) -> dict[int, int]:
+        """Heartbeats of commands agents are executing, many agents' in one write: a
+        `delivered` command becomes `running` (counted), every running one is stale two
+        intervals from now, keeps the progress reported and takes its output chunks in order
+        (bounded). Returns, for each id running now, the number of its output chunks kept
+        (the next `seq` it takes); the others went final (cancelled, timed out) or were
+        never delivered, and their agents may stop reporting on them."""
+        latest: dict[int, Beat] = {}
+        output: dict[int, list[tuple[int, str]]] = {}
+        for b in beats:  # a repeated id: its last beat counts, its chunks all do
+            latest[b.id] = b
+            output.setdefault(b.id, []).extend(b.output)
+        if not latest:
+            return {}
+        ids = sorted(latest)
+        with self.transaction() as tx:
+            for part in chunks(ids, 20_000):
+                tx.move(
+                    f"{tx.in_list('id', 'ids')} AND expanded = 0",
+                    {"ids": tx.list_param(part)},
+                    Status.RUNNING,
+                )
+            state = {
+                int(r[0]): (int(r[1]), int(r[2]))
+                for part in chunks(ids, 20_000)
+                for r in tx.all(
+                    "SELECT id, output_chunks, output_bytes FROM commands WHERE "
+                    f"{tx.in_list('id', 'ids')} AND status = 'running'",
+                    {"ids": tx.list_param(part)},
+                )
+            }
+            rows, kept = [], []
+            for cid, (n, size) in sorted(state.items()):
+                b = latest[cid]
+                for seq, data in sorted(set(output[cid])):
+                    if seq != n or size >= OUTPUT_MAX:
+                        continue  # a repeat (seq < n), a gap the agent fills later, or full
+                    data = _fit(data, OUTPUT_MAX - size)
+                    kept.append({"cid": cid, "seq": seq, "at": tx.now, "data": data})
+                    n, size = n + 1, size + len(data.encode())
+                state[cid] = (n, size)
+                rows.append(
+                    {
+                        "id": cid,
+                        "now": tx.now,
+                        "stale": tx.now + STALE_AFTER_INTERVALS * b.interval,
+                        "reported": int(b.percent is not None or b.message is not None),
+                        "pct": b.percent,
+                        "msg": None if b.message is None else b.message[:500],
+                        "n": n,
+                        "size": size,
+                    }
+                )
+            tx.many(
+                "INSERT INTO command_output (command_id, seq, at, data) "
+                "VALUES (:cid, :seq, :at, :data)",
+                kept,
+            )
+            tx.many(
+                "UPDATE commands SET stale_at = :stale, updated_at = :now, "
+                "progress_percent = CASE WHEN :reported = 1 THEN :pct ELSE progress_percent END, "
+                "progress_message = CASE WHEN :reported = 1 THEN :msg ELSE progress_message END, "
+                "progress_at = CASE WHEN :reported = 1 THEN :now ELSE progress_at END, "
+                "output_chunks = :n, output_bytes = :size WHERE id = :id",
+                rows,
+            )
+        return {cid: n for cid, (n, _) in state.items()}
+
+    def command_output(self, command_id: int, after: int = -1, limit: int = 100) -> list[Output]:
+        """A command's output chunks with `seq` > `after`, in order."""
+        with self.reading() as tx:
+            rows = tx.all(
+                "SELECT seq, at, data FROM command_output WHERE command_id = :id AND seq > :after "
+                "ORDER BY seq LIMIT :limit",
+                {"id": command_id, "after": after, "limit": limit},
+            )
+        return [Output(int(r[0]), float(r[1]), str(r[2])) for r in rows]
 
     def complete(
         self, results: list[Result], agent_fields: tuple[str, ...] = ()
@@ -480,6 +562,18 @@ class StreamStore(StoreCore):
                 ", completed_at = :_now, result_message = 'no result within the execution timeout'",
                 "timed_out",
             ),
+            (
+                "status = 'running' AND timeout_at < :t",
+                Status.TIMEOUT,
+                ", completed_at = :_now, result_message = 'no result within the execution timeout'",
+                "timed_out",
+            ),
+            (
+                "status = 'running' AND stale_at < :t",
+                Status.TIMEOUT,
+                f", completed_at = :_now, result_message = '{STOPPED_REPORTING}'",
+                "stopped_reporting",
+            ),
         ]
         for where, new, sets, field_name in steps:
             while True:
@@ -539,6 +633,12 @@ class StreamStore(StoreCore):
                 if n:
                     report.silent_nodes[str(node)] = n
                     report.node_silent += n
+
+
+def _fit(text: str, room: int) -> str:
+    """`text`, cut to at most `room` bytes of UTF-8 (on a character boundary)."""
+    raw = text.encode()
+    return text if len(raw) <= room else raw[: max(0, room)].decode(errors="ignore")
 
 
 def _reported(data: Any, fields: tuple[str, ...]) -> dict[str, str]:

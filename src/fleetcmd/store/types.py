@@ -13,6 +13,27 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class Beat:
+    """A heartbeat of a running command (store `command_heartbeats`): the agent's interval,
+    optionally its progress, and output chunks `(seq, text)` numbered from 0 per command."""
+
+    id: int
+    interval: float
+    percent: float | None = None
+    message: str | None = None
+    output: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Output:
+    """One chunk of a command's output, as kept."""
+
+    seq: int
+    at: float
+    data: str
+
+
+@dataclass(frozen=True)
 class ClaimFilter:
     """Which commands a claimer wants.
 
@@ -61,6 +82,8 @@ class SweepReport:
     lease_lapsed: int = 0
     expired: int = 0
     timed_out: int = 0
+    # Running commands whose agent stopped heartbeating (two intervals without one).
+    stopped_reporting: int = 0
     disconnected: int = 0
     # Agent commands handed back early because the server node holding them fell silent.
     node_silent: int = 0
@@ -68,7 +91,13 @@ class SweepReport:
 
     @property
     def total(self) -> int:
-        return self.lease_lapsed + self.expired + self.timed_out + self.node_silent
+        return (
+            self.lease_lapsed
+            + self.expired
+            + self.timed_out
+            + self.stopped_reporting
+            + self.node_silent
+        )
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import re
 import stat
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,9 +282,14 @@ class ActiveResponse(SectionModule):
         return path
 
     def execute(
-        self, name: Any, arguments: Any, deadline: float | None = None
+        self,
+        name: Any,
+        arguments: Any,
+        deadline: float | None = None,
+        on_output: Callable[[str], None] | None = None,
     ) -> tuple[bool, dict[str, Any], str]:
-        """Run a response: (succeeded, result data, message). Refusals raise ResponseRefused."""
+        """Run a response: (succeeded, result data, message); its output goes to `on_output`
+        as it comes (the command's live output). Refusals raise ResponseRefused."""
         definition, argv = self.prepare(name, arguments)
         timeout = definition.timeout
         if deadline is not None:
@@ -298,7 +304,14 @@ class ActiveResponse(SectionModule):
             "active response %s: running %s", definition.name, [definition.executable, *argv[1:]]
         )
         try:
-            done = run_bounded(argv, timeout, cap=OUTPUT_CAP, env=env, cwd=self.state.ar_lists_dir)
+            done = run_bounded(
+                argv,
+                timeout,
+                cap=OUTPUT_CAP,
+                env=env,
+                cwd=self.state.ar_lists_dir,
+                on_output=on_output,
+            )
         except OSError as exc:
             raise ResponseRefused(
                 f"{definition.executable} could not be started: {exc.strerror or exc}"

@@ -16,8 +16,10 @@ from fleetcmd.indexer.approvals import Approvals
 from fleetcmd.indexer.delivery import outgoing
 from fleetcmd.indexer.results import record_results
 from fleetcmd.indexer.state import IndexerState, authorized
-from fleetcmd.model.wire import NodeResultsIn
-from fleetcmd.store import ClaimFilter, Result
+from fleetcmd.model.progress import OUTPUT_MAX
+from fleetcmd.model.status import FINAL
+from fleetcmd.model.wire import NodeResultsIn, ProgressIn
+from fleetcmd.store import Beat, ClaimFilter, Result
 
 log = logging.getLogger("fleetcmd.sweeper")
 
@@ -86,6 +88,23 @@ class MarkIn(BaseModel):
 async def mark(body: MarkIn, st: Auth) -> dict[str, Any]:
     moved = await run_in_threadpool(st.store.mark, body.owner, body.ids, body.status)
     return {"data": {"moved": moved, "refused": sorted(set(body.ids) - set(moved))}}
+
+
+class HeartbeatIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    beats: list[ProgressIn] = Field(max_length=50_000)
+
+
+@router.post("/commands/heartbeat")
+async def heartbeat(body: HeartbeatIn, st: Auth) -> dict[str, Any]:
+    """Heartbeats of running commands, many agents' in one write (the servers' bulker):
+    `running` maps each id running now to the next output chunk it takes."""
+    beats = [
+        Beat(b.id, b.interval, b.percent, b.message, tuple((c.seq, c.data) for c in b.output))
+        for b in body.beats
+    ]
+    running = await run_in_threadpool(st.store.command_heartbeats, beats)
+    return {"data": {"running": {str(k): v for k, v in running.items()}}}
 
 
 class LeaseIn(BaseModel):
@@ -182,6 +201,34 @@ async def get_command(command_id: int, st: Auth) -> dict[str, Any]:
     if cmd.expanded:
         doc["counts"] = await run_in_threadpool(st.store.counts, "parent", cmd.id)
     return {"data": doc}
+
+
+@router.get("/commands/{command_id}/output")
+async def get_output(
+    command_id: int,
+    st: Auth,
+    after: Annotated[int, Query(ge=-1)] = -1,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """A command's output chunks after `after`, in order; `next` is the `after` to ask with
+    next, `done` whether the command is final (no chunk will follow what is kept)."""
+    cmd = await run_in_threadpool(st.store.get_command, command_id)
+    got = await run_in_threadpool(st.store.command_output, command_id, after, limit)
+    return {"data": _output_page(cmd, got, after)}
+
+
+def _output_page(cmd: Any, got: list[Any], after: int) -> dict[str, Any]:
+    last = got[-1].seq if got else after
+    return {
+        "id": cmd.id,
+        "status": cmd.status,
+        "chunks": [{"seq": o.seq, "at": o.at, "data": o.data} for o in got],
+        "next": last,
+        "total_chunks": cmd.output_chunks,
+        "bytes": cmd.output_bytes,
+        "truncated": cmd.output_bytes >= OUTPUT_MAX,
+        "done": cmd.status in FINAL and last + 1 >= cmd.output_chunks,
+    }
 
 
 async def sweeper(

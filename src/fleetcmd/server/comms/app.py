@@ -18,6 +18,7 @@ from fleetcmd.server.comms import (
     fastpath,
     keys,
     packages,
+    progress,
     results,
     telemetry,
 )
@@ -36,7 +37,16 @@ def create_comms_app(st: ServerState) -> ASGIApp:
     )
     app.state.server = st
     install_server_errors(app)
-    for module in (enroll, checkin, keys, results, configuration, telemetry, packages):
+    for module in (
+        enroll,
+        checkin,
+        keys,
+        results,
+        progress,
+        configuration,
+        telemetry,
+        packages,
+    ):
         app.include_router(module.router)
 
     @app.get("/health", tags=["ops"])

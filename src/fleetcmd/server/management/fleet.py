@@ -116,3 +116,22 @@ async def get_command(
     if not await Reader(st, user, "command:read").commands([command]):
         await deny(st, request, user, "command:read", f"command:{command_id}")
     return {"data": command}
+
+
+@router.get("/commands/{command_id}/output")
+async def get_command_output(
+    command_id: int,
+    request: Request,
+    st: State,
+    user: CommandReader,
+    after: Annotated[int, Query(ge=-1)] = -1,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """A long command's output, chunks after `after` in order (issue 17.3): who may read the
+    command may read its output."""
+    command = await st.indexer.get(f"/commands/{command_id}")
+    if not await Reader(st, user, "command:read").commands([command]):
+        await deny(st, request, user, "command:read", f"command:{command_id}")
+    return {
+        "data": await st.indexer.get(f"/commands/{command_id}/output", after=after, limit=limit)
+    }

@@ -99,6 +99,52 @@ async def task_events(
         await asyncio.sleep(interval)
 
 
+async def command_events(
+    st: ServerState,
+    command_id: int,
+    disconnected: Disconnected,
+    after: int = -1,
+    interval: float = POLL_INTERVAL,
+    lifetime: float = STREAM_LIFETIME,
+) -> AsyncIterator[str]:
+    """A long command, live (issue 17.3): `progress` events (status, percent, message) on
+    every change, `output` events with the chunks after `after` in order (the event id is
+    the last chunk's seq, so a reconnecting EventSource asks from there), then `done`."""
+    yield "retry: 1000\n\n"
+    started = last_sent = time.monotonic()
+    last: dict[str, Any] | None = None
+    while not await disconnected():
+        try:
+            page = await st.indexer.get(f"/commands/{command_id}/output", after=after, limit=200)
+            cmd = await st.indexer.get(f"/commands/{command_id}")
+        except IndexerUnavailable:
+            yield sse("stale", {"message": "the indexer is unavailable; retrying"})
+            await asyncio.sleep(2.0)
+            continue
+        except IndexerError as exc:
+            yield sse("error", exc.body)
+            return
+        now = time.monotonic()
+        doc = {"status": cmd["status"], "progress": cmd.get("progress"), "output": cmd["output"]}
+        if doc != last:
+            yield sse("progress", doc)
+            last, last_sent = doc, now
+        if page["chunks"]:
+            after = int(page["next"])
+            yield f"id: {after}\n" + sse("output", {"chunks": page["chunks"]})
+            last_sent = now
+            continue  # more may be waiting: read on at once
+        if page["done"]:
+            yield sse("done", {"status": cmd["status"], "truncated": page["truncated"]})
+            return
+        if now - started > lifetime:
+            return
+        if now - last_sent > KEEPALIVE:
+            yield ": keep-alive\n\n"
+            last_sent = now
+        await asyncio.sleep(interval)
+
+
 async def tasks_events(
     st: ServerState,
     disconnected: Disconnected,

@@ -16,6 +16,7 @@ from fleetcmd.model.status import AWAITING_APPROVAL
 from fleetcmd.model.wire import DecisionIn, LabelsIn, PreviewIn, RerunIn
 from fleetcmd.server import audit
 from fleetcmd.server.access import Reader, check_task, task_scope
+from fleetcmd.server.config import check_timeout
 from fleetcmd.server.indexer_client import IndexerError
 from fleetcmd.server.management.auth import State, deny, require, user_proof
 from fleetcmd.server.management.fleet import agent_doc
@@ -104,6 +105,7 @@ async def rerun_task(
     task = await st.indexer.get(f"/tasks/{task_id}")
     if not await Reader(st, user, "task:read").task(task):
         await deny(st, request, user, "task:read", f"task:{task_id}")
+    check_timeout(st.config, body.timeout)
     await check_task(st, user, task["type"], task["params"])
     payload = {
         **body.model_dump(exclude_none=True),

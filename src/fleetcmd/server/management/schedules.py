@@ -14,6 +14,7 @@ from fleetcmd.errors import FleetError
 from fleetcmd.model.schedules import FreezeIn, ScheduleIn, WindowIn
 from fleetcmd.server import audit
 from fleetcmd.server.access import Reader, check_task, task_scope
+from fleetcmd.server.config import check_timeout
 from fleetcmd.server.indexer_client import IndexerError
 from fleetcmd.server.management.auth import State, deny, require, user_proof
 from fleetcmd.server.rbac import User
@@ -77,6 +78,7 @@ async def file_schedule(
     details = {"name": body.name, "type": body.task.type, "rrule": body.rrule, "tz": body.tz}
 
     async def create() -> Any:
+        check_timeout(st.config, body.task.timeout)
         await check_task(st, user, body.task.type, body.task.params)
         await check_override(st, request, user, body.task.override_freeze)
         payload = {

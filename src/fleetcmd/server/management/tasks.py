@@ -12,6 +12,7 @@ from fleetcmd.errors import FleetError
 from fleetcmd.model.wire import TaskIn
 from fleetcmd.server import audit
 from fleetcmd.server.access import Reader, check_task, task_scope
+from fleetcmd.server.config import check_timeout
 from fleetcmd.server.indexer_client import IndexerError
 from fleetcmd.server.management.auth import State, deny, require, user_proof
 from fleetcmd.server.rbac import User
@@ -32,6 +33,7 @@ async def file_task(
     if body.override_freeze and not st.rbac.can(user, "freeze:override"):
         await deny(st, request, user, "freeze:override")
     try:
+        check_timeout(st.config, body.timeout)
         await check_task(st, user, body.type, body.params)
     except FleetError as exc:
         await audit.record(

@@ -3,7 +3,7 @@
 // apply, JSON fields validate as you type, and dangerous posts ask for confirmation.
 "use strict";
 
-const ORDER = ["success", "failure", "timeout", "expired", "cancelled", "delivered", "sent",
+const ORDER = ["success", "failure", "timeout", "expired", "cancelled", "running", "delivered", "sent",
   "processing", "pending"];
 const FINAL = new Set(["success", "failure", "expired", "timeout", "cancelled"]);
 
@@ -87,6 +87,35 @@ function watchTask(scope) {
   });
   source.addEventListener("error", (ev) => {
     if (ev.data) source.close(); // the task is gone; a network error just reconnects
+  });
+}
+
+// -- one long command: progress and output, as its agent reports them ----------------------------
+function watchCommand(scope) {
+  if (scope.dataset.final === "1" || !window.EventSource) return;
+  const source = new EventSource(scope.dataset.sseCommand);
+  const out = scope.querySelector("[data-testid=command-output]");
+  source.addEventListener("progress", (ev) => {
+    const c = JSON.parse(ev.data);
+    const pct = c.progress && c.progress.percent != null ? c.progress.percent : null;
+    scope.querySelector("[data-testid=command-percent]").textContent = pct == null ? "–" : Math.floor(pct) + "%";
+    scope.querySelector("[data-command-bar]").style.width = (pct || 0) + "%";
+    scope.querySelector("[data-testid=command-message]").textContent = (c.progress && c.progress.message) || "";
+    scope.querySelector("[data-command-status]").replaceChildren(badge(c.status));
+    scope.querySelector("[data-testid=command-output-size]").textContent = fmt(c.output.bytes) + " bytes";
+  });
+  source.addEventListener("output", (ev) => {
+    const stick = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
+    out.append(document.createTextNode(JSON.parse(ev.data).chunks.map((c) => c.data).join("")));
+    if (stick) out.scrollTop = out.scrollHeight;
+  });
+  source.addEventListener("done", () => {
+    source.close();
+    scope.dataset.final = "1";
+    scope.querySelectorAll(".live-dot").forEach((e) => e.remove());
+  });
+  source.addEventListener("error", (ev) => {
+    if (ev.data) source.close();
   });
 }
 
@@ -192,6 +221,7 @@ function enhanceForm(form) {
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-sse]").forEach(watchTask);
   document.querySelectorAll("[data-sse-tasks]").forEach(watchTasks);
+  document.querySelectorAll("[data-sse-command]").forEach(watchCommand);
   document.querySelectorAll("form[data-task-form]").forEach(enhanceForm);
   document.querySelectorAll("form[data-confirm]").forEach((f) => f.addEventListener("submit", (ev) => {
     if (!window.confirm(f.dataset.confirm)) ev.preventDefault();
