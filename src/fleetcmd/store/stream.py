@@ -1,5 +1,10 @@
 """The commands stream: leases (claim, renew, release, sweep), status marks and results,
-cancellation, the command manager's steps, and the command and count reads."""
+heartbeats of running commands, cancellation, the command manager's steps, and the command
+and count reads.
+
+Over 500 lines on purpose: every move of a command between statuses is here, beside the
+others, so that the lease rules (who may move what, and when it goes back to the stream)
+read in one place; the per-concept reads and writes around it live in their own modules."""
 
 from __future__ import annotations
 
