@@ -94,7 +94,7 @@ class Sink:
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 status = await self._answer(headers, body)
                 writer.write(
-                    f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+                    f"HTTP/1.1 {status} {'OK' if status == 200 else 'Refused'}\r\nContent-Type: application/json\r\n"
                     "Content-Length: 2\r\n\r\n{}".encode()
                 )
                 await writer.drain()

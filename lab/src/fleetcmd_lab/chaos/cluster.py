@@ -80,6 +80,7 @@ class ClusterSpec:
     lease: float = 6.0
     task_timeout: float = 30.0
     content: bool = True
+    subscriber: bool = True  # a webhook subscriber, registered before anything happens
 
 
 @dataclass
@@ -140,6 +141,8 @@ class Cluster:
             f"{self.indexer_url}/health",
         ).start()
         say(f"indexer up on {self.indexer_url}")
+        if self.spec.subscriber:
+            self.subscribe()
         idx_proxy = self.proxies.add("indexer", [("127.0.0.1", self.indexer_port)])
         via_proxy = f"http://127.0.0.1:{idx_proxy.port}"
         comms_ports = [free_port() for _ in range(2)]
@@ -325,8 +328,9 @@ class Cluster:
 
     def subscribe(self) -> None:
         """The webhook subscriber the invariant "every final command and audit entry was
-        delivered" judges: from the first event, every kind; retried quickly and never paused
-        (a paused subscriber waits for an operator, which a run has not)."""
+        delivered" judges: every kind, from the first event (registered on an empty store, so
+        nothing precedes its cursor); retried quickly and never paused (a paused subscriber
+        waits for an operator, which a run has not)."""
         from fleetcmd_lab.webhook import Sink
 
         self.sink = Sink(record=self.root / "webhook.jsonl")

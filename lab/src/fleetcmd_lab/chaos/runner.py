@@ -329,7 +329,6 @@ def run(cfg: ChaosConfig, say: Callable[[str], None] = print) -> ChaosResult:
     try:
         started = time.monotonic()
         cluster.start(say)
-        cluster.subscribe()
         configure_active_responses(cluster)
         figures["startup_s"] = round(time.monotonic() - started, 1)
         sampler.start()
