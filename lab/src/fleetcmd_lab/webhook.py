@@ -93,12 +93,18 @@ class Sink:
                         headers[k.strip().lower()] = v.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 status = await self._answer(headers, body)
+                reason = "OK" if status == 200 else "Refused"
                 writer.write(
-                    f"HTTP/1.1 {status} {'OK' if status == 200 else 'Refused'}\r\nContent-Type: application/json\r\n"
+                    f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
                     "Content-Length: 2\r\n\r\n{}".encode()
                 )
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+        except (
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            asyncio.LimitOverrunError,
+            asyncio.CancelledError,
+        ):
             pass
         finally:
             writer.close()
@@ -131,11 +137,20 @@ class Sink:
         return 200
 
     def close(self) -> None:
+        """Stop listening, end every open connection (a delayed answer included), stop the
+        loop and close it: nothing is left pending for the garbage collector."""
+
         async def shut() -> None:
             if self._server is not None:
                 self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(RuntimeError, TimeoutError):
             asyncio.run_coroutine_threadsafe(shut(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
