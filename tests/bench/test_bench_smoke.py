@@ -12,6 +12,7 @@ import pytest
 from fleetcmd_lab.bench import (
     backlog,
     delivery,
+    events,
     fanout,
     footprint,
     latency,
@@ -77,6 +78,26 @@ def test_latency_measures_each_task(capsys: pytest.CaptureFixture[str]) -> None:
     assert 0 < f["delivered_p50_ms"] <= f["delivered_max_ms"]
     assert f["delivered_p50_ms"] <= f["result_p50_ms"]
     assert _json_line(capsys.readouterr().out, "latency")["store"] == "postgresql"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_events_bench_pushes_the_backlog_and_times_latency_behind_it(
+    kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if kind == "postgres":
+        need_pg()
+    # 20 events a batch, 2 s each: the slow subscriber cannot catch up on 300 during the run
+    line = events.run(300, 3, None if kind == "sqlite" else PG_DSN, batch=20, slow_delay=2.0)
+    f = line["figures"]
+    assert f["commands"] == 300 and f["events"] > 300  # + the parent's and the task's
+    pushed = f["push"]
+    assert pushed["events"] == f["events"] and pushed["batches"] >= f["events"] / 20
+    assert pushed["in_order"] and pushed["bad_signatures"] == 0 and pushed["events_per_second"] > 0
+    assert f["latency_p50_ms_no_subscriber"] > 0 and f["latency_p50_ms_slow_subscriber"] > 0
+    lag_start, lag_end = f["slow_subscriber_lag_start_end"]
+    assert lag_start >= f["events"] and lag_end > 0  # behind from start to end
+    assert f["ratio_p50_slow_to_none"] > 0 and f["catching_up_received"] > 0
+    assert _json_line(capsys.readouterr().out, "events")["params"]["agents"] == 300
 
 
 def test_backlog_compares_and_retention_empties_it(capsys: pytest.CaptureFixture[str]) -> None:

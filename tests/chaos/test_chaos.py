@@ -1,5 +1,6 @@
 """A short seeded chaos round on each store: every fault kind once against the whole system
-(indexer, two servers, content manager, real agents, simulated agents), then every invariant.
+(indexer, two servers, content manager, real agents, simulated agents, a webhook subscriber
+made to fall behind while the indexer is killed), then every invariant.
 
 PostgreSQL is never restarted here (other test runs share it): that fault is only in
 `fleetcmd bench chaos --restart-postgres`. The full-disk fault needs root (a tmpfs); without it
@@ -48,6 +49,12 @@ def test_a_short_chaos_round_breaks_nothing(store_kind: str, tmp_path: Path) -> 
     assert not missing, f"fault kinds not injected: {missing}"
     if store_kind == "sqlite" and os.geteuid() == 0:
         assert result.faults["disk-full"] == 1, "as root the full-disk fault must run"
+    # the webhook subscriber was behind when the indexer was killed, and is judged
+    assert "every final command and audit entry delivered" in result.report.checks
+    sub = result.report.figures["subscriber"]
+    assert sub["final_commands"] > 0 and sub["events_unique"] >= sub["final_commands"]
+    assert result.figures["subscriber_lag_at_kill"], result.figures
+    assert result.figures["subscriber_at_end"]["lag"] == 0, result.figures
     assert result.violations == [], (
         f"seed {SEED}: {len(result.violations)} violation(s) "
         f"(replay: FLEETCMD_CHAOS_SEED={SEED}); evidence in {result.root}:\n"

@@ -118,6 +118,29 @@ def bench_latency(
     latency.run(tasks, store, log_dir=log_dir, profile=profile)
 
 
+@bench_app.command("events")
+def bench_events(
+    agents: Annotated[
+        int, typer.Option(help="Seeded agents; their results make the backlog of events.")
+    ] = 100_000,
+    tasks: Annotated[int, typer.Option(help="Sequential tasks for each latency part.")] = 500,
+    store: Annotated[str | None, typer.Option(help="sqlite (default) or postgresql://…")] = None,
+    batch: Annotated[int, typer.Option(help="The subscribers' events per batch.")] = 200,
+    slow_delay: Annotated[
+        float, typer.Option(help="Seconds the lagging subscriber's receiver takes per batch.")
+    ] = 1.0,
+    catch_up: Annotated[
+        bool, typer.Option(help="Also measure latency while a subscriber catches up.")
+    ] = True,
+    log_dir: LogDir = None,
+) -> None:
+    """Events/s pushed to one webhook subscriber from a backlog; live-path latency with no
+    subscriber and while one lags the whole backlog behind (ratios, targets)."""
+    from fleetcmd_lab.bench import events
+
+    events.run(agents, tasks, store, batch, slow_delay, catch_up, log_dir=log_dir)
+
+
 @bench_app.command("backlog")
 def bench_backlog(
     commands: Annotated[int, typer.Option(help="Finished commands already in the stream.")] = (

@@ -80,6 +80,7 @@ class ClusterSpec:
     lease: float = 6.0
     task_timeout: float = 30.0
     content: bool = True
+    subscriber: bool = True  # a webhook subscriber, registered before anything happens
 
 
 @dataclass
@@ -92,6 +93,8 @@ class Cluster:
     agents: list[Proc] = field(default_factory=list)
     sims: list[Proc] = field(default_factory=list)
     feed: Any = None  # the content publisher (fleetcmd_lab.chaos.feed.Publisher)
+    sink: Any = None  # the webhook subscriber's receiver (fleetcmd_lab.webhook.Sink)
+    subscriber: int | None = None  # its subscriber id in the store
 
     def __post_init__(self) -> None:
         self.root = self.spec.root
@@ -138,6 +141,8 @@ class Cluster:
             f"{self.indexer_url}/health",
         ).start()
         say(f"indexer up on {self.indexer_url}")
+        if self.spec.subscriber:
+            self.subscribe()
         idx_proxy = self.proxies.add("indexer", [("127.0.0.1", self.indexer_port)])
         via_proxy = f"http://127.0.0.1:{idx_proxy.port}"
         comms_ports = [free_port() for _ in range(2)]
@@ -321,9 +326,57 @@ class Cluster:
         core = [p for p in (self.indexer, self.content) if p is not None]
         return [*core, *self.servers, *self.agents, *self.sims]
 
+    def subscribe(self) -> None:
+        """The webhook subscriber the invariant "every final command and audit entry was
+        delivered" judges: every kind, from the first event (registered on an empty store, so
+        nothing precedes its cursor); retried quickly and never paused (a paused subscriber
+        waits for an operator, which a run has not)."""
+        from fleetcmd_lab.webhook import Sink
+
+        self.sink = Sink(record=self.root / "webhook.jsonl")
+        with self.client() as c:
+            r = c.post(
+                "/subscribers",
+                json={
+                    "subscriber": {
+                        "name": "chaos-hook",
+                        "kind": "webhook",
+                        "url": self.sink.url,
+                        "from_event": 0,
+                        "options": {
+                            "batch": 50,
+                            "retry_base": 0.2,
+                            "retry_max": 2.0,
+                            "pause_after": 10_000,
+                            "timeout": 2.0,
+                        },
+                    },
+                    "user": "chaos",
+                },
+            )
+            r.raise_for_status()
+        sub = r.json()["data"]
+        self.sink.secret = sub["secret"]
+        self.subscriber = int(sub["id"])
+
+    def subscriber_state(self) -> dict[str, Any] | None:
+        """The subscriber as the indexer reports it (state, cursor, lag), or None."""
+        if self.subscriber is None:
+            return None
+        try:
+            with self.client(5) as c:
+                doc: dict[str, Any] = c.get(f"/subscribers/{self.subscriber}").json()["data"]
+                return doc
+        except (httpx.HTTPError, KeyError, ValueError):
+            return None
+
     def heal(self) -> list[str]:
-        """Everything back: proxies pass, stopped processes continue, dead ones restart."""
+        """Everything back: proxies pass, stopped processes continue, dead ones restart, the
+        webhook receiver answers again."""
         done = []
+        if self.sink is not None and (self.sink.status != 200 or self.sink.delay):
+            self.sink.answer(status=200, delay=0.0)
+            done.append("webhook receiver answers")
         for name in self.proxies.proxies:
             if self.proxies.proxies[name].mode != "pass":
                 self.proxies.set(name, "pass")
@@ -340,8 +393,10 @@ class Cluster:
                     done.append(f"restart {p.name} failed: {exc}")
         return done
 
-    def stop(self) -> None:
-        """Agents first (they drain their outboxes on the way out), then the roles."""
+    def stop(self, before_indexer: Any = None) -> None:
+        """Agents first (they drain their outboxes on the way out), then the roles; the
+        indexer last, after `before_indexer()` (the subscriber's drain: everything the other
+        roles wrote has been written by then)."""
         for group in (self.sims, self.agents):
             for p in group:
                 if p.stopped:
@@ -349,7 +404,13 @@ class Cluster:
                 p.send(signal.SIGTERM)
             for p in group:
                 p.stop(90.0)
-        for role in [self.content, *self.servers, self.indexer]:
+        for role in [self.content, *self.servers]:
             if role is not None:
                 role.stop()
+        if before_indexer is not None:
+            before_indexer()
+        if self.indexer is not None:
+            self.indexer.stop()
         self.proxies.close()
+        if self.sink is not None:
+            self.sink.close()

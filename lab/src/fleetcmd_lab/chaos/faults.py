@@ -202,7 +202,17 @@ class Injector:
 
     # -- the kinds ------------------------------------------------------------------------------
     def _kill_indexer(self, f: Fault) -> str:
+        """With the webhook subscriber behind: its receiver refuses (500) or answers each batch
+        slowly from a few seconds before the task until a while after the restart, so the indexer
+        dies with undelivered events and the restarted one resumes from the durable cursor."""
         c = self.cluster
+        behind, lag = "", None
+        if c.sink is not None:
+            refuse = f.target % 2 == 0
+            c.sink.answer(status=500 if refuse else 200, delay=0.0 if refuse else 1.0)
+            behind = "receiver answering 500" if refuse else "receiver slow (1 s a batch)"
+            self._pause(max(1.0, f.hold))
+            lag = (c.subscriber_state() or {}).get("lag")  # read before: the kill's timing
         task = self._file(
             "group-configuration-change",
             {
@@ -216,7 +226,13 @@ class Injector:
         c.indexer.kill()
         self._pause(f.hold)
         c.indexer.start()
-        return f"SIGKILL {f.jitter / 4 * 1000:.0f} ms after task {task} was filed; down {f.hold}s"
+        note = f"SIGKILL {f.jitter / 4 * 1000:.0f} ms after task {task} was filed; down {f.hold}s"
+        if c.sink is not None:
+            self._pause(f.hold)  # the restarted indexer meets the subscriber still behind
+            c.sink.answer(status=200, delay=0.0)
+            self.figures.setdefault("subscriber_lag_at_kill", []).append(lag)
+            note += f"; subscriber {lag} events behind just before, {behind}"
+        return note
 
     def _kill_server(self, f: Fault) -> str:
         c = self.cluster

@@ -50,6 +50,7 @@ class Evidence:
     sim_dirs: list[Path] = field(default_factory=list)
     rss_peaks: dict[str, float] = field(default_factory=dict)  # process name -> MB
     rss_limits: dict[str, float] = field(default_factory=dict)  # role prefix -> MB
+    webhook: Path | None = None  # the subscriber's receiver: one line per accepted batch
 
 
 @dataclass
@@ -90,7 +91,10 @@ class Checker:
                 ("parents and children consistent", self.parents_children),
                 ("store and agent databases intact", self.integrity),
                 ("memory bounded", self.memory_bounded),
+                ("every final command and audit entry delivered", self.events_delivered),
             ):
+                if name.startswith("every final command and audit") and self.ev.webhook is None:
+                    continue  # a run without a subscriber
                 self.report.checks[name] = check()
         finally:
             self.store.close()
@@ -356,6 +360,55 @@ class Checker:
                 out.append(f"{name} peaked at {peak:.0f} MB RSS (limit {limit:.0f} MB)")
         self.report.figures["rss_peak_mb"] = {
             k: round(v, 1) for k, v in sorted(self.ev.rss_peaks.items())
+        }
+        return out
+
+    def events_delivered(self) -> list[str]:
+        """Every final command and every audit record in the store reached the webhook
+        subscriber at least once: an event of its subject (a command's with its final status)
+        among the ids the receiver accepted. Read from the tables themselves, not only from
+        the outbox, so a change that wrote no event is caught too."""
+        assert self.ev.webhook is not None
+        got: list[int] = []
+        if self.ev.webhook.exists():
+            for line in self.ev.webhook.read_text().splitlines():
+                if line.strip():
+                    got += [int(i) for i in json.loads(line)["ids"]]
+        accepted = set(got)
+        with self.store.reading() as tx:
+            events = tx.all("SELECT id, kind, type, subject FROM events ORDER BY tx, id")
+            audit = [int(r[0]) for r in tx.all("SELECT id FROM audit")]
+        delivered: dict[tuple[str, str], set[str]] = {}
+        for eid, kind, type_, subject in events:
+            if int(eid) in accepted:
+                delivered.setdefault((str(kind), str(subject)), set()).add(str(type_))
+        out = []
+        final = sorted(int(r[0]) for r in self.commands.values() if r[6] in FINAL)
+        missed = [
+            c
+            for c in final
+            if str(self.commands[c][6]) not in delivered.get(("command", str(c)), set())
+        ]
+        if missed:
+            out.append(
+                f"{len(missed)} of {len(final)} final command(s) never delivered with their "
+                f"status: {_ids(missed)}"
+            )
+        missed_audit = sorted(a for a in audit if ("audit", str(a)) not in delivered)
+        if missed_audit:
+            out.append(
+                f"{len(missed_audit)} of {len(audit)} audit record(s) never delivered: "
+                f"{_ids(missed_audit)}"
+            )
+        rank = {int(r[0]): i for i, r in enumerate(events)}
+        firsts = [rank[e] for e in dict.fromkeys(got) if e in rank]
+        self.report.figures["subscriber"] = {
+            "events_in_store": len(events),
+            "events_received": len(got),
+            "events_unique": len(accepted),
+            "final_commands": len(final),
+            "audit_records": len(audit),
+            "first_arrivals_in_store_order": firsts == sorted(firsts),
         }
         return out
 

@@ -271,6 +271,28 @@ def _wait_drained(cluster: Cluster, timeout: float, say: Callable[[str], None]) 
     return False
 
 
+def _drain_subscriber(
+    cluster: Cluster, timeout: float, say: Callable[[str], None], figures: dict[str, Any]
+) -> None:
+    """Until the webhook subscriber's cursor is at the end of the events (lag 0), with every
+    other role stopped: what it has not received by then counts as lost."""
+    if cluster.subscriber is None:
+        return
+    started = time.monotonic()
+    state: dict[str, Any] | None = None
+    while time.monotonic() - started < timeout:
+        state = cluster.subscriber_state()
+        if state is not None and state.get("lag") == 0:
+            break
+        time.sleep(0.5)
+    figures["subscriber_drain_s"] = round(time.monotonic() - started, 1)
+    if state is not None:
+        figures["subscriber_at_end"] = {
+            k: state.get(k) for k in ("state", "lag", "delivered", "failures", "last_error")
+        }
+    say(f"subscriber after {figures['subscriber_drain_s']}s: {figures.get('subscriber_at_end')}")
+
+
 def run(cfg: ChaosConfig, say: Callable[[str], None] = print) -> ChaosResult:
     temp = cfg.root is None
     root = Path(tempfile.mkdtemp(prefix=f"fleetcmd-chaos-{cfg.seed}-")) if temp else cfg.root
@@ -326,7 +348,9 @@ def run(cfg: ChaosConfig, say: Callable[[str], None] = print) -> ChaosResult:
     finally:
         workload.stop.set()
         sampler.join()
-        cluster.stop()
+        cluster.stop(
+            before_indexer=lambda: _drain_subscriber(cluster, cfg.drain_timeout, say, figures)
+        )
     try:
         evidence = Evidence(
             store_url,
@@ -334,6 +358,7 @@ def run(cfg: ChaosConfig, say: Callable[[str], None] = print) -> ChaosResult:
             [root / f"sims-{i}" for i in range(2) if (root / f"sims-{i}").exists()],
             sampler.peaks,
             RSS_LIMITS,
+            webhook=root / "webhook.jsonl" if cluster.subscriber is not None else None,
         )
         report = check(evidence)
         if injector.violations:
@@ -358,6 +383,7 @@ def run(cfg: ChaosConfig, say: Callable[[str], None] = print) -> ChaosResult:
             "tasks_refused": dict(workload.refused),
             "tasks_unanswered": workload.unanswered,
             **injector.figures,
+            "webhook_receiver": cluster.sink.figures() if cluster.sink is not None else None,
             "restarts": {p.name: p.starts - 1 for p in cluster.procs() if p.starts > 1},
         }
     )
